@@ -1,0 +1,157 @@
+"""The backend registry: names -> kernel modules, the "auto" choice, and thread control.
+
+A compiled backend is a module with the kernels of ``fastsoftmax._numba`` (same
+names, same arguments, C-contiguous (rows, classes) arrays) plus
+``set_num_threads(n)`` and ``max_threads``. "numpy" is the reference itself and
+has no kernel module. Tests and benchmarks iterate ``available_backends()``.
+"""
+import contextlib
+import contextvars
+import importlib
+import operator
+import os
+
+# name -> module path; the order is the "auto" preference (fastest first, measured
+# by the benchmark suite). None marks the reference, which is always available.
+BACKENDS = {
+    "numba": "fastsoftmax._numba",
+    "numpy": None,
+}
+AUTO = "auto"
+ENV_VAR = "FASTSOFTMAX_BACKEND"
+
+_modules = {}
+_import_errors = {}
+_default = None  # set by set_backend(); None means: $FASTSOFTMAX_BACKEND, else "auto"
+_override = contextvars.ContextVar("fastsoftmax_backend", default=None)
+_num_threads = None
+
+
+def _load(name):
+    """Import a backend's module once; remember why it failed if it did."""
+    if name not in _modules and name not in _import_errors:
+        try:
+            _modules[name] = importlib.import_module(BACKENDS[name])
+        except ImportError as exc:
+            _import_errors[name] = exc
+    return _modules.get(name)
+
+
+def available_backends():
+    """Names of the backends that work in this process, fastest first.
+
+    Returns
+    -------
+    list of str
+        A subset of ``"numba"``, ``"numpy"``; ``"numpy"`` (the reference) is always there.
+    """
+    return [name for name, path in BACKENDS.items() if path is None or _load(name) is not None]
+
+
+def _check_name(name, source):
+    if name == AUTO:
+        return name
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} from {source}; choose one of "
+                         f"{[AUTO, *BACKENDS]}")
+    if BACKENDS[name] is not None and _load(name) is None:
+        raise RuntimeError(f"backend {name!r} is not available: {_import_errors[name]}")
+    return name
+
+
+def set_backend(name):
+    """Set the process-wide default backend.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"`` (the fastest available), ``"numba"`` or ``"numpy"`` (the reference).
+    """
+    global _default
+    _default = _check_name(name, "set_backend()")
+
+
+def get_backend():
+    """Return the name of the backend a call without ``backend=`` would use now.
+
+    Returns
+    -------
+    str
+        A concrete backend name ("auto" is resolved).
+    """
+    return resolve(None)
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager: use backend ``name`` inside the ``with`` block.
+
+    The choice is local to the current thread (and asyncio task), so concurrent
+    callers do not see each other's choice.
+
+    Parameters
+    ----------
+    name : str
+        A backend name as for :func:`set_backend`.
+    """
+    token = _override.set(_check_name(name, "use_backend()"))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def resolve(name):
+    """Concrete backend name for a call's ``backend=`` argument."""
+    if name is None:
+        name = _override.get()
+    if name is None:
+        name = _default
+    if name is None:
+        name = _check_name(os.environ.get(ENV_VAR, AUTO), f"${ENV_VAR}")
+    else:
+        name = _check_name(name, "backend=")
+    return available_backends()[0] if name == AUTO else name
+
+
+def kernels(name):
+    """The kernel module of a compiled backend (None for the reference), threads applied."""
+    module = _modules.get(name) if BACKENDS[name] is not None else None
+    if module is not None:
+        module.set_num_threads(get_num_threads())
+    return module
+
+
+def _max_threads():
+    module = _load("numba")
+    return module.max_threads if module is not None else os.cpu_count() or 1
+
+
+def set_num_threads(n):
+    """Set the number of threads every backend uses.
+
+    Parameters
+    ----------
+    n : int
+        Between 1 and the number of threads the process was started with
+        (``NUMBA_NUM_THREADS``, by default the number of cores).
+    """
+    global _num_threads
+    limit = _max_threads()
+    try:
+        count = operator.index(n)
+    except TypeError:
+        raise TypeError(f"number of threads must be an integer, got {n!r}") from None
+    if not 1 <= count <= limit:
+        raise ValueError(f"number of threads must be in [1, {limit}], got {count}")
+    _num_threads = count
+
+
+def get_num_threads():
+    """Return the number of threads the kernels use.
+
+    Returns
+    -------
+    int
+    """
+    return _num_threads if _num_threads is not None else _max_threads()

@@ -1,0 +1,76 @@
+"""Numba kernels of the softmax family on C-contiguous (rows, classes) arrays.
+
+Every kernel takes its inputs and a caller-allocated output and runs one prange
+over rows; the per-row work lives in small helpers (Numba's parfor analysis is
+happier with calls than with inline reductions). Pass 1 of a row reads it from
+memory, the later passes find it in L2.
+"""
+import math
+
+from numba import njit, prange
+
+from ._math import JIT, JIT_PARALLEL, row_dot, row_max, row_sum, row_sumexp, scalar_like, vexp
+
+
+@njit(**JIT)
+def _softmax_row(row, out):
+    m = row_max(row)
+    inv = scalar_like(row, 1.0 / row_sumexp(row, m))
+    for j in range(row.size):
+        out[j] = vexp(row[j] - m) * inv
+
+
+@njit(**JIT)
+def _log_softmax_row(row, out):
+    m = row_max(row)
+    log_sum = scalar_like(row, math.log(row_sumexp(row, m)))
+    for j in range(row.size):
+        out[j] = (row[j] - m) - log_sum
+
+
+@njit(**JIT)
+def _softmax_backward_row(y, dy, out):
+    dot = scalar_like(y, row_dot(y, dy))
+    for j in range(y.size):
+        out[j] = y[j] * (dy[j] - dot)
+
+
+@njit(**JIT)
+def _log_softmax_backward_row(logp, dy, out):
+    total = scalar_like(logp, row_sum(dy))
+    for j in range(logp.size):
+        out[j] = dy[j] - vexp(logp[j]) * total
+
+
+@njit(**JIT_PARALLEL)
+def softmax(x, out):
+    for i in prange(x.shape[0]):
+        _softmax_row(x[i], out[i])
+
+
+@njit(**JIT_PARALLEL)
+def log_softmax(x, out):
+    for i in prange(x.shape[0]):
+        _log_softmax_row(x[i], out[i])
+
+
+@njit(**JIT_PARALLEL)
+def logsumexp(x, out):
+    for i in prange(x.shape[0]):
+        m = row_max(x[i])
+        # As torch.logsumexp: an infinite max is not subtracted, so a row of -inf
+        # gives -inf (not NaN) and a row holding +inf gives +inf.
+        shift = m if math.isfinite(m) else scalar_like(x, 0)
+        out[i] = shift + math.log(row_sumexp(x[i], shift))
+
+
+@njit(**JIT_PARALLEL)
+def softmax_backward(y, dy, out):
+    for i in prange(y.shape[0]):
+        _softmax_backward_row(y[i], dy[i], out[i])
+
+
+@njit(**JIT_PARALLEL)
+def log_softmax_backward(logp, dy, out):
+    for i in prange(logp.shape[0]):
+        _log_softmax_backward_row(logp[i], dy[i], out[i])

@@ -1,0 +1,172 @@
+"""Input checking and normalisation shared by every backend and by the reference.
+
+Every check runs before any kernel; a message names the offending value and how
+to fix it. Functions return normalised NumPy objects and never modify inputs.
+"""
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def float_array(x, name):
+    """``x`` as a float32/float64 ndarray in native byte order (no copy when it already is)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
+        return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+    hint = (" (convert with .astype(np.float32))" if arr.dtype.kind in "biuf"
+            else "")
+    raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}{hint}")
+
+
+def class_axis(x, axis, name="x"):
+    """Normalise ``axis`` for ``x`` and check that the class axis is not empty."""
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {axis!r}") from None
+    if not -x.ndim <= axis < x.ndim:
+        raise np.exceptions.AxisError(axis, x.ndim)
+    axis %= x.ndim
+    if x.shape[axis] == 0:
+        raise ValueError(f"{name} has shape {x.shape}: the class axis {axis} is empty; "
+                         "softmax needs at least one class")
+    return axis
+
+
+def same_shape_and_dtype(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; "
+                         "they must be equal")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_a} has dtype {a.dtype} but {name_b} has dtype {b.dtype}; "
+                        f"convert one with .astype(np.{a.dtype})")
+
+
+def _same_view(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides)
+
+
+def out_array(out, shape, dtype, inputs):
+    """Check a caller-supplied ``out``; it may be an input itself but not partly overlap one."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; "
+                         f"expected shape {tuple(shape)} and dtype {dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only; pass a writeable array")
+    for name, arr in inputs.items():
+        if np.shares_memory(out, arr) and not _same_view(out, arr):
+            raise ValueError(f"out partially overlaps {name}; pass a separate array "
+                             f"or {name} itself")
+    return out
+
+
+@dataclass(frozen=True)
+class CrossEntropyArgs:
+    """Normalised cross-entropy arguments."""
+    logits: np.ndarray       # float32/float64, shape (..., C)
+    target: np.ndarray       # int64 of shape logits.shape[:-1], or probabilities like logits
+    probabilities: bool      # True for probability targets
+    weight: object           # None or float array of shape (C,) in the logits' dtype
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+
+    @property
+    def loss_shape(self):
+        return self.logits.shape[:-1]
+
+
+def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing):
+    """Check every cross-entropy option the way torch.nn.functional.cross_entropy does."""
+    logits = float_array(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
+    n_classes = logits.shape[-1]
+    if n_classes == 0:
+        raise ValueError(f"logits has shape {logits.shape}: no classes on the last axis")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    try:
+        label_smoothing = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise TypeError(f"label_smoothing must be a float, got {label_smoothing!r}") from None
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        probabilities = True
+        if target.shape != logits.shape:
+            raise ValueError(f"probability target has shape {target.shape} but logits have shape "
+                             f"{logits.shape}; they must be equal")
+        target = target.astype(logits.dtype, copy=False)
+    elif target.dtype.kind in "iu":
+        probabilities = False
+        if target.shape != logits.shape[:-1]:
+            raise ValueError(f"class-index target has shape {target.shape} but logits have shape "
+                             f"{logits.shape}; the target must have shape {logits.shape[:-1]}")
+        target = target.astype(np.int64, copy=False)
+        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+        if bad.any():
+            value = target[bad].flat[0]
+            raise IndexError(f"target value {value} is out of range for {n_classes} classes "
+                             f"(valid: 0..{n_classes - 1}, or ignore_index={ignore_index})")
+    else:
+        raise TypeError(f"target must hold integer class indices or float probabilities, "
+                        f"got dtype {target.dtype}")
+
+    if weight is not None:
+        weight = np.asarray(weight)
+        if weight.dtype.kind not in "biuf":
+            raise TypeError(f"weight must be real numbers, got dtype {weight.dtype}")
+        if weight.shape != (n_classes,):
+            raise ValueError(f"weight has shape {weight.shape} but logits have shape "
+                             f"{logits.shape}; weight must have shape ({n_classes},)")
+        weight = weight.astype(logits.dtype, copy=False)
+    return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, reduction,
+                            label_smoothing)
+
+
+def grad_output_array(grad_output, reduction, loss_shape):
+    """grad_output as float64: a scalar for mean/sum; a scalar or the loss's shape for none."""
+    g = np.asarray(grad_output)
+    if g.dtype.kind not in "biuf":
+        raise TypeError(f"grad_output must be real numbers, got dtype {g.dtype}")
+    g = g.astype(np.float64)
+    if g.ndim == 0:
+        return g
+    if reduction != "none" or g.shape != tuple(loss_shape):
+        expected = "a scalar" if reduction != "none" else f"a scalar or shape {tuple(loss_shape)}"
+        raise ValueError(f"grad_output has shape {g.shape}; with reduction={reduction!r} "
+                         f"it must be {expected}")
+    return g
+
+
+def inplace_buffer(args, out, original_logits):
+    """Check that the caller's logits buffer can take the gradient (inplace=True)."""
+    logits = args.logits
+    if logits is not original_logits:
+        raise ValueError("inplace=True needs logits as a float32/float64 numpy array in native "
+                         "byte order (the gradient is written into that buffer)")
+    if out is not None:
+        raise ValueError("inplace=True writes the gradient into logits; do not also pass out")
+    if not logits.flags.writeable:
+        raise ValueError("inplace=True needs writeable logits, but logits is read-only")
+    if not logits.flags.c_contiguous:
+        raise ValueError("inplace=True needs C-contiguous logits; pass np.ascontiguousarray(logits) "
+                         "or use inplace=False")
+    if np.shares_memory(logits, args.target):
+        raise ValueError("inplace=True but target shares memory with logits; pass a copy of target")

@@ -1,0 +1,349 @@
+"""Public functions: validate -> pick backend -> allocate output -> run one kernel.
+
+The kernels see C-contiguous (rows, classes) arrays only; this module moves the
+class axis last, copies non-contiguous inputs, and puts results back in shape.
+With ``backend="numpy"`` the call goes to :mod:`fastsoftmax.reference` unchanged.
+"""
+import functools
+
+import numpy as np
+
+from . import _backends, _validate, reference
+
+
+def _dispatch(func):
+    """Run the reference for backend "numpy", else ``func`` with the kernel module."""
+    ref = getattr(reference, func.__name__)
+
+    @functools.wraps(func)
+    def wrapper(*args, backend=None, **kwargs):
+        name = _backends.resolve(backend)
+        if _backends.BACKENDS[name] is None:
+            return ref(*args, **kwargs)
+        return func(*args, kernels=_backends.kernels(name), **kwargs)
+
+    return wrapper
+
+
+def _as_rows(x, axis):
+    """``x`` with the class axis last, as a C-contiguous (rows, classes) array."""
+    moved = np.moveaxis(x, axis, -1)
+    return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
+
+
+def _elementwise(kernel, inputs, axis, out):
+    """Run a kernel whose output has the inputs' shape (softmax, log_softmax, backward)."""
+    first = next(iter(inputs.values()))
+    if out is not None:
+        _validate.out_array(out, first.shape, first.dtype, inputs)
+    rows = [_as_rows(a, axis) for a in inputs.values()]
+    direct = out is not None and axis == first.ndim - 1 and out.flags.c_contiguous
+    result = out.reshape(rows[0].shape) if direct else np.empty_like(rows[0])
+    kernel(*rows, result)
+    if direct:
+        return out
+    shaped = np.moveaxis(result.reshape(np.moveaxis(first, axis, -1).shape), -1, axis)
+    if out is None:
+        return shaped
+    out[...] = shaped
+    return out
+
+
+_AXIS_DOC = """axis : int, optional
+        The class axis (default: last). Other axes are batch axes."""
+_OUT_DOC = """out : ndarray, optional
+        Where to write the result: exactly the result's shape and dtype. It may be
+        the input array itself (in-place) but may not partly overlap it."""
+_BACKEND_DOC = """backend : str, optional
+        ``"numba"``, ``"numpy"`` (the reference) or ``"auto"``; default: the
+        current backend (see :func:`fastsoftmax.set_backend`)."""
+
+
+def _doc(text):
+    """Fill the shared parameter descriptions into a docstring."""
+    def decorate(func):
+        func.__doc__ = text.format(axis=_AXIS_DOC, out=_OUT_DOC, backend=_BACKEND_DOC)
+        return func
+    return decorate
+
+
+@_dispatch
+@_doc("""Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64 logits.
+    {axis}
+    {out}
+    {backend}
+
+    Returns
+    -------
+    ndarray
+        Probabilities, same shape and dtype as ``x``. A row holding NaN or +inf,
+        or a row of only -inf, gives NaN (as ``torch.softmax``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> fs.softmax(np.array([0.0, np.log(3.0)]))
+    array([0.25, 0.75])
+    """)
+def softmax(x, axis=-1, *, out=None, kernels):
+    x = _validate.float_array(x, "x")
+    axis = _validate.class_axis(x, axis)
+    return _elementwise(kernels.softmax, {"x": x}, axis, out)
+
+
+@_dispatch
+@_doc("""Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64 logits.
+    {axis}
+    {out}
+    {backend}
+
+    Returns
+    -------
+    ndarray
+        Log-probabilities, same shape and dtype as ``x``.
+    """)
+def log_softmax(x, axis=-1, *, out=None, kernels):
+    x = _validate.float_array(x, "x")
+    axis = _validate.class_axis(x, axis)
+    return _elementwise(kernels.log_softmax, {"x": x}, axis, out)
+
+
+@_dispatch
+@_doc("""Log of the sum of exponentials along ``axis``, computed without overflow.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64 values.
+    {axis}
+    out : ndarray, optional
+        Where to write the result: ``x``'s shape without ``axis``, ``x``'s dtype.
+    {backend}
+
+    Returns
+    -------
+    ndarray
+        ``x``'s shape with ``axis`` removed. As ``torch.logsumexp``, a row of only
+        -inf gives -inf and a row holding +inf gives +inf.
+    """)
+def logsumexp(x, axis=-1, *, out=None, kernels):
+    x = _validate.float_array(x, "x")
+    axis = _validate.class_axis(x, axis)
+    shape = x.shape[:axis] + x.shape[axis + 1:]
+    if out is not None:
+        _validate.out_array(out, shape, x.dtype, {"x": x})
+    result = np.empty(int(np.prod(shape)), dtype=x.dtype)
+    kernels.logsumexp(_as_rows(x, axis), result)
+    if out is None:
+        return result.reshape(shape)
+    out[...] = result.reshape(shape)
+    return out
+
+
+@_dispatch
+@_doc("""Gradient of softmax: ``dx = y * (dy - sum(y * dy))`` along ``axis``.
+
+    Parameters
+    ----------
+    y : array_like
+        The softmax output ``softmax(x, axis)``, float32 or float64.
+    dy : array_like
+        Gradient of the loss with respect to ``y``; same shape and dtype as ``y``.
+    {axis}
+    {out}
+    {backend}
+
+    Returns
+    -------
+    ndarray
+        Gradient with respect to ``x``, same shape and dtype as ``y``.
+    """)
+def softmax_backward(y, dy, axis=-1, *, out=None, kernels):
+    y = _validate.float_array(y, "y")
+    dy = _validate.float_array(dy, "dy")
+    _validate.same_shape_and_dtype(y, dy, "y", "dy")
+    axis = _validate.class_axis(y, axis, "y")
+    return _elementwise(kernels.softmax_backward, {"y": y, "dy": dy}, axis, out)
+
+
+@_dispatch
+@_doc("""Gradient of log-softmax: ``dx = dy - exp(logp) * sum(dy)`` along ``axis``.
+
+    Parameters
+    ----------
+    logp : array_like
+        The log-softmax output ``log_softmax(x, axis)``, float32 or float64.
+    dy : array_like
+        Gradient of the loss with respect to ``logp``; same shape and dtype.
+    {axis}
+    {out}
+    {backend}
+
+    Returns
+    -------
+    ndarray
+        Gradient with respect to ``x``, same shape and dtype as ``logp``.
+    """)
+def log_softmax_backward(logp, dy, axis=-1, *, out=None, kernels):
+    logp = _validate.float_array(logp, "logp")
+    dy = _validate.float_array(dy, "dy")
+    _validate.same_shape_and_dtype(logp, dy, "logp", "dy")
+    axis = _validate.class_axis(logp, axis, "logp")
+    return _elementwise(kernels.log_softmax_backward, {"logp": logp, "dy": dy}, axis, out)
+
+
+_CE_DOC = """logits : array_like
+        float32 or float64 scores of shape ``(..., C)``: classes on the last axis.
+    target : array_like
+        Integer class indices of shape ``logits.shape[:-1]``, or float class
+        probabilities of shape ``logits.shape`` (cast to the logits' dtype).
+    weight : array_like, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, optional
+        Index targets equal to it contribute neither loss nor gradient and are
+        left out of the mean's denominator (index targets only). Default -100.
+    reduction : {{"none", "mean", "sum"}}, optional
+        "mean" divides by the summed weight of the non-ignored targets (by the
+        number of rows for probability targets); a mean over no target is NaN.
+    label_smoothing : float, optional
+        In [0, 1]: the target is mixed with the uniform distribution."""
+
+
+def _reduction_scale(args):
+    """Denominator of the "mean" reduction (1 for "none" and "sum")."""
+    if args.reduction != "mean":
+        return np.float64(1.0)
+    if args.probabilities:
+        return np.float64(np.prod(args.loss_shape))
+    valid = args.target != args.ignore_index
+    if args.weight is None:
+        return np.float64(np.count_nonzero(valid))
+    return np.sum(args.weight[args.target[valid]], dtype=np.float64)
+
+
+def _run_cross_entropy(kernels, args, grad, grad_output):
+    """Run the backend's cross-entropy kernel; return the loss in the logits' dtype."""
+    x = args.logits
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    n_rows, n_classes = rows.shape
+    denominator = _reduction_scale(args)
+    weight = args.weight if args.weight is not None else np.ones(n_classes, dtype=x.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.float64(1.0) / denominator
+    row_scale = np.empty(0)
+    if grad_output.ndim:
+        row_scale = np.ascontiguousarray(grad_output, dtype=np.float64).reshape(-1)
+    else:
+        scale = scale * grad_output
+    row_loss = np.empty(n_rows, dtype=np.float64)
+    if args.probabilities:
+        kernels.cross_entropy_prob(rows, np.ascontiguousarray(args.target).reshape(rows.shape),
+                                   weight, args.label_smoothing, float(scale), row_scale,
+                                   row_loss, grad)
+    else:
+        kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1), weight,
+                                    float(np.sum(weight, dtype=np.float64)), args.ignore_index,
+                                    args.label_smoothing, float(scale), row_scale, row_loss, grad)
+    if args.reduction == "none":
+        return row_loss.astype(x.dtype).reshape(args.loss_shape)
+    total = np.sum(row_loss)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x.dtype.type(total / denominator if args.reduction == "mean" else total)
+
+
+@_dispatch
+@_doc("""Cross-entropy loss, as ``torch.nn.functional.cross_entropy`` with classes last.
+
+    Reads the logits once and writes no (rows, classes) array.
+
+    Parameters
+    ----------
+    """ + _CE_DOC + """
+    {backend}
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        A scalar of the logits' dtype for "mean"/"sum" (accumulated in float64),
+        an array of shape ``logits.shape[:-1]`` for "none".
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> float(fs.cross_entropy(np.zeros((2, 4)), np.array([1, 3])))  # log(4)
+    1.3862943611198906
+    """)
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, kernels):
+    args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
+                                        label_smoothing)
+    return _run_cross_entropy(kernels, args, None, np.float64(1.0))
+
+
+@_dispatch
+@_doc("""Cross-entropy loss and its gradient with respect to the logits, in one sweep.
+
+    Each row of logits is read from memory once; the loss and
+    ``d(loss * grad_output) / d(logits)`` come out of the same passes.
+
+    Parameters
+    ----------
+    """ + _CE_DOC + """
+    grad_output : float or array_like, optional
+        Gradient flowing into the loss: a scalar, or for ``reduction="none"`` an
+        array of the loss's shape. Default 1.
+    inplace : bool, optional
+        Write the gradient into ``logits`` (which must be a writeable
+        C-contiguous float32/float64 array) and return it: no extra (rows,
+        classes) memory. The logits are lost.
+    out : ndarray, optional
+        Where to write the gradient: the logits' shape and dtype.
+    {backend}
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As :func:`cross_entropy`.
+    grad : ndarray
+        Gradient, shape and dtype of ``logits`` (``logits`` itself when
+        ``inplace=True``, ``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> loss, grad = fs.cross_entropy_with_grad(np.zeros((1, 4)), np.array([1]))
+    >>> grad
+    array([[ 0.25, -0.75,  0.25,  0.25]])
+    """)
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, grad_output=1.0, inplace=False, out=None,
+                            kernels):
+    args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
+                                        label_smoothing)
+    g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    x = args.logits
+    if inplace:
+        _validate.inplace_buffer(args, out, logits)
+        result = x
+    elif out is not None:
+        _validate.out_array(out, x.shape, x.dtype, {"logits": x, "target": args.target})
+        result = out
+    else:
+        result = np.empty(x.shape, dtype=x.dtype)
+    direct = result.flags.c_contiguous
+    grad = result.reshape(-1, x.shape[-1]) if direct else np.empty((x.size // x.shape[-1],
+                                                                   x.shape[-1]), x.dtype)
+    loss = _run_cross_entropy(kernels, args, grad, g)
+    if not direct:
+        result[...] = grad.reshape(x.shape)
+    return loss, result
