@@ -21,8 +21,8 @@ def _finish(result, like, out, inputs):
 
 def _log_softmax64(x, axis):
     x = x.astype(np.float64)
-    shifted = x - np.max(x, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
+        shifted = x - np.max(x, axis=axis, keepdims=True)
         return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
@@ -98,7 +98,6 @@ def _cross_entropy64(args, grad_output):
             coef = ((1.0 - eps) * w_y)[..., None]
             unscaled_grad = (coef + eps / n_classes * w.sum()) * p - coef * onehot \
                 - eps / n_classes * w
-            unscaled_grad = np.where(valid[..., None], unscaled_grad, 0.0)
             denominator = np.sum(np.where(valid, w_y, 0.0))
         if args.reduction == "none":
             loss, scale = row_loss, grad_output
@@ -108,6 +107,8 @@ def _cross_entropy64(args, grad_output):
             loss = np.sum(row_loss) / np.float64(denominator)
             scale = grad_output / np.float64(denominator)
         grad = unscaled_grad * np.asarray(scale)[..., None]
+    if not args.probabilities:  # ignored rows get exactly 0, even when the scale is inf
+        grad = np.where((args.target != args.ignore_index)[..., None], grad, 0.0)
     return loss, grad
 
 

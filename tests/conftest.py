@@ -1,0 +1,79 @@
+"""Shared fixtures: every test that takes ``backend`` runs on every available backend."""
+import numpy as np
+import pytest
+
+import fastsoftmax
+
+BACKENDS = fastsoftmax.available_backends()
+COMPILED_BACKENDS = [name for name in BACKENDS if name != "numpy"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=COMPILED_BACKENDS)
+def compiled_backend(request):
+    return request.param
+
+
+# Tolerances of a float32/float64 kernel against the reference (float64 math,
+# rounded to the input dtype), relative to the largest magnitude in the result.
+RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
+
+
+def assert_close(actual, expected, context=""):
+    """Elementwise closeness with NaN/inf in the same places; names the input on failure."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{context}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{context}: dtype {actual.dtype} != {expected.dtype}"
+    rtol = RTOL[expected.dtype]
+    finite = np.isfinite(expected)
+    scale = np.max(np.abs(expected[finite]), initial=1.0)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True,
+                               err_msg=context)
+
+
+def with_layout(a, layout):
+    """A copy of ``a`` with the same values in memory layout ``layout``."""
+    if layout == "C":
+        return np.ascontiguousarray(a)
+    if layout == "F":
+        return np.asfortranarray(a)
+    if layout == "strided":  # every other element of a twice-as-long last axis
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    if layout == "reversed":  # negative strides on every axis
+        flipped = np.ascontiguousarray(a[(slice(None, None, -1),) * a.ndim])
+        return flipped[(slice(None, None, -1),) * a.ndim]
+    raise ValueError(layout)
+
+
+LAYOUTS = ["C", "F", "strided", "reversed"]
+
+
+def describe(**kwargs):
+    """Text naming a test input, for assertion messages."""
+    parts = []
+    for key, value in kwargs.items():
+        if isinstance(value, np.ndarray):
+            value = f"{value.dtype}{value.shape} C={value.flags.c_contiguous}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def raises_like(func_a, func_b):
+    """Run both; return (result_a, result_b), or assert both raised the same exception type."""
+    results, errors = [], []
+    for func in (func_a, func_b):
+        try:
+            results.append(func())
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - the type is compared below
+            results.append(None)
+            errors.append(exc)
+    kinds = [type(e) if e is not None else None for e in errors]
+    assert kinds[0] == kinds[1], f"one raised and the other did not, or differently: {errors}"
+    return results, errors
