@@ -13,7 +13,8 @@ import math
 
 from numba import njit, prange
 
-from ._math import JIT, JIT_PARALLEL, BLOCK, row_max, row_shifted_dot, row_sumexp, scalar_like, vexp
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_max, row_shifted_dot, row_sumexp,
+                    same_buffer, scalar_like, vexp)
 
 
 @njit(**JIT)
@@ -21,7 +22,7 @@ def _row_scale(scale, row_scale, i):
     return scale * row_scale[i] if row_scale.size else scale
 
 
-@njit(**JIT)
+@njit(**JIT_ROW_WRITER)
 def _index_grad_row(row, m, exp_scale, weight_scale, weight, out):
     """out = exp(row - m) * exp_scale - weight_scale * weight (weight term skipped at 0)."""
     k = scalar_like(row, exp_scale)
@@ -39,6 +40,8 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
                         scale, row_scale, row_loss, grad):
     n_classes = x.shape[1]
     eps_c = smoothing / n_classes
+    # inplace=True: grad *is* x; the writer reads the row through grad (see JIT_ROW_WRITER).
+    in_place = grad is not None and same_buffer(x, grad)
     for i in prange(x.shape[0]):
         row = x[i]
         y = target[i]
@@ -59,8 +62,11 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
         if grad is not None:
             s = _row_scale(scale, row_scale, i)
             onehot_coef = (1.0 - smoothing) * w_y
-            _index_grad_row(row, m, s * (onehot_coef + eps_c * weight_sum) / sum_exp,
-                            s * eps_c, weight, grad[i])
+            exp_scale = s * (onehot_coef + eps_c * weight_sum) / sum_exp
+            if in_place:
+                _index_grad_row(grad[i], m, exp_scale, s * eps_c, weight, grad[i])
+            else:
+                _index_grad_row(row, m, exp_scale, s * eps_c, weight, grad[i])
             grad[i, y] -= scalar_like(row, s * onehot_coef)
 
 
@@ -90,7 +96,7 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c):
     return sum_exp, total_wt, shifted_wt
 
 
-@njit(**JIT)
+@njit(**JIT_ROW_WRITER)
 def _prob_grad_row(row, t, weight, m, exp_scale, target_scale, keep, eps_c, out):
     """out = exp(row - m) * exp_scale - target_scale * w * t'."""
     k = scalar_like(row, exp_scale)
@@ -105,6 +111,7 @@ def _prob_grad_row(row, t, weight, m, exp_scale, target_scale, keep, eps_c, out)
 def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss, grad):
     keep = 1.0 - smoothing
     eps_c = smoothing / x.shape[1]
+    in_place = grad is not None and same_buffer(x, grad)
     for i in prange(x.shape[0]):
         row = x[i]
         m = row_max(row)
@@ -112,5 +119,8 @@ def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss,
         row_loss[i] = total_wt * math.log(sum_exp) - shifted_wt
         if grad is not None:
             s = _row_scale(scale, row_scale, i)
-            _prob_grad_row(row, target[i], weight, m, s * total_wt / sum_exp, s,
-                           keep, eps_c, grad[i])
+            exp_scale = s * total_wt / sum_exp
+            if in_place:
+                _prob_grad_row(grad[i], target[i], weight, m, exp_scale, s, keep, eps_c, grad[i])
+            else:
+                _prob_grad_row(row, target[i], weight, m, exp_scale, s, keep, eps_c, grad[i])

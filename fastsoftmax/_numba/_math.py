@@ -17,6 +17,11 @@ FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 # exception check in every kernel.
 JIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 JIT_PARALLEL = dict(JIT, parallel=True)
+# Row writers are inlined into the kernel so that an in-place call can pass the same
+# array as source and destination: LLVM then sees one pointer and vectorises the
+# loop, where two aliasing arrays fail its overlap check and run a scalar loop
+# (9.0 vs 1.6 ns/elem measured for an in-place exp-and-scale row).
+JIT_ROW_WRITER = dict(JIT, inline="always")
 
 
 @intrinsic
@@ -137,6 +142,12 @@ def _scalar_like_overload(row, value):
 # by LLVM (1.4 ns/elem vs 0.65 measured), and a block keeps the float32 rounding
 # error of each partial sum at the level of a short sum.
 BLOCK = 1024
+
+
+@njit(**JIT)
+def same_buffer(a, b):
+    """True when two arrays start at the same address (an in-place call)."""
+    return a.ctypes.data == b.ctypes.data
 
 
 @njit(**JIT)

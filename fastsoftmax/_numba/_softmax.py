@@ -9,10 +9,11 @@ import math
 
 from numba import njit, prange
 
-from ._math import JIT, JIT_PARALLEL, row_dot, row_max, row_sum, row_sumexp, scalar_like, vexp
+from ._math import (JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_dot, row_max, row_sum, row_sumexp,
+                    same_buffer, scalar_like, vexp)
 
 
-@njit(**JIT)
+@njit(**JIT_ROW_WRITER)
 def _softmax_row(row, out):
     m = row_max(row)
     inv = scalar_like(row, 1.0 / row_sumexp(row, m))
@@ -20,7 +21,7 @@ def _softmax_row(row, out):
         out[j] = vexp(row[j] - m) * inv
 
 
-@njit(**JIT)
+@njit(**JIT_ROW_WRITER)
 def _log_softmax_row(row, out):
     m = row_max(row)
     log_sum = scalar_like(row, math.log(row_sumexp(row, m)))
@@ -44,14 +45,23 @@ def _log_softmax_backward_row(logp, dy, out):
 
 @njit(**JIT_PARALLEL)
 def softmax(x, out):
+    # In place, out *is* x: reading the row through out keeps x read-only-safe.
+    in_place = same_buffer(x, out)
     for i in prange(x.shape[0]):
-        _softmax_row(x[i], out[i])
+        if in_place:
+            _softmax_row(out[i], out[i])
+        else:
+            _softmax_row(x[i], out[i])
 
 
 @njit(**JIT_PARALLEL)
 def log_softmax(x, out):
+    in_place = same_buffer(x, out)
     for i in prange(x.shape[0]):
-        _log_softmax_row(x[i], out[i])
+        if in_place:
+            _log_softmax_row(out[i], out[i])
+        else:
+            _log_softmax_row(x[i], out[i])
 
 
 @njit(**JIT_PARALLEL)

@@ -1,0 +1,1 @@
+"""fastsoftmax benchmark suite (pytest-benchmark) and report tool (``python -m bench.report``)."""

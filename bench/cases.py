@@ -1,0 +1,51 @@
+"""What is benchmarked: operations, shapes, dtypes, and the inputs for each."""
+import functools
+
+import numpy as np
+
+import fastsoftmax as fs
+
+ELEMENTS = 2 ** 24  # fixed budget: N = ELEMENTS // C rows
+FULL_CLASSES = [10, 100, 1000, 10000, 32768, 131072, 262144]
+QUICK_CLASSES = [10, 1000, 32768, 131072]
+FEW_ROW_SHAPES = [(8, 131072), (1, 1048576)]
+
+OPS = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "cross_entropy",
+       "cross_entropy_with_grad", "cross_entropy_with_grad_prob"]
+QUICK_OPS = ["softmax", "cross_entropy_with_grad"]
+
+
+def shapes(full):
+    classes = FULL_CLASSES if full else QUICK_CLASSES
+    budget = [(ELEMENTS // c, c) for c in classes]
+    return budget + FEW_ROW_SHAPES if full else budget
+
+
+def dtypes(full):
+    return ["float32", "float64"] if full else ["float32"]
+
+
+def ops(full):
+    return OPS if full else QUICK_OPS
+
+
+@functools.lru_cache(maxsize=1)
+def inputs(op, shape, dtype):
+    """The NumPy inputs of ``op``, shared by every implementation in a group (read-only)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype) * 3
+    if op == "softmax_backward":
+        arrays = (fs.softmax(x), rng.standard_normal(shape, dtype=np.float32).astype(dtype))
+    elif op == "cross_entropy_with_grad_prob":
+        arrays = (x, fs.softmax(rng.standard_normal(shape, dtype=np.float32).astype(dtype)))
+    elif op.startswith("cross_entropy"):
+        arrays = (x, rng.integers(0, shape[-1], shape[0]))
+    else:
+        arrays = (x,)
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+def group_name(op, shape, dtype):
+    return f"{op}|{shape[0]}x{shape[1]}|{dtype}"
