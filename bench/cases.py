@@ -5,7 +5,7 @@ import numpy as np
 
 import fastsoftmax as fs
 
-ELEMENTS = 2 ** 24  # fixed budget: N = ELEMENTS // C rows
+ELEMENTS = 2 ** 24  # default fixed budget: N = elements // C rows
 FULL_CLASSES = [10, 100, 1000, 10000, 32768, 131072, 262144]
 QUICK_CLASSES = [10, 1000, 32768, 131072]
 FEW_ROW_SHAPES = [(8, 131072), (1, 1048576)]
@@ -15,10 +15,12 @@ OPS = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "cross_entropy
 QUICK_OPS = ["softmax", "cross_entropy_with_grad"]
 
 
-def shapes(full):
+def shapes(full, elements=ELEMENTS):
+    """(rows, classes) pairs; ``elements`` below the default shrinks every shape (smoke runs)."""
     classes = FULL_CLASSES if full else QUICK_CLASSES
-    budget = [(ELEMENTS // c, c) for c in classes]
-    return budget + FEW_ROW_SHAPES if full else budget
+    budget = [(max(1, elements // c), c) for c in classes if c <= elements]
+    few_rows = [(r, c) for r, c in FEW_ROW_SHAPES if r * c <= elements]
+    return budget + few_rows if full else budget
 
 
 def dtypes(full):

@@ -12,12 +12,17 @@ def pytest_addoption(parser):
                          "float32 and float64 (default: the quick set)")
     group.addoption("--bench-threads", type=int, default=None,
                     help="threads for fastsoftmax and torch (default: all cores)")
+    group.addoption("--bench-elements", type=int, default=cases.ELEMENTS,
+                    help="logits per benchmark (default 2**24); smaller for smoke runs")
     group.addoption("--bench-seconds", type=float, default=0.6,
                     help="approximate measuring time per benchmark (default 0.6 s)")
 
 
 def pytest_configure(config):
     configure_threads(config.getoption("--bench-threads") or default_threads())
+    # Inputs are made read-only to catch an implementation that writes to them; torch
+    # warns about wrapping such arrays, which is harmless here (it only reads them).
+    config.addinivalue_line("filterwarnings", "ignore:The given NumPy array is not writable")
 
 
 def pytest_generate_tests(metafunc):
@@ -28,7 +33,7 @@ def pytest_generate_tests(metafunc):
     params, ids = [], []
     # Implementation varies fastest, so one group's inputs are built once.
     for dtype in cases.dtypes(full):
-        for shape in cases.shapes(full):
+        for shape in cases.shapes(full, metafunc.config.getoption("--bench-elements")):
             for op in cases.ops(full):
                 for name, ops in impls.items():
                     if op in ops:
@@ -40,3 +45,17 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def bench_seconds(request):
     return request.config.getoption("--bench-seconds")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record what was compared, so saved results from different CPUs stay comparable."""
+    import importlib.metadata as metadata
+    versions = {}
+    for package in ("fastsoftmax", "numpy", "numba", "torch", "jax", "jaxlib"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    machine_info["fastsoftmax_versions"] = versions
+    machine_info["fastsoftmax_threads"] = (config.getoption("--bench-threads")
+                                           or default_threads())

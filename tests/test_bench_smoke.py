@@ -1,0 +1,35 @@
+"""The benchmark suite and its report run end to end (tiny shapes, timing disabled).
+
+This keeps ``pytest bench`` from rotting; it measures nothing.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed")
+
+
+def test_bench_suite_and_report(tmp_path):
+    results = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_kernels.py", "-q", "--benchmark-only",
+         "--bench-full", "--bench-elements=4096", "--bench-seconds=0.001",
+         "-k", "not torch.compile and not jax", f"--benchmark-json={results}"],
+        capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(results.read_text())
+    groups = {b["group"] for b in data["benchmarks"]}
+    assert "cross_entropy_with_grad|4x1000|float64" in groups
+    names = {b["name"] for b in data["benchmarks"]}
+    assert {"fastsoftmax-numba", "numpy-reference", "memory-floor"} <= names
+
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\nafter\n")
+    report = subprocess.run([sys.executable, "-m", "bench.report", str(results), "--readme",
+                             str(readme)], capture_output=True, text=True, check=False)
+    assert report.returncode == 0, report.stderr
+    assert "cross_entropy_with_grad, float64" in report.stdout
+    text = readme.read_text()
+    assert "old" not in text and "| 4 x 1000 |" in text and text.endswith("after\n")
