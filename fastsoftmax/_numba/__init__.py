@@ -5,6 +5,7 @@ dtype and is cached on disk (``cache=True``).
 """
 import numba
 
+from . import _target  # noqa: F401  (must run before the first compile)
 from ._cross_entropy import cross_entropy_index, cross_entropy_prob
 from ._softmax import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
 
