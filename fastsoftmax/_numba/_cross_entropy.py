@@ -13,13 +13,8 @@ import math
 
 from numba import njit, prange
 
-from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_max, row_shifted_dot, row_sumexp,
-                    same_buffer, scalar_like, vexp)
-
-
-@njit(**JIT)
-def _row_scale(scale, row_scale, i):
-    return scale * row_scale[i] if row_scale.size else scale
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_max, row_scale_at,
+                    row_shifted_dot, row_sumexp, same_buffer, scalar_like, vexp)
 
 
 @njit(**JIT_ROW_WRITER)
@@ -60,7 +55,7 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
             loss += eps_c * (weight_sum * log_sum - row_shifted_dot(weight, row, m))
         row_loss[i] = loss
         if grad is not None:
-            s = _row_scale(scale, row_scale, i)
+            s = row_scale_at(scale, row_scale, i)
             onehot_coef = (1.0 - smoothing) * w_y
             exp_scale = s * (onehot_coef + eps_c * weight_sum) / sum_exp
             if in_place:
@@ -118,7 +113,7 @@ def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss,
         sum_exp, total_wt, shifted_wt = _prob_row_sums(row, target[i], weight, m, keep, eps_c)
         row_loss[i] = total_wt * math.log(sum_exp) - shifted_wt
         if grad is not None:
-            s = _row_scale(scale, row_scale, i)
+            s = row_scale_at(scale, row_scale, i)
             exp_scale = s * total_wt / sum_exp
             if in_place:
                 _prob_grad_row(grad[i], target[i], weight, m, exp_scale, s, keep, eps_c, grad[i])

@@ -145,6 +145,12 @@ BLOCK = 1024
 
 
 @njit(**JIT)
+def row_scale_at(scale, row_scale, i):
+    """The gradient scale of row i: ``scale``, times ``row_scale[i]`` when given."""
+    return scale * row_scale[i] if row_scale.size else scale
+
+
+@njit(**JIT)
 def same_buffer(a, b):
     """True when two arrays start at the same address (an in-place call)."""
     return a.ctypes.data == b.ctypes.data
