@@ -13,8 +13,8 @@ import math
 
 from numba import njit, prange
 
-from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_max, row_scale_at,
-                    row_shifted_dot, row_sumexp, same_buffer, scalar_like, vexp)
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW_WRITER, row_max,
+                    row_scale_at, row_shifted_dot, row_sumexp, same_buffer, scalar_like, vexp)
 
 
 @njit(**JIT_ROW_WRITER)
@@ -65,7 +65,7 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
             grad[i, y] -= scalar_like(row, s * onehot_coef)
 
 
-@njit(**JIT)
+@njit(**JIT_REDUCTION)
 def _prob_row_sums(row, t, weight, m, keep, eps_c):
     """One pass: sum(exp(row - m)), T = sum(w t'), and sum(w t' (row - m)), as float64."""
     sum_exp = 0.0
