@@ -14,8 +14,15 @@ import os
 # name -> module path; the order is the "auto" preference (fastest first, measured
 # by the benchmark suite). None marks the reference, which is always available.
 BACKENDS = {
+    "cython": "fastsoftmax._cython",
     "numba": "fastsoftmax._numba",
     "numpy": None,
+}
+# What to tell a user who asks for a backend that is not there.
+HOW_TO_ENABLE = {
+    "cython": "the Cython extension was not built; install a C compiler and Cython>=3 and "
+              "reinstall (pip install -e .), with FASTSOFTMAX_REQUIRE_CYTHON=1 to see why a "
+              "build fails",
 }
 AUTO = "auto"
 ENV_VAR = "FASTSOFTMAX_BACKEND"
@@ -43,7 +50,8 @@ def available_backends():
     Returns
     -------
     list of str
-        A subset of ``"numba"``, ``"numpy"``; ``"numpy"`` (the reference) is always there.
+        A subset of ``"cython"``, ``"numba"``, ``"numpy"``; ``"numpy"`` (the reference) is
+        always there.
     """
     return [name for name, path in BACKENDS.items() if path is None or _load(name) is not None]
 
@@ -55,7 +63,8 @@ def _check_name(name, source):
         raise ValueError(f"unknown backend {name!r} from {source}; choose one of "
                          f"{[AUTO, *BACKENDS]}")
     if BACKENDS[name] is not None and _load(name) is None:
-        raise RuntimeError(f"backend {name!r} is not available: {_import_errors[name]}")
+        hint = HOW_TO_ENABLE.get(name, "")
+        raise RuntimeError(f"backend {name!r} is not available ({_import_errors[name]}); {hint}")
     return name
 
 

@@ -254,10 +254,10 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
         kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1), weight,
                                     float(np.sum(weight, dtype=np.float64)), args.ignore_index,
                                     args.label_smoothing, float(scale), row_scale, row_loss, grad)
-    if args.reduction == "none":
-        return row_loss.astype(x.dtype).reshape(args.loss_shape)
-    total = np.sum(row_loss)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
+        if args.reduction == "none":
+            return row_loss.astype(x.dtype).reshape(args.loss_shape)
+        total = np.sum(row_loss)
         return x.dtype.type(total / denominator if args.reduction == "mean" else total)
 
 

@@ -13,7 +13,8 @@ from . import _validate
 def _finish(result, like, out, inputs):
     """Cast a float64 result to ``like``'s dtype, into ``out`` when given."""
     if out is None:
-        return result.astype(like.dtype)
+        with np.errstate(over="ignore"):
+            return result.astype(like.dtype)
     _validate.out_array(out, result.shape, like.dtype, inputs)
     out[...] = result
     return out
@@ -113,7 +114,8 @@ def _cross_entropy64(args, grad_output):
 
 
 def _loss_in_dtype(loss, dtype):
-    return np.asarray(loss, dtype=dtype) if np.ndim(loss) else dtype.type(loss)
+    with np.errstate(over="ignore"):  # a float64 loss beyond float32's range becomes inf
+        return np.asarray(loss, dtype=dtype) if np.ndim(loss) else dtype.type(loss)
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",

@@ -1,0 +1,191 @@
+/* Row helpers of the Cython backend: a vectorisable exp and the per-row loops.
+ *
+ * The same algorithms as fastsoftmax/_numba/_math.py. Each helper is written once
+ * as a macro and instantiated for float (suffix f) and double (suffix d).
+ * Reductions use `#pragma omp simd reduction`, which lets GCC split them into vector
+ * lanes under -fopenmp-simd without -ffast-math (which would break NaN/inf
+ * semantics and re-round the two-step ln2 reduction in exp).
+ */
+#ifndef FASTSOFTMAX_ROWS_H
+#define FASTSOFTMAX_ROWS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Partial sums run in the row's type over blocks, added into a double total. */
+#define FS_BLOCK 1024
+
+/* exp(x) = 2^k * P(r), r = x - k ln2 (Cody-Waite split of ln2), |r| <= ln2/2.
+ * float: degree-6 minimax polynomial (Cephes expf coefficients), ~1 ulp.
+ * double: Taylor series to degree 12, truncation < 2e-16. 2^k is built in the
+ * exponent bits from the float value (k + bias) * 2^mantissa, exact in the type. */
+static inline float fs_exp_f(float x) {
+    const float lo = -126.0f * 0.69314718f, hi = 127.0f * 0.69314718f;
+    float xc = x > lo ? x : lo;
+    xc = xc < hi ? xc : hi;
+    float k = floorf(xc * 1.44269504f + 0.5f);
+    float r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = (int32_t)((k + 127.0f) * 8388608.0f);
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale;
+    y = x > lo ? y : 0.0f;
+    y = x < hi ? y : INFINITY;
+    return x == x ? y : x;
+}
+
+static inline double fs_exp_d(double x) {
+    const double lo = -1022.0 * 0.6931471805599453, hi = 1023.0 * 0.6931471805599453;
+    double xc = x > lo ? x : lo;
+    xc = xc < hi ? xc : hi;
+    double k = floor(xc * 1.4426950408889634 + 0.5);
+    double r = (xc - k * 0.693359375) - k * -2.12194440054690583e-4;
+    double p = 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t bits = (int64_t)((k + 1023.0) * 4503599627370496.0);
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    double y = p * scale;
+    y = x > lo ? y : 0.0;
+    y = x < hi ? y : INFINITY;
+    return x == x ? y : x;
+}
+
+#define FS_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+#define FS_DEFINE_ROWS(T, S)                                                          \
+/* Largest element; NaN if the row holds a NaN. */                                    \
+static inline T fs_row_max_##S(const T *row, Py_ssize_t n) {                          \
+    T m = row[0];                                                                     \
+    int nan = 0;                                                                      \
+    _Pragma("omp simd reduction(max:m) reduction(|:nan)")                            \
+    for (Py_ssize_t j = 0; j < n; j++) {                                              \
+        m = row[j] > m ? row[j] : m;                                                  \
+        nan |= row[j] != row[j];                                                      \
+    }                                                                                 \
+    return nan ? (T)NAN : m;                                                          \
+}                                                                                     \
+/* sum(exp(row - m)) */                                                               \
+static inline double fs_row_sumexp_##S(const T *row, Py_ssize_t n, T m) {             \
+    double total = 0.0;                                                               \
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {                        \
+        Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);                                \
+        T acc = 0;                                                                    \
+        _Pragma("omp simd reduction(+:acc)")                                          \
+        for (Py_ssize_t j = start; j < stop; j++) acc += fs_exp_##S(row[j] - m);      \
+        total += acc;                                                                 \
+    }                                                                                 \
+    return total;                                                                     \
+}                                                                                     \
+/* sum(a * b), or sum(a) when b is NULL */                                            \
+static inline double fs_row_dot_##S(const T *a, const T *b, Py_ssize_t n) {           \
+    double total = 0.0;                                                               \
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {                        \
+        Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);                                \
+        T acc = 0;                                                                    \
+        if (b) {                                                                      \
+            _Pragma("omp simd reduction(+:acc)")                                      \
+            for (Py_ssize_t j = start; j < stop; j++) acc += a[j] * b[j];             \
+        } else {                                                                      \
+            _Pragma("omp simd reduction(+:acc)")                                      \
+            for (Py_ssize_t j = start; j < stop; j++) acc += a[j];                    \
+        }                                                                             \
+        total += acc;                                                                 \
+    }                                                                                 \
+    return total;                                                                     \
+}                                                                                     \
+/* sum(w * (row - m)) */                                                              \
+static inline double fs_row_shifted_dot_##S(const T *w, const T *row, Py_ssize_t n,   \
+                                            T m) {                                    \
+    double total = 0.0;                                                               \
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {                        \
+        Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);                                \
+        T acc = 0;                                                                    \
+        _Pragma("omp simd reduction(+:acc)")                                          \
+        for (Py_ssize_t j = start; j < stop; j++) acc += w[j] * (row[j] - m);         \
+        total += acc;                                                                 \
+    }                                                                                 \
+    return total;                                                                     \
+}                                                                                     \
+/* One pass for probability targets t' = keep * t + eps: returns sum(exp(row - m)),  \
+ * sets *total_wt = sum(w t') and *shifted_wt = sum(w t' (row - m)). */               \
+static inline double fs_prob_sums_##S(const T *row, const T *t, const T *w,           \
+                                      Py_ssize_t n, T m, T keep, T eps,               \
+                                      double *total_wt, double *shifted_wt) {         \
+    double sum_exp = 0.0, twt = 0.0, swt = 0.0;                                       \
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {                        \
+        Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);                                \
+        T acc_exp = 0, acc_wt = 0, acc_shifted = 0;                                   \
+        _Pragma("omp simd reduction(+:acc_exp,acc_wt,acc_shifted)")                   \
+        for (Py_ssize_t j = start; j < stop; j++) {                                   \
+            T z = row[j] - m;                                                         \
+            T wt = w[j] * (t[j] * keep + eps);                                        \
+            acc_exp += fs_exp_##S(z);                                                 \
+            acc_wt += wt;                                                             \
+            acc_shifted += wt * z;                                                    \
+        }                                                                             \
+        sum_exp += acc_exp; twt += acc_wt; swt += acc_shifted;                        \
+    }                                                                                 \
+    *total_wt = twt; *shifted_wt = swt;                                               \
+    return sum_exp;                                                                   \
+}                                                                                     \
+/* out = exp(row - m) * k - f * w (w may be NULL: no weight term); out may be row */  \
+static inline void fs_exp_scale_##S(const T *row, T m, T k, T f, const T *w,          \
+                                    T *out, Py_ssize_t n) {                           \
+    if (w) {                                                                          \
+        _Pragma("omp simd")                                                           \
+        for (Py_ssize_t j = 0; j < n; j++) out[j] = fs_exp_##S(row[j] - m) * k - f * w[j]; \
+    } else {                                                                          \
+        _Pragma("omp simd")                                                           \
+        for (Py_ssize_t j = 0; j < n; j++) out[j] = fs_exp_##S(row[j] - m) * k;       \
+    }                                                                                 \
+}                                                                                     \
+/* out = exp(row - m) * k - f * w * (t * keep + eps); out may be row */               \
+static inline void fs_prob_grad_##S(const T *row, const T *t, const T *w, T m, T k,   \
+                                    T f, T keep, T eps, T *out, Py_ssize_t n) {       \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t j = 0; j < n; j++)                                                \
+        out[j] = fs_exp_##S(row[j] - m) * k - f * w[j] * (t[j] * keep + eps);         \
+}                                                                                     \
+/* out = (row - m) - log_sum */                                                       \
+static inline void fs_shift_##S(const T *row, T m, T log_sum, T *out, Py_ssize_t n) { \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = (row[j] - m) - log_sum;               \
+}                                                                                     \
+/* out = y * (dy - dot) */                                                            \
+static inline void fs_softmax_bwd_##S(const T *y, const T *dy, T dot, T *out,         \
+                                      Py_ssize_t n) {                                 \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = y[j] * (dy[j] - dot);                 \
+}                                                                                     \
+/* out = dy - exp(logp) * total */                                                    \
+static inline void fs_log_softmax_bwd_##S(const T *logp, const T *dy, T total,        \
+                                          T *out, Py_ssize_t n) {                     \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = dy[j] - fs_exp_##S(logp[j]) * total;  \
+}
+
+FS_DEFINE_ROWS(float, f)
+FS_DEFINE_ROWS(double, d)
+
+#endif
