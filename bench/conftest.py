@@ -10,6 +10,10 @@ def pytest_addoption(parser):
     group.addoption("--bench-full", action="store_true",
                     help="all ops, class counts 10..262144 plus 8x131072 and 1x1048576, "
                          "float32 and float64 (default: the quick set)")
+    group.addoption("--bench-ops", default=None,
+                    help="comma-separated ops to run (default: those of the chosen set)")
+    group.addoption("--bench-dtypes", default=None,
+                    help="comma-separated dtypes to run (default: those of the chosen set)")
     group.addoption("--bench-threads", type=int, default=None,
                     help="threads for fastsoftmax and torch (default: all cores)")
     group.addoption("--bench-elements", type=int, default=cases.ELEMENTS,
@@ -29,17 +33,30 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     full = metafunc.config.getoption("--bench-full")
+    ops = _choice(metafunc.config.getoption("--bench-ops"), cases.ops(full), cases.OPS)
+    dtypes = _choice(metafunc.config.getoption("--bench-dtypes"), cases.dtypes(full),
+                     ["float32", "float64"])
     impls = implementations()
     params, ids = [], []
     # Implementation varies fastest, so one group's inputs are built once.
-    for dtype in cases.dtypes(full):
+    for dtype in dtypes:
         for shape in cases.shapes(full, metafunc.config.getoption("--bench-elements")):
-            for op in cases.ops(full):
-                for name, ops in impls.items():
-                    if op in ops:
-                        params.append((op, shape, dtype, name, ops[op]))
+            for op in ops:
+                for name, factories in impls.items():
+                    if op in factories:
+                        params.append((op, shape, dtype, name, factories[op]))
                         ids.append(f"{cases.group_name(op, shape, dtype)}|{name}")
     metafunc.parametrize("case", params, ids=ids)
+
+
+def _choice(option, default, known):
+    if option is None:
+        return default
+    chosen = [item.strip() for item in option.split(",") if item.strip()]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise pytest.UsageError(f"unknown {unknown}; choose from {known}")
+    return chosen
 
 
 @pytest.fixture

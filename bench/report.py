@@ -36,7 +36,8 @@ class Run:
         for bench in data["benchmarks"]:
             extra = bench.get("extra_info", {})
             if extra.get("op") == "cold-start":
-                self.cold[extra["cache"]] = dict(extra, median=bench["stats"]["median"])
+                key = (extra.get("backend", "numba"), extra["cache"])
+                self.cold[key] = dict(extra, median=bench["stats"]["median"])
             elif "elements" in extra:
                 key = (extra["op"], extra["rows"], extra["classes"], extra["dtype"])
                 self.ns[key][extra["implementation"]] = \
@@ -96,9 +97,10 @@ def report_run(run, ops=None, dtypes=None):
         out += [f"**{op}, {dtype}**", "", op_table(run, op, dtype), ""]
     if run.cold:
         out += ["**cold start** (fresh process, float32 64 x 1000 cross_entropy_with_grad)", "",
-                "| Numba cache | import | first call | whole process |", "|---|---|---|---|"]
-        for cache, info in sorted(run.cold.items()):
-            out.append(f"| {cache} | {info['import_seconds']:.3f} s | "
+                "| backend | Numba cache | import | first call | whole process |",
+                "|---|---|---|---|---|"]
+        for (backend, cache), info in sorted(run.cold.items()):
+            out.append(f"| {backend} | {cache} | {info['import_seconds']:.3f} s | "
                        f"{info['first_call_seconds']:.2f} s | {info['median']:.2f} s |")
         out.append("")
     return "\n".join(out)

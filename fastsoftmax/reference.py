@@ -28,6 +28,7 @@ def _log_softmax64(x, axis):
 
 
 def softmax(x, axis=-1, *, out=None):
+    """Reference :func:`fastsoftmax.softmax`: same parameters and result, float64 math."""
     x = _validate.float_array(x, "x")
     axis = _validate.class_axis(x, axis)
     with np.errstate(invalid="ignore"):
@@ -35,12 +36,14 @@ def softmax(x, axis=-1, *, out=None):
 
 
 def log_softmax(x, axis=-1, *, out=None):
+    """Reference :func:`fastsoftmax.log_softmax`: same parameters and result, float64 math."""
     x = _validate.float_array(x, "x")
     axis = _validate.class_axis(x, axis)
     return _finish(_log_softmax64(x, axis), x, out, {"x": x})
 
 
 def logsumexp(x, axis=-1, *, out=None):
+    """Reference :func:`fastsoftmax.logsumexp`: same parameters and result, float64 math."""
     x = _validate.float_array(x, "x")
     axis = _validate.class_axis(x, axis)
     x64 = x.astype(np.float64)
@@ -52,6 +55,7 @@ def logsumexp(x, axis=-1, *, out=None):
 
 
 def softmax_backward(y, dy, axis=-1, *, out=None):
+    """Reference :func:`fastsoftmax.softmax_backward`: same parameters and result, float64 math."""
     y = _validate.float_array(y, "y")
     dy = _validate.float_array(dy, "dy")
     _validate.same_shape_and_dtype(y, dy, "y", "dy")
@@ -62,6 +66,7 @@ def softmax_backward(y, dy, axis=-1, *, out=None):
 
 
 def log_softmax_backward(logp, dy, axis=-1, *, out=None):
+    """Reference :func:`fastsoftmax.log_softmax_backward`: same parameters and result, float64 math."""
     logp = _validate.float_array(logp, "logp")
     dy = _validate.float_array(dy, "dy")
     _validate.same_shape_and_dtype(logp, dy, "logp", "dy")
@@ -120,6 +125,7 @@ def _loss_in_dtype(loss, dtype):
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0):
+    """Reference :func:`fastsoftmax.cross_entropy`: torch's definitions, float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
                                         label_smoothing)
     loss, _ = _cross_entropy64(args, np.float64(1.0))
@@ -128,6 +134,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, grad_output=1.0, inplace=False, out=None):
+    """Reference :func:`fastsoftmax.cross_entropy_with_grad`: the analytic gradient of
+    torch's loss (checked against torch autograd and finite differences), float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
                                         label_smoothing)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)

@@ -128,7 +128,8 @@ cdef Py_ssize_t _block_rows(Py_ssize_t n_classes) noexcept nogil:
 
 cdef void _columns(const real *x, Py_ssize_t rows, Py_ssize_t n, real *e,
                    real *m) noexcept nogil:
-    """e[j, r] = x[r, j] - m[r] (e is n x rows), m[r] = max of row r (NaN if any)."""
+    """e[j, r] = x[r, j] - m[r] (e is n x rows), m[r] = max of row r ignoring NaN (a NaN
+    still makes the row's exp sum NaN; a compare-select max vectorises, an `or` does not)."""
     cdef Py_ssize_t r, j
     cdef real v
     for r in range(rows):
@@ -139,7 +140,7 @@ cdef void _columns(const real *x, Py_ssize_t rows, Py_ssize_t n, real *e,
     for j in range(1, n):
         for r in range(rows):
             v = e[j * rows + r]
-            m[r] = v if (v > m[r] or v != v) else m[r]
+            m[r] = v if v > m[r] else m[r]
     for j in range(n):
         for r in range(rows):
             e[j * rows + r] -= m[r]
@@ -203,8 +204,13 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
             scale = <real>log(s.sums[r])
             for j in range(n):
                 out[r * n + j] = (x[r * n + j] - m[r]) - scale
-        else:  # as torch.logsumexp: a row whose max is +-inf gives that max
-            out[r] = <real>(m[r] + log(s.sums[r])) if isfinite(m[r]) else m[r]
+        elif isfinite(m[r]):
+            out[r] = <real>(m[r] + log(s.sums[r]))
+        else:  # as torch.logsumexp: a row whose max is +-inf gives it, unless it holds NaN
+            out[r] = m[r]
+            for j in range(n):
+                if x[r * n + j] != x[r * n + j]:
+                    out[r] = x[r * n + j]
     _release(s)
 
 
