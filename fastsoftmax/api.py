@@ -55,8 +55,8 @@ _OUT_DOC = """out : ndarray, optional
         Where to write the result: exactly the result's shape and dtype. It may be
         the input array itself (in-place) but may not partly overlap it."""
 _BACKEND_DOC = """backend : str, optional
-        ``"numba"``, ``"numpy"`` (the reference) or ``"auto"``; default: the
-        current backend (see :func:`fastsoftmax.set_backend`)."""
+        ``"cython"``, ``"numba"``, ``"numpy"`` (the reference) or ``"auto"``;
+        default: the current backend (see :func:`fastsoftmax.set_backend`)."""
 
 
 def _doc(text):

@@ -58,8 +58,13 @@ cdef extern from *:
     int FS_OPENMP
 
 # Built without OpenMP (FASTSOFTMAX_NO_OPENMP=1) the prange loops run serially.
-max_threads = len(os.sched_getaffinity(0)) if FS_OPENMP and hasattr(os, "sched_getaffinity") \
-    else (os.cpu_count() or 1) if FS_OPENMP else 1
+def _usable_cores():
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+max_threads = _usable_cores() if FS_OPENMP else 1
 openmp = bool(FS_OPENMP)
 
 ctypedef fused real:
