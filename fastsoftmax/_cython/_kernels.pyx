@@ -18,25 +18,24 @@ cdef extern from "rows.h" nogil:
     double fs_exp_d(double x)
     float fs_row_max_f(const float *row, Py_ssize_t n)
     double fs_row_max_d(const double *row, Py_ssize_t n)
-    double fs_row_sumexp_f(const float *row, Py_ssize_t n, float m)
-    double fs_row_sumexp_d(const double *row, Py_ssize_t n, double m)
+    double fs_row_sumexp_f(const float *row, Py_ssize_t n, float m, float *out)
+    double fs_row_sumexp_d(const double *row, Py_ssize_t n, double m, double *out)
     double fs_row_dot_f(const float *a, const float *b, Py_ssize_t n)
     double fs_row_dot_d(const double *a, const double *b, Py_ssize_t n)
     double fs_row_shifted_dot_f(const float *w, const float *row, Py_ssize_t n, float m)
     double fs_row_shifted_dot_d(const double *w, const double *row, Py_ssize_t n, double m)
     double fs_prob_sums_f(const float *row, const float *t, const float *w, Py_ssize_t n,
-                          float m, float keep, float eps, double *total_wt, double *shifted_wt)
-    double fs_prob_sums_d(const double *row, const double *t, const double *w, Py_ssize_t n,
-                          double m, double keep, double eps, double *total_wt,
+                          float m, float keep, float eps, float *out, double *total_wt,
                           double *shifted_wt)
-    void fs_exp_scale_f(const float *row, float m, float k, float f, const float *w,
-                        float *out, Py_ssize_t n)
-    void fs_exp_scale_d(const double *row, double m, double k, double f, const double *w,
-                        double *out, Py_ssize_t n)
-    void fs_prob_grad_f(const float *row, const float *t, const float *w, float m, float k,
-                        float f, float keep, float eps, float *out, Py_ssize_t n)
-    void fs_prob_grad_d(const double *row, const double *t, const double *w, double m,
-                        double k, double f, double keep, double eps, double *out, Py_ssize_t n)
+    double fs_prob_sums_d(const double *row, const double *t, const double *w, Py_ssize_t n,
+                          double m, double keep, double eps, double *out, double *total_wt,
+                          double *shifted_wt)
+    void fs_rescale_f(float *out, float k, float f, const float *w, Py_ssize_t n)
+    void fs_rescale_d(double *out, double k, double f, const double *w, Py_ssize_t n)
+    void fs_prob_rescale_f(float *out, const float *t, const float *w, float k, float f,
+                           float keep, float eps, Py_ssize_t n)
+    void fs_prob_rescale_d(double *out, const double *t, const double *w, double k, double f,
+                           double keep, double eps, Py_ssize_t n)
     void fs_shift_f(const float *row, float m, float log_sum, float *out, Py_ssize_t n)
     void fs_shift_d(const double *row, double m, double log_sum, double *out, Py_ssize_t n)
     void fs_softmax_bwd_f(const float *y, const float *dy, float dot, float *out, Py_ssize_t n)
@@ -92,11 +91,11 @@ cdef inline real _max(const real *row, Py_ssize_t n) noexcept nogil:
     else:
         return fs_row_max_d(row, n)
 
-cdef inline double _sumexp(const real *row, Py_ssize_t n, real m) noexcept nogil:
+cdef inline double _sumexp(const real *row, Py_ssize_t n, real m, real *out) noexcept nogil:
     if real is float:
-        return fs_row_sumexp_f(row, n, m)
+        return fs_row_sumexp_f(row, n, m, out)
     else:
-        return fs_row_sumexp_d(row, n, m)
+        return fs_row_sumexp_d(row, n, m, out)
 
 cdef inline double _dot(const real *a, const real *b, Py_ssize_t n) noexcept nogil:
     if real is float:
@@ -117,12 +116,11 @@ cdef inline real _exp(real x) noexcept nogil:
     else:
         return fs_exp_d(x)
 
-cdef inline void _exp_scale(const real *row, real m, real k, real f, const real *w, real *out,
-                            Py_ssize_t n) noexcept nogil:
+cdef inline void _rescale(real *out, real k, real f, const real *w, Py_ssize_t n) noexcept nogil:
     if real is float:
-        fs_exp_scale_f(row, m, k, f, w, out, n)
+        fs_rescale_f(out, k, f, w, n)
     else:
-        fs_exp_scale_d(row, m, k, f, w, out, n)
+        fs_rescale_d(out, k, f, w, n)
 
 
 # ---- few classes: a task takes a block of rows and works on it transposed ----
@@ -319,7 +317,7 @@ def softmax(const real[:, ::1] x, real[:, ::1] out):
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_threads):
         m = _max(&x[i, 0], n)
-        _exp_scale(&x[i, 0], m, <real>(1.0 / _sumexp(&x[i, 0], n, m)), 0, NULL, &out[i, 0], n)
+        _rescale(&out[i, 0], <real>(1.0 / _sumexp(&x[i, 0], n, m, &out[i, 0])), 0, NULL, n)
 
 
 def log_softmax(const real[:, ::1] x, real[:, ::1] out):
@@ -332,7 +330,7 @@ def log_softmax(const real[:, ::1] x, real[:, ::1] out):
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_threads):
         m = _max(&x[i, 0], n)
-        log_sum = <real>log(_sumexp(&x[i, 0], n, m))
+        log_sum = <real>log(_sumexp(&x[i, 0], n, m, NULL))
         if real is float:
             fs_shift_f(&x[i, 0], m, log_sum, &out[i, 0], n)
         else:
@@ -349,9 +347,8 @@ def logsumexp(const real[:, ::1] x, real[::1] out):
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_threads):
         m = _max(&x[i, 0], n)
-        if not isfinite(m):  # as torch.logsumexp: -inf rows give -inf, +inf rows +inf
-            m = 0
-        out[i] = <real>(m + log(_sumexp(&x[i, 0], n, m)))
+        # as torch.logsumexp: a NaN, +inf or all -inf row gives its max (NaN, +inf, -inf)
+        out[i] = <real>(m + log(_sumexp(&x[i, 0], n, m, NULL))) if isfinite(m) else m
 
 
 def softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] out):
@@ -383,7 +380,7 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
     """Per-row loss and (when grad is not None) the gradient; formulas in _numba."""
     cdef Py_ssize_t i, j, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
-    cdef double eps_c = smoothing / n, sum_exp, log_sum, w_y, loss, s, onehot_coef
+    cdef double eps_c = smoothing / n, sum_exp, log_sum, w_y, s, onehot_coef, shifted_y, shifted_w
     cdef int64_t y
     cdef real m
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
@@ -404,18 +401,19 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                     grad[i, j] = 0
             continue
         m = _max(&x[i, 0], n)
-        sum_exp = _sumexp(&x[i, 0], n, m)
+        # Both read the row before the exp pass overwrites it (inplace=True).
+        shifted_y = x[i, y] - m
+        shifted_w = _shifted_dot(&weight[0], &x[i, 0], n, m) if smoothing != 0 else 0
+        sum_exp = _sumexp(&x[i, 0], n, m, &grad[i, 0] if want_grad else NULL)
         log_sum = log(sum_exp)
         w_y = weight[y]
-        loss = (1.0 - smoothing) * w_y * (log_sum - <double>(x[i, y] - m))
-        if smoothing != 0:
-            loss = loss + eps_c * (weight_sum * log_sum - _shifted_dot(&weight[0], &x[i, 0], n, m))
-        row_loss[i] = loss
+        row_loss[i] = ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
+                       + eps_c * (weight_sum * log_sum - shifted_w))
         if want_grad:
             s = scale * row_scale[i] if per_row else scale
             onehot_coef = (1.0 - smoothing) * w_y
-            _exp_scale(&x[i, 0], m, <real>(s * (onehot_coef + eps_c * weight_sum) / sum_exp),
-                       <real>(s * eps_c), &weight[0] if smoothing != 0 else NULL, &grad[i, 0], n)
+            _rescale(&grad[i, 0], <real>(s * (onehot_coef + eps_c * weight_sum) / sum_exp),
+                     <real>(s * eps_c), &weight[0] if smoothing != 0 else NULL, n)
             grad[i, y] -= <real>(s * onehot_coef)
 
 
@@ -426,6 +424,7 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
     cdef real keep = <real>(1.0 - smoothing), eps_c = <real>(smoothing / n), m
+    cdef real *out
     cdef double sum_exp, total_wt, shifted_wt, s
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
@@ -439,19 +438,19 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
         m = _max(&x[i, 0], n)
         total_wt = 0  # assigned here so that prange makes them thread-private
         shifted_wt = 0
+        out = &grad[i, 0] if want_grad else NULL
         if real is float:
             sum_exp = fs_prob_sums_f(&x[i, 0], &target[i, 0], &weight[0], n, m, keep, eps_c,
-                                     &total_wt, &shifted_wt)
+                                     out, &total_wt, &shifted_wt)
         else:
             sum_exp = fs_prob_sums_d(&x[i, 0], &target[i, 0], &weight[0], n, m, keep, eps_c,
-                                     &total_wt, &shifted_wt)
+                                     out, &total_wt, &shifted_wt)
         row_loss[i] = total_wt * log(sum_exp) - shifted_wt
         if want_grad:
             s = scale * row_scale[i] if per_row else scale
             if real is float:
-                fs_prob_grad_f(&x[i, 0], &target[i, 0], &weight[0], m,
-                               <float>(s * total_wt / sum_exp), <float>s, keep, eps_c,
-                               &grad[i, 0], n)
+                fs_prob_rescale_f(out, &target[i, 0], &weight[0], <float>(s * total_wt / sum_exp),
+                                  <float>s, keep, eps_c, n)
             else:
-                fs_prob_grad_d(&x[i, 0], &target[i, 0], &weight[0], m, s * total_wt / sum_exp,
-                               s, keep, eps_c, &grad[i, 0], n)
+                fs_prob_rescale_d(out, &target[i, 0], &weight[0], s * total_wt / sum_exp, s,
+                                  keep, eps_c, n)
