@@ -1,7 +1,6 @@
 """fastsoftmax.torch against torch.nn.functional, values and gradients."""
 import itertools
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")

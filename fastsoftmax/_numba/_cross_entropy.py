@@ -7,27 +7,18 @@ Per row (torch semantics, eps = label_smoothing, w = class weights, W = sum(w)):
                    loss = sum_c w_c t'_c (lse - z_c),  grad = s * (T p - w t')
 with p = softmax(z), s = the caller's scale (grad_output / reduction denominator).
 Everything is computed relative to the row max m (lse - z_c = log(sum) - (z_c - m)).
-``grad=None`` compiles the loss-only kernel: the same body with the write pass pruned.
+The exp pass stores exp(z - m) in grad and the write pass rescales it in place (one
+exp per element); ``grad=None`` compiles the loss-only kernel, the same body without
+the stores and the write pass.
 """
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW_WRITER, row_max,
-                    row_scale_at, row_shifted_dot, row_sumexp, same_buffer, scalar_like, vexp)
-
-
-@njit(**JIT_ROW_WRITER)
-def _index_grad_row(row, m, exp_scale, weight_scale, weight, out):
-    """out = exp(row - m) * exp_scale - weight_scale * weight (weight term skipped at 0)."""
-    k = scalar_like(row, exp_scale)
-    if weight_scale != 0.0:
-        f = scalar_like(row, weight_scale)
-        for j in range(row.size):
-            out[j] = vexp(row[j] - m) * k - f * weight[j]
-    else:
-        for j in range(row.size):
-            out[j] = vexp(row[j] - m) * k
+                    row_rescale, row_scale_at, row_shifted_dot, row_sumexp, same_buffer,
+                    scalar_like, vexp_core)
 
 
 @njit(**JIT_PARALLEL)
@@ -35,8 +26,6 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
                         scale, row_scale, row_loss, grad):
     n_classes = x.shape[1]
     eps_c = smoothing / n_classes
-    # inplace=True: grad *is* x; the writer reads the row through grad (see JIT_ROW_WRITER).
-    in_place = grad is not None and same_buffer(x, grad)
     for i in prange(x.shape[0]):
         row = x[i]
         y = target[i]
@@ -46,28 +35,29 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
                 grad[i, :] = 0
             continue
         m = row_max(row)
-        sum_exp = row_sumexp(row, m)
+        # Both read the row before the exp pass overwrites it (inplace=True).
+        shifted_y = float(row[y] - m)
+        shifted_w = row_shifted_dot(weight, row, m) if smoothing != 0.0 else 0.0
+        if grad is not None:
+            sum_exp = row_sumexp(row, m, grad[i])
+        else:
+            sum_exp = row_sumexp(row, m)
         log_sum = math.log(sum_exp)
         w_y = float(weight[y])
-        shifted_y = float(row[y] - m)
-        loss = (1.0 - smoothing) * w_y * (log_sum - shifted_y)
-        if smoothing != 0.0:
-            loss += eps_c * (weight_sum * log_sum - row_shifted_dot(weight, row, m))
-        row_loss[i] = loss
+        row_loss[i] = ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
+                       + eps_c * (weight_sum * log_sum - shifted_w))
         if grad is not None:
             s = row_scale_at(scale, row_scale, i)
             onehot_coef = (1.0 - smoothing) * w_y
-            exp_scale = s * (onehot_coef + eps_c * weight_sum) / sum_exp
-            if in_place:
-                _index_grad_row(grad[i], m, exp_scale, s * eps_c, weight, grad[i])
-            else:
-                _index_grad_row(row, m, exp_scale, s * eps_c, weight, grad[i])
+            row_rescale(grad[i], s * (onehot_coef + eps_c * weight_sum) / sum_exp, s * eps_c,
+                        weight)
             grad[i, y] -= scalar_like(row, s * onehot_coef)
 
 
-@njit(**JIT_REDUCTION)
-def _prob_row_sums(row, t, weight, m, keep, eps_c):
-    """One pass: sum(exp(row - m)), T = sum(w t'), and sum(w t' (row - m)), as float64."""
+@njit(**JIT_ROW_WRITER)
+def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place):
+    """sum(exp(row - m)), T = sum(w t'), sum(w t' (row - m)) as float64; with ``out``
+    (not None), also out = exp(row - m). ``in_place``: as in _math._sumexp_blocks."""
     sum_exp = 0.0
     total_wt = 0.0
     shifted_wt = 0.0
@@ -79,10 +69,17 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c):
         acc_shifted = scalar_like(row, 0)
         block, block_t, block_w = (row[start:start + BLOCK], t[start:start + BLOCK],
                                    weight[start:start + BLOCK])
+        if out is not None:
+            dest = out[start:start + BLOCK]
+            if in_place:
+                block = dest
         for j in range(block.size):
             z = block[j] - m
             wt = block_w[j] * (block_t[j] * k + e)
-            acc_exp += vexp(z)
+            exp_z = vexp_core(z)
+            if out is not None:
+                dest[j] = exp_z
+            acc_exp += exp_z
             acc_wt += wt
             acc_shifted += wt * z
         sum_exp += acc_exp
@@ -91,31 +88,45 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c):
     return sum_exp, total_wt, shifted_wt
 
 
-@njit(**JIT_ROW_WRITER)
-def _prob_grad_row(row, t, weight, m, exp_scale, target_scale, keep, eps_c, out):
-    """out = exp(row - m) * exp_scale - target_scale * w * t'."""
-    k = scalar_like(row, exp_scale)
-    f = scalar_like(row, target_scale)
-    kt = scalar_like(row, keep)
-    e = scalar_like(row, eps_c)
-    for j in range(row.size):
-        out[j] = vexp(row[j] - m) * k - f * weight[j] * (t[j] * kt + e)
+@njit(**JIT_REDUCTION)
+def _prob_row_sums(row, t, weight, m, keep, eps_c, out):
+    """One pass over a row (see _prob_sums_blocks); all NaN when m is not finite."""
+    if not math.isfinite(m):
+        if out is not None:
+            out[:] = np.nan
+        return np.nan, np.nan, np.nan
+    if out is not None:
+        if same_buffer(row, out):
+            return _prob_sums_blocks(out, t, weight, m, keep, eps_c, out, True)
+    return _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, False)
+
+
+@njit(**JIT)
+def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c):
+    """out = out * exp_scale - target_scale * w * t'."""
+    k = scalar_like(out, exp_scale)
+    f = scalar_like(out, target_scale)
+    kt = scalar_like(out, keep)
+    e = scalar_like(out, eps_c)
+    for j in range(out.size):
+        out[j] = out[j] * k - f * weight[j] * (t[j] * kt + e)
 
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss, grad):
     keep = 1.0 - smoothing
     eps_c = smoothing / x.shape[1]
-    in_place = grad is not None and same_buffer(x, grad)
     for i in prange(x.shape[0]):
         row = x[i]
         m = row_max(row)
-        sum_exp, total_wt, shifted_wt = _prob_row_sums(row, target[i], weight, m, keep, eps_c)
+        if grad is not None:
+            sum_exp, total_wt, shifted_wt = _prob_row_sums(row, target[i], weight, m, keep,
+                                                           eps_c, grad[i])
+        else:
+            sum_exp, total_wt, shifted_wt = _prob_row_sums(row, target[i], weight, m, keep,
+                                                           eps_c, None)
         row_loss[i] = total_wt * math.log(sum_exp) - shifted_wt
         if grad is not None:
             s = row_scale_at(scale, row_scale, i)
-            exp_scale = s * total_wt / sum_exp
-            if in_place:
-                _prob_grad_row(grad[i], target[i], weight, m, exp_scale, s, keep, eps_c, grad[i])
-            else:
-                _prob_grad_row(row, target[i], weight, m, exp_scale, s, keep, eps_c, grad[i])
+            _prob_rescale_row(grad[i], target[i], weight, s * total_wt / sum_exp, s, keep,
+                              eps_c)

@@ -13,12 +13,11 @@ from ._math import (JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_dot, row_max, row_sum
                     same_buffer, scalar_like, vexp)
 
 
-@njit(**JIT_ROW_WRITER)
+@njit(**JIT)
 def _softmax_row(row, out):
-    m = row_max(row)
-    inv = scalar_like(row, 1.0 / row_sumexp(row, m))
-    for j in range(row.size):
-        out[j] = vexp(row[j] - m) * inv
+    inv = scalar_like(row, 1.0 / row_sumexp(row, row_max(row), out))
+    for j in range(out.size):
+        out[j] *= inv
 
 
 @njit(**JIT_ROW_WRITER)
@@ -45,17 +44,13 @@ def _log_softmax_backward_row(logp, dy, out):
 
 @njit(**JIT_PARALLEL)
 def softmax(x, out):
-    # In place, out *is* x: reading the row through out keeps x read-only-safe.
-    in_place = same_buffer(x, out)
     for i in prange(x.shape[0]):
-        if in_place:
-            _softmax_row(out[i], out[i])
-        else:
-            _softmax_row(x[i], out[i])
+        _softmax_row(x[i], out[i])
 
 
 @njit(**JIT_PARALLEL)
 def log_softmax(x, out):
+    # In place, out *is* x: reading the row through out keeps x read-only-safe.
     in_place = same_buffer(x, out)
     for i in prange(x.shape[0]):
         if in_place:
@@ -68,10 +63,9 @@ def log_softmax(x, out):
 def logsumexp(x, out):
     for i in prange(x.shape[0]):
         m = row_max(x[i])
-        # As torch.logsumexp: an infinite max is not subtracted, so a row of -inf
-        # gives -inf (not NaN) and a row holding +inf gives +inf.
-        shift = m if math.isfinite(m) else scalar_like(x, 0)
-        out[i] = shift + math.log(row_sumexp(x[i], shift))
+        # As torch.logsumexp: a row holding NaN gives NaN, +inf gives +inf, all -inf
+        # gives -inf: its max in each case.
+        out[i] = m + math.log(row_sumexp(x[i], m)) if math.isfinite(m) else m
 
 
 @njit(**JIT_PARALLEL)
