@@ -22,7 +22,9 @@ def _flag(name):
 
 
 def _compile_args():
-    args = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+    # -funroll-loops: GCC then keeps several exp vectors in flight per iteration, as
+    # LLVM does for the Numba backend (exp-sum row loop 0.66 -> 0.53 ns/elem, one core).
+    args = ["-O3", "-funroll-loops", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
     if not _flag("FASTSOFTMAX_PORTABLE"):
         # GCC, like LLVM, defaults to 256-bit vectors on AVX-512 server CPUs; the exp
         # loops gain from 512-bit ones (see fastsoftmax/_numba/_target.py).
