@@ -33,3 +33,22 @@ def test_bench_suite_and_report(tmp_path):
     assert "cross_entropy_with_grad, float64" in report.stdout
     text = readme.read_text()
     assert "old" not in text and "| 4 x 1000 |" in text and text.endswith("after\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bench.memory reads /proc")
+def test_memory_report_counts_the_gradient_buffer():
+    # 48 MB of logits: above glibc's largest mmap threshold (32 MB), so every call maps
+    # fresh pages and the gradient shows in the peak RSS.
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--shape", "1024x12288",
+         "--only", "fastsoftmax-numba,fastsoftmax-numba-inplace"],
+        capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ratios = {}
+    for line in run.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0].startswith("fastsoftmax-"):
+            ratios[cells[0]] = float(cells[2])
+    # out of place: exactly one N x C buffer (the gradient); inplace: none
+    assert 0.9 <= ratios["fastsoftmax-numba"] <= 1.2, run.stdout
+    assert ratios["fastsoftmax-numba-inplace"] <= 0.1, run.stdout
