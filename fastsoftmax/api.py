@@ -231,13 +231,25 @@ def _reduction_scale(args):
     return np.sum(args.weight[args.target[valid]], dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=4)
+def _uniform_weight(n_classes, dtype):
+    """Read-only ones(C) for weight=None, cached: building and summing it on every call
+    cost 1.4 ms at C = 2**20 (float32), more than the kernel itself at 1 x 2**20."""
+    weight = np.ones(n_classes, dtype=dtype)
+    weight.flags.writeable = False
+    return weight
+
+
 def _run_cross_entropy(kernels, args, grad, grad_output):
     """Run the backend's cross-entropy kernel; return the loss in the logits' dtype."""
     x = args.logits
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     n_rows, n_classes = rows.shape
     denominator = _reduction_scale(args)
-    weight = args.weight if args.weight is not None else np.ones(n_classes, dtype=x.dtype)
+    if args.weight is None:
+        weight, weight_sum = _uniform_weight(n_classes, x.dtype), float(n_classes)
+    else:
+        weight, weight_sum = args.weight, float(np.sum(args.weight, dtype=np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.float64(1.0) / denominator
     row_scale = np.empty(0)
@@ -252,7 +264,7 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
                                    row_loss, grad)
     else:
         kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1), weight,
-                                    float(np.sum(weight, dtype=np.float64)), args.ignore_index,
+                                    weight_sum, args.ignore_index,
                                     args.label_smoothing, float(scale), row_scale, row_loss, grad)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
         if args.reduction == "none":
