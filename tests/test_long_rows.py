@@ -1,0 +1,85 @@
+"""A few long rows: the kernels split each row over the threads (fewer than 4 rows of at
+least 65536 classes); the chunks' partial maxima and sums must give the row's answer."""
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from fastsoftmax import reference
+from conftest import assert_close, describe
+
+# 3 rows of 5 chunks of 16384 classes and a partial sixth; a last chunk of one class
+SHAPES = [(3, 5 * 16384 + 77), (1, 4 * 16384 + 1)]
+
+
+def special_rows(n_classes, dtype):
+    """Rows whose NaN/inf sit in a middle chunk, so that a chunk's result decides the row."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((6, n_classes)) * 3).astype(dtype)
+    x[0, 40_000] = np.nan
+    x[1, 40_000] = np.inf
+    x[2, :] = -np.inf
+    x[3, :] = -np.inf
+    x[3, 50_000] = 1.0
+    x[4, 40_000] = 1e4  # the max alone in one chunk: the others' exp underflow to 0
+    x[5, -1] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_special_values_in_one_chunk(compiled_backend, op, dtype):
+    x = special_rows(SHAPES[0][1], dtype)
+    for rows in (slice(0, 3), slice(3, 6)):  # fewer than 4 rows: split
+        got = getattr(fs, op)(x[rows], backend=compiled_backend)
+        assert_close(got, getattr(reference, op)(x[rows]),
+                     describe(op=op, backend=compiled_backend, rows=rows))
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_special_values_and_inplace(compiled_backend, probabilities, smoothing):
+    x = special_rows(SHAPES[0][1], np.float32)[:3]
+    rng = np.random.default_rng(4)
+    if probabilities:
+        t = rng.random(x.shape).astype(np.float32)
+        t /= t.sum(-1, keepdims=True)
+    else:
+        t = np.array([40_000, -100, 7])  # the NaN row's target is its NaN
+    weight = rng.uniform(0.5, 2.0, x.shape[1]).astype(np.float32)
+    opts = dict(weight=weight, reduction="none", label_smoothing=smoothing)
+    want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **opts)
+    loss, grad = fs.cross_entropy_with_grad(x, t, backend=compiled_backend, **opts)
+    context = describe(backend=compiled_backend, probabilities=probabilities,
+                       smoothing=smoothing)
+    assert_close(loss, want_loss, context)
+    assert_close(grad, want_grad, context)
+    buffer = x.copy()
+    loss_inplace, grad_inplace = fs.cross_entropy_with_grad(buffer, t, inplace=True,
+                                                            backend=compiled_backend, **opts)
+    assert grad_inplace is buffer
+    np.testing.assert_array_equal(loss_inplace, loss)
+    np.testing.assert_array_equal(grad_inplace, grad)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_result_does_not_depend_on_thread_count(compiled_backend, shape):
+    """The split into chunks depends on the shape only, and chunks merge in order."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = rng.integers(0, shape[1], shape[0])
+    dy = rng.standard_normal(shape).astype(np.float32)
+    n = fs.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, n}):
+            fs.set_num_threads(threads)
+            y = fs.softmax(x, backend=compiled_backend)
+            results.append([y, fs.logsumexp(x, backend=compiled_backend),
+                            fs.softmax_backward(y, dy, backend=compiled_backend),
+                            *fs.cross_entropy_with_grad(x, t, label_smoothing=0.1,
+                                                        backend=compiled_backend)])
+    finally:
+        fs.set_num_threads(n)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            np.testing.assert_array_equal(a, b)
