@@ -116,7 +116,8 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t n) noexcept nogil:
 
 
 cdef inline Py_ssize_t _chunks(Py_ssize_t n) noexcept nogil:
-    return (n + _chunk(n) - 1) // _chunk(n)
+    cdef Py_ssize_t size = _chunk(n)
+    return (n + size - 1) // size
 
 
 cdef inline double _total(const double *part, Py_ssize_t count) noexcept nogil:
@@ -129,8 +130,9 @@ cdef inline double _total(const double *part, Py_ssize_t count) noexcept nogil:
 
 cdef real _max(const real *row, Py_ssize_t n, bint split) noexcept nogil:
     cdef real part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size = _chunk(n)
+    cdef Py_ssize_t c, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             part[c] = _max(row + c * size, min(size, n - c * size), False)
         return _max(part, _chunks(n), False)
@@ -142,8 +144,9 @@ cdef real _max(const real *row, Py_ssize_t n, bint split) noexcept nogil:
 
 cdef double _sumexp(const real *row, Py_ssize_t n, real m, real *out, bint split) noexcept nogil:
     cdef double part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size = _chunk(n)
+    cdef Py_ssize_t c, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             part[c] = _sumexp(row + c * size, min(size, n - c * size), m,
                               out + c * size if out != NULL else NULL, False)
@@ -157,8 +160,9 @@ cdef double _sumexp(const real *row, Py_ssize_t n, real m, real *out, bint split
 cdef double _dot(const real *a, const real *b, Py_ssize_t n, bint split) noexcept nogil:
     """sum(a * b), or sum(a) when b is NULL"""
     cdef double part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size = _chunk(n)
+    cdef Py_ssize_t c, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             part[c] = _dot(a + c * size, b + c * size if b != NULL else NULL,
                            min(size, n - c * size), False)
@@ -172,8 +176,9 @@ cdef double _dot(const real *a, const real *b, Py_ssize_t n, bint split) noexcep
 cdef double _shifted_dot(const real *w, const real *row, Py_ssize_t n, real m,
                          bint split) noexcept nogil:
     cdef double part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size = _chunk(n)
+    cdef Py_ssize_t c, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             part[c] = _shifted_dot(w + c * size, row + c * size, min(size, n - c * size), m,
                                    False)
@@ -188,8 +193,9 @@ cdef double _prob_sums(const real *row, const real *t, const real *w, Py_ssize_t
                        real keep, real eps, real *out, double *total_wt, double *shifted_wt,
                        bint split) noexcept nogil:
     cdef double part[3][SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, lo, size = _chunk(n)
+    cdef Py_ssize_t c, lo, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
             part[0][c] = _prob_sums(row + lo, t + lo, w + lo, min(size, n - lo), m, keep, eps,
@@ -206,8 +212,9 @@ cdef double _prob_sums(const real *row, const real *t, const real *w, Py_ssize_t
 
 cdef void _rescale(real *out, real k, real f, const real *w, Py_ssize_t n,
                    bint split) noexcept nogil:
-    cdef Py_ssize_t c, size = _chunk(n)
+    cdef Py_ssize_t c, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             _rescale(out + c * size, k, f, w + c * size if w != NULL else NULL,
                      min(size, n - c * size), False)
@@ -219,8 +226,9 @@ cdef void _rescale(real *out, real k, real f, const real *w, Py_ssize_t n,
 
 cdef void _prob_rescale(real *out, const real *t, const real *w, real k, real f, real keep,
                         real eps, Py_ssize_t n, bint split) noexcept nogil:
-    cdef Py_ssize_t c, lo, size = _chunk(n)
+    cdef Py_ssize_t c, lo, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
             _prob_rescale(out + lo, t + lo, w + lo, k, f, keep, eps, min(size, n - lo), False)
@@ -232,8 +240,9 @@ cdef void _prob_rescale(real *out, const real *t, const real *w, real k, real f,
 
 cdef void _shift(const real *row, real m, real log_sum, real *out, Py_ssize_t n,
                  bint split) noexcept nogil:
-    cdef Py_ssize_t c, size = _chunk(n)
+    cdef Py_ssize_t c, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             _shift(row + c * size, m, log_sum, out + c * size, min(size, n - c * size), False)
     elif real is float:
@@ -244,8 +253,9 @@ cdef void _shift(const real *row, real m, real log_sum, real *out, Py_ssize_t n,
 
 cdef void _softmax_bwd(const real *y, const real *dy, real dot, real *out, Py_ssize_t n,
                        bint split) noexcept nogil:
-    cdef Py_ssize_t c, lo, size = _chunk(n)
+    cdef Py_ssize_t c, lo, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
             _softmax_bwd(y + lo, dy + lo, dot, out + lo, min(size, n - lo), False)
@@ -257,8 +267,9 @@ cdef void _softmax_bwd(const real *y, const real *dy, real dot, real *out, Py_ss
 
 cdef void _log_softmax_bwd(const real *logp, const real *dy, real total, real *out,
                            Py_ssize_t n, bint split) noexcept nogil:
-    cdef Py_ssize_t c, lo, size = _chunk(n)
+    cdef Py_ssize_t c, lo, size
     if split:
+        size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
             _log_softmax_bwd(logp + lo, dy + lo, total, out + lo, min(size, n - lo), False)
