@@ -24,7 +24,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # float32 kernels vs the float64 reference: relative to the largest finite magnitude.
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
-CLASS_COUNTS = [1, 2, 3, 10, 33, 63, 64, 65, 100, 1000]
+CLASS_COUNTS = [1, 2, 3, 10, 17, 33, 63, 64, 65, 100, 127, 128, 129, 1000]
 
 
 @st.composite

@@ -1,0 +1,92 @@
+"""Few classes: the block kernels load each row as whole vectors with a masked tail
+(Cython, below 128 classes) or transpose blocks of rows (Numba, below 64). Every class
+count from 1 to 130 is checked, so that every tail length of a 16-lane (float32) and
+8-lane (float64) vector and both switches to the row kernels are crossed, with special
+values placed in the last, partial vector of a row."""
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from fastsoftmax import reference
+from conftest import assert_close, describe
+
+CLASS_COUNTS = range(1, 131)
+ROWS = 7
+
+
+def rows_with_specials(n_classes, dtype, seed=0):
+    """Row 0 normal; rows 1-4 hold NaN, +inf, -inf and 1e4 in their last class; row 5
+    all -inf; row 6 normal. The last class is the last lane of the masked tail."""
+    rng = np.random.default_rng(seed + n_classes)
+    x = (rng.standard_normal((ROWS, n_classes)) * 3).astype(dtype)
+    x[1, -1] = np.nan
+    x[2, -1] = np.inf
+    x[3, -1] = -np.inf
+    x[4, -1] = 1e4
+    x[5, :] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_family_every_class_count(compiled_backend, dtype):
+    for n in CLASS_COUNTS:
+        x = rows_with_specials(n, dtype)
+        for op in ("softmax", "log_softmax", "logsumexp"):
+            assert_close(getattr(fs, op)(x, backend=compiled_backend),
+                         getattr(reference, op)(x),
+                         describe(op=op, backend=compiled_backend, classes=n, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_index_every_class_count(compiled_backend, dtype, smoothing):
+    rng = np.random.default_rng(1)
+    for n in CLASS_COUNTS:
+        x = rows_with_specials(n, dtype)
+        # targets in the tail lanes, one ignored row, one target on the row's NaN
+        t = np.array([n - 1, n - 1, 0, n // 2, -100, 0, rng.integers(n)])
+        weight = rng.uniform(0.5, 2.0, n).astype(dtype)
+        opts = dict(weight=weight, reduction="none", label_smoothing=smoothing)
+        want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **opts)
+        loss, grad = fs.cross_entropy_with_grad(x, t, backend=compiled_backend, **opts)
+        context = describe(backend=compiled_backend, classes=n, dtype=dtype,
+                           smoothing=smoothing)
+        assert_close(loss, want_loss, context)
+        assert_close(grad, want_grad, context)
+        buffer = x.copy()
+        loss_inplace, grad_inplace = fs.cross_entropy_with_grad(
+            buffer, t, inplace=True, backend=compiled_backend, **opts)
+        np.testing.assert_array_equal(loss_inplace, loss, err_msg=context)
+        np.testing.assert_array_equal(grad_inplace, grad, err_msg=context)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_prob_every_class_count(compiled_backend, dtype):
+    rng = np.random.default_rng(2)
+    for n in CLASS_COUNTS:
+        x = rows_with_specials(n, dtype)
+        t = rng.random(x.shape).astype(dtype)
+        t /= t.sum(-1, keepdims=True)
+        opts = dict(weight=rng.uniform(0.5, 2.0, n).astype(dtype), reduction="none",
+                    label_smoothing=0.1)
+        want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **opts)
+        loss, grad = fs.cross_entropy_with_grad(x, t, backend=compiled_backend, **opts)
+        context = describe(backend=compiled_backend, classes=n, dtype=dtype)
+        assert_close(loss, want_loss, context)
+        assert_close(grad, want_grad, context)
+
+
+def test_masked_tail_does_not_read_or_write_past_the_array(compiled_backend):
+    """Arrays that end where other data begins: a load past the last row would pick up
+    the huge values after it, a store past it would overwrite the 7s. (A neighbouring
+    row read by mistake shows up in the comparisons above.)"""
+    for n in (1, 10, 17, 33, 100):
+        x_buffer = np.full(ROWS * n + 40, 1e4, np.float32)
+        x = x_buffer[:ROWS * n].reshape(ROWS, n)
+        x[...] = np.random.default_rng(n).standard_normal((ROWS, n))
+        out_buffer = np.full(ROWS * n + 40, 7.0, np.float32)
+        out = out_buffer[:ROWS * n].reshape(ROWS, n)
+        for op in ("softmax", "log_softmax"):
+            getattr(fs, op)(x, out=out, backend=compiled_backend)
+            assert_close(out, getattr(reference, op)(x), describe(op=op, classes=n))
+            np.testing.assert_array_equal(out_buffer[ROWS * n:], 7.0)
