@@ -1,5 +1,6 @@
 """Few classes: the block kernels load each row as whole vectors with a masked tail
-(Cython, below 128 classes) or transpose blocks of rows (Numba, below 64). Every class
+(Cython, below 128 classes; the backward kernels too) or transpose blocks of rows
+(Numba, below 64). Every class
 count from 1 to 130 is checked, so that every tail length of a 16-lane (float32) and
 8-lane (float64) vector and both switches to the row kernels are crossed, with special
 values placed in the last, partial vector of a row."""
@@ -34,6 +35,21 @@ def test_softmax_family_every_class_count(compiled_backend, dtype):
         for op in ("softmax", "log_softmax", "logsumexp"):
             assert_close(getattr(fs, op)(x, backend=compiled_backend),
                          getattr(reference, op)(x),
+                         describe(op=op, backend=compiled_backend, classes=n, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_every_class_count(compiled_backend, dtype):
+    rng = np.random.default_rng(3)
+    for n in CLASS_COUNTS:
+        x = rows_with_specials(n, dtype)
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        dy[6, -1] = np.nan  # a NaN upstream gradient in the tail lane
+        for op, forward in (("softmax_backward", reference.softmax),
+                            ("log_softmax_backward", reference.log_softmax)):
+            y = forward(x)
+            assert_close(getattr(fs, op)(y, dy, backend=compiled_backend),
+                         getattr(reference, op)(y, dy),
                          describe(op=op, backend=compiled_backend, classes=n, dtype=dtype))
 
 

@@ -437,7 +437,32 @@ static inline void fs_short_prob_rescale_##S(const T *e, const T *t, const T *w,
         fs_vstore_##S(out + j, n - j, fs_vload_##S(e + j, n - j, 0) * k - f           \
                       * fs_vload_##S(w + j, n - j, 0)                                 \
                       * (fs_vload_##S(t + j, n - j, 0) * keep + eps));                \
+}                                                                                     \
+/* softmax backward of one short row: out = y * (dy - sum(y * dy)) */                 \
+static inline void fs_short_softmax_bwd_##S(const T *y, const T *dy, T *out,          \
+                                            Py_ssize_t n) {                           \
+    T dot = (T)fs_short_dot_##S(y, dy, n);                                            \
+    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
+        fs_vstore_##S(out + j, n - j, fs_vload_##S(y + j, n - j, 0)                   \
+                      * (fs_vload_##S(dy + j, n - j, 0) - dot));                      \
+}                                                                                     \
+/* exp of every lane: GCC turns this loop into the vector code of fs_exp_##S alone,   \
+ * registers in, registers out (checked in the assembly).                            */\
+static inline fs_vec_##S fs_vexp_##S(fs_vec_##S v) {                                  \
+    fs_vec_##S out;                                                                   \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t l = 0; l < FS_LANES_##S; l++) out[l] = fs_exp_##S(v[l]);          \
+    return out;                                                                       \
+}                                                                                     \
+/* log_softmax backward of one short row: out = dy - exp(logp) * sum(dy) */          \
+static inline void fs_short_log_softmax_bwd_##S(const T *logp, const T *dy, T *out,   \
+                                                Py_ssize_t n) {                       \
+    T total = (T)fs_short_dot_##S(dy, NULL, n);                                       \
+    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
+        fs_vstore_##S(out + j, n - j, fs_vload_##S(dy + j, n - j, 0)                  \
+                      - fs_vexp_##S(fs_vload_##S(logp + j, n - j, 0)) * total);       \
 }
+
 
 FS_DEFINE_SHORT_ROWS(float, f)
 FS_DEFINE_SHORT_ROWS(double, d)
