@@ -38,9 +38,20 @@ def _fastsoftmax_ops(backend):
         "cross_entropy_with_grad_prob": lambda a: lambda: fs.cross_entropy_with_grad(
             a[0], a[1], backend=backend),
     }
+    def into_buffer(func):
+        # The output allocated once and passed as out=, as a training loop that keeps its
+        # buffers does: a fresh N x C result costs its page faults on every call.
+        def factory(arrays):
+            out = np.empty_like(arrays[0])
+            return lambda: func(*arrays, out=out, backend=backend)
+        return factory
+
     variants = {REFERENCE if backend == "numpy" else f"fastsoftmax-{backend}": ops}
     if backend != "numpy":
         variants[f"fastsoftmax-{backend}-inplace"] = {"cross_entropy_with_grad": ce_inplace}
+        variants[f"fastsoftmax-{backend}-out"] = {
+            "softmax": into_buffer(fs.softmax), "log_softmax": into_buffer(fs.log_softmax),
+            "softmax_backward": into_buffer(fs.softmax_backward)}
     return variants
 
 
