@@ -48,7 +48,8 @@ def _fastsoftmax_ops(backend):
 
     variants = {REFERENCE if backend == "numpy" else f"fastsoftmax-{backend}": ops}
     if backend != "numpy":
-        variants[f"fastsoftmax-{backend}-inplace"] = {"cross_entropy_with_grad": ce_inplace}
+        variants[f"fastsoftmax-{backend}-inplace"] = {"cross_entropy_with_grad": ce_inplace,
+                                                      "cross_entropy_with_grad_prob": ce_inplace}
         variants[f"fastsoftmax-{backend}-out"] = {
             "softmax": into_buffer(fs.softmax), "log_softmax": into_buffer(fs.log_softmax),
             "softmax_backward": into_buffer(fs.softmax_backward)}
