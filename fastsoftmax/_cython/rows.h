@@ -364,6 +364,18 @@ static inline T fs_vreduce_add_##S(fs_vec_##S v) {                              
 FS_DEFINE_LANES(float, f, ps)
 FS_DEFINE_LANES(double, d, pd)
 
+/* Runs the statement for j = 0, L, 2L, ... < n (L lanes). A row of one vector gets the
+ * statement once, without the loop: GCC's unrolled loop (-funroll-loops) put a dispatch
+ * on the trip count in front of every short row (C = 10, float32, 2 threads, kernel:
+ * CE + grad 3.36 -> 2.46 ns/elem, softmax 2.53 -> 1.98; measured side by side). */
+#define FS_FOR_EACH_VECTOR(S, n, ...)                                                 \
+    if ((n) <= FS_LANES_##S) {                                                        \
+        const Py_ssize_t j = 0;                                                       \
+        __VA_ARGS__;                                                                  \
+    } else {                                                                          \
+        for (Py_ssize_t j = 0; j < (n); j += FS_LANES_##S) { __VA_ARGS__; }           \
+    }
+
 #define FS_DEFINE_SHORT_ROWS(T, S)                                                    \
 /* out = row - max(row) (out may be row); returns the max. A NaN may or may not be    \
  * the max; either way the row's exp sum, and so every result of the row, is NaN.    */\
@@ -372,8 +384,8 @@ static inline T fs_short_shift_max_##S(const T *row, Py_ssize_t n, T *out) {    
     for (Py_ssize_t j = FS_LANES_##S; j < n; j += FS_LANES_##S)                       \
         acc = fs_vmax_##S(acc, fs_vload_##S(row + j, n - j, -INFINITY));              \
     T m = fs_vreduce_max_##S(acc);                                                    \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
-        fs_vstore_##S(out + j, n - j, fs_vload_##S(row + j, n - j, 0) - m);           \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
+        fs_vstore_##S(out + j, n - j, fs_vload_##S(row + j, n - j, 0) - m))           \
     return m;                                                                         \
 }                                                                                     \
 /* x = exp(x) over a whole block. Kept apart from the per-row reductions: fused into  \
@@ -387,11 +399,10 @@ static inline void fs_exp_array_##S(T *x, Py_ssize_t n) {                       
 static inline double fs_short_dot_##S(const T *a, const T *b, Py_ssize_t n) {         \
     fs_vec_##S acc = {0};                                                             \
     if (b) {                                                                          \
-        for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                              \
-            acc += fs_vload_##S(a + j, n - j, 0) * fs_vload_##S(b + j, n - j, 0);     \
+        FS_FOR_EACH_VECTOR(S, n,                                                      \
+            acc += fs_vload_##S(a + j, n - j, 0) * fs_vload_##S(b + j, n - j, 0))     \
     } else {                                                                          \
-        for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                              \
-            acc += fs_vload_##S(a + j, n - j, 0);                                     \
+        FS_FOR_EACH_VECTOR(S, n, acc += fs_vload_##S(a + j, n - j, 0))                \
     }                                                                                 \
     return fs_vreduce_add_##S(acc);                                                   \
 }                                                                                     \
@@ -401,50 +412,47 @@ static inline void fs_short_prob_sums_##S(const T *z, const T *t, const T *w,   
                                           Py_ssize_t n, T keep, T eps,                \
                                           double *total_wt, double *shifted_wt) {     \
     fs_vec_##S total = {0}, shifted = {0};                                            \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S) {                                \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
         fs_vec_##S wt = fs_vload_##S(w + j, n - j, 0)                                 \
                         * (fs_vload_##S(t + j, n - j, 0) * keep + eps);               \
         total += wt;                                                                  \
-        shifted += wt * fs_vload_##S(z + j, n - j, 0);                                \
-    }                                                                                 \
+        shifted += wt * fs_vload_##S(z + j, n - j, 0))                                \
     *total_wt = fs_vreduce_add_##S(total);                                            \
     *shifted_wt = fs_vreduce_add_##S(shifted);                                        \
 }                                                                                     \
 /* out = e * k - f * w (no w term when w is NULL), then out[y] -= c if 0 <= y < n.   \
- * The one-hot term is a lane compare: a scalar read-modify-write of the stored row   \
- * stalls on store forwarding (prototype, C = 10 CE + grad, one thread: 3.5 -> 2.6   \
- * ns/elem).                                                                         */\
+ * The one-hot term is a lane compare (-1 or 0 per lane): a scalar read-modify-write  \
+ * of the stored row stalls on store forwarding (prototype, C = 10 CE + grad, one     \
+ * thread: 3.5 -> 2.6 ns/elem).                                                      */\
 static inline void fs_short_rescale_##S(const T *e, T k, T f, const T *w, int64_t y,  \
                                         T c, T *out, Py_ssize_t n) {                  \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S) {                                \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
         fs_vec_##S v = fs_vload_##S(e + j, n - j, 0) * k;                             \
         if (w) v -= f * fs_vload_##S(w + j, n - j, 0);                                \
-        /* the compare gives -1 (true) or 0 per lane */                               \
         v += c * __builtin_convertvector(fs_lane_at_##S(j, y), fs_vec_##S);           \
-        fs_vstore_##S(out + j, n - j, v);                                             \
-    }                                                                                 \
+        fs_vstore_##S(out + j, n - j, v))                                             \
 }                                                                                     \
 /* out = (row - m) - c */                                                             \
 static inline void fs_short_shift_##S(const T *row, T m, T c, T *out, Py_ssize_t n) { \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
-        fs_vstore_##S(out + j, n - j, (fs_vload_##S(row + j, n - j, 0) - m) - c);     \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
+        fs_vstore_##S(out + j, n - j, (fs_vload_##S(row + j, n - j, 0) - m) - c))     \
 }                                                                                     \
 /* out = e * k - f * w * (t * keep + eps) */                                          \
 static inline void fs_short_prob_rescale_##S(const T *e, const T *t, const T *w, T k, \
                                              T f, T keep, T eps, T *out,              \
                                              Py_ssize_t n) {                          \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
         fs_vstore_##S(out + j, n - j, fs_vload_##S(e + j, n - j, 0) * k - f           \
                       * fs_vload_##S(w + j, n - j, 0)                                 \
-                      * (fs_vload_##S(t + j, n - j, 0) * keep + eps));                \
+                      * (fs_vload_##S(t + j, n - j, 0) * keep + eps)))                \
 }                                                                                     \
 /* softmax backward of one short row: out = y * (dy - sum(y * dy)) */                 \
 static inline void fs_short_softmax_bwd_##S(const T *y, const T *dy, T *out,          \
                                             Py_ssize_t n) {                           \
     T dot = (T)fs_short_dot_##S(y, dy, n);                                            \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
         fs_vstore_##S(out + j, n - j, fs_vload_##S(y + j, n - j, 0)                   \
-                      * (fs_vload_##S(dy + j, n - j, 0) - dot));                      \
+                      * (fs_vload_##S(dy + j, n - j, 0) - dot)))                      \
 }                                                                                     \
 /* exp of every lane: GCC turns this loop into the vector code of fs_exp_##S alone,   \
  * registers in, registers out (checked in the assembly).                            */\
@@ -458,11 +466,10 @@ static inline fs_vec_##S fs_vexp_##S(fs_vec_##S v) {                            
 static inline void fs_short_log_softmax_bwd_##S(const T *logp, const T *dy, T *out,   \
                                                 Py_ssize_t n) {                       \
     T total = (T)fs_short_dot_##S(dy, NULL, n);                                       \
-    for (Py_ssize_t j = 0; j < n; j += FS_LANES_##S)                                  \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
         fs_vstore_##S(out + j, n - j, fs_vload_##S(dy + j, n - j, 0)                  \
-                      - fs_vexp_##S(fs_vload_##S(logp + j, n - j, 0)) * total);       \
+                      - fs_vexp_##S(fs_vload_##S(logp + j, n - j, 0)) * total))       \
 }
-
 
 FS_DEFINE_SHORT_ROWS(float, f)
 FS_DEFINE_SHORT_ROWS(double, d)
