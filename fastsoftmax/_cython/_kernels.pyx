@@ -416,14 +416,14 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
                                 real *out) noexcept nogil:
     """op 0: softmax, 1: log_softmax (out rows x n), 2: logsumexp (out rows)."""
     cdef Scratch s = _scratch(rows, n, sizeof(real))
-    cdef real *e = out if op == 0 else <real *> s.e  # softmax: the exponentials go to out
+    cdef real *e = <real *> s.e  # exp(x - m); a softmax row is then written once
     cdef real *m = <real *> s.m
     cdef Py_ssize_t r, j
     _shifted_rows(x, rows, n, e, m)
     _exp_rows(e, rows, n, s.log_sums, s.inv_sums)
     for r in range(rows):
         if op == 0:
-            _short_rescale(out + r * n, <real>s.inv_sums[r], 0, NULL, -1, 0, out + r * n, n)
+            _short_rescale(e + r * n, <real>s.inv_sums[r], 0, NULL, -1, 0, out + r * n, n)
         elif op == 1:
             _short_shift(x + r * n, m[r], <real>s.log_sums[r], out + r * n, n)
         elif isfinite(m[r]):
@@ -452,7 +452,7 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
                        double *row_loss, real *grad) noexcept nogil:
     """cross_entropy_index on one block; grad (NULL: loss only) may be x itself."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
-    cdef real *e = <real *> sc.e
+    cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef double *shifted_y = sc.a
     cdef double *shifted_w = sc.b
     cdef double eps_c = smoothing / n, log_sum, w_y, s, onehot_coef
@@ -491,7 +491,7 @@ cdef void _prob_block(const real *x, const real *target, const real *weight, dou
                       double *row_loss, real *grad) noexcept nogil:
     """cross_entropy_prob on one block; grad (NULL: loss only) may be x itself."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
-    cdef real *e = grad if grad != NULL else <real *> sc.e  # the gradient holds exp(x - m)
+    cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef double *total_wt = sc.a
     cdef double *shifted_wt = sc.b
     cdef real keep = <real>(1.0 - smoothing), eps_c = <real>(smoothing / n)
