@@ -53,3 +53,13 @@ def test_memory_report_counts_the_gradient_buffer():
     # out of place: exactly one N x C buffer (the gradient); inplace: none
     assert 0.9 <= ratios["fastsoftmax-numba"] <= 1.2, run.stdout
     assert ratios["fastsoftmax-numba-inplace"] <= 0.1, run.stdout
+
+
+def test_side_by_side_comparison_runs():
+    """bench.ab against this same checkout: every op is timed for both builds."""
+    pytest.importorskip("fastsoftmax._cython._kernels", reason="the Cython extension is not built")
+    run = subprocess.run([sys.executable, "-m", "bench.ab", ".", "64x10", "--repeats", "1"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("64x10 float32")]
+    assert len(lines) == 9 and all("this/other" in line for line in lines), run.stdout
