@@ -28,6 +28,15 @@ def rows_with_specials(n_classes, dtype, seed=0):
     return x
 
 
+def assert_cross_entropy_matches(x, t, backend, context, **opts):
+    """Loss and gradient of the backend against the reference; returns them."""
+    want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **opts)
+    loss, grad = fs.cross_entropy_with_grad(x, t, backend=backend, **opts)
+    assert_close(loss, want_loss, context)
+    assert_close(grad, want_grad, context)
+    return loss, grad
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_family_every_class_count(compiled_backend, dtype):
     for n in CLASS_COUNTS:
@@ -63,12 +72,9 @@ def test_cross_entropy_index_every_class_count(compiled_backend, dtype, smoothin
         t = np.array([n - 1, n - 1, 0, n // 2, -100, 0, rng.integers(n)])
         weight = rng.uniform(0.5, 2.0, n).astype(dtype)
         opts = dict(weight=weight, reduction="none", label_smoothing=smoothing)
-        want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **opts)
-        loss, grad = fs.cross_entropy_with_grad(x, t, backend=compiled_backend, **opts)
         context = describe(backend=compiled_backend, classes=n, dtype=dtype,
                            smoothing=smoothing)
-        assert_close(loss, want_loss, context)
-        assert_close(grad, want_grad, context)
+        loss, grad = assert_cross_entropy_matches(x, t, compiled_backend, context, **opts)
         buffer = x.copy()
         loss_inplace, grad_inplace = fs.cross_entropy_with_grad(
             buffer, t, inplace=True, backend=compiled_backend, **opts)
@@ -85,11 +91,9 @@ def test_cross_entropy_prob_every_class_count(compiled_backend, dtype):
         t /= t.sum(-1, keepdims=True)
         opts = dict(weight=rng.uniform(0.5, 2.0, n).astype(dtype), reduction="none",
                     label_smoothing=0.1)
-        want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **opts)
-        loss, grad = fs.cross_entropy_with_grad(x, t, backend=compiled_backend, **opts)
-        context = describe(backend=compiled_backend, classes=n, dtype=dtype)
-        assert_close(loss, want_loss, context)
-        assert_close(grad, want_grad, context)
+        assert_cross_entropy_matches(x, t, compiled_backend,
+                                     describe(backend=compiled_backend, classes=n, dtype=dtype),
+                                     **opts)
 
 
 def test_masked_tail_does_not_read_or_write_past_the_array(compiled_backend):

@@ -102,9 +102,10 @@ cdef int _threads = max_threads
 
 # Below SMALL_C classes a task takes a block of rows (BLOCK_ELEMENTS elements, so that
 # the block stays in L1) and handles each row as a few masked vectors (rows.h). With
-# AVX-512 that beats the row kernels up to C = 127 (C = 100 CE + grad 1.02 -> 0.89
-# ns/elem, logsumexp 0.93 -> 0.57); with AVX2 the row kernels are faster from C = 64
-# (C = 100 CE + grad 1.1 -> 2.1 ns/elem in blocks, a -march=haswell build).
+# AVX-512, blocks vs rows at C = 100 (float32, 2 threads, python -m bench.ab): logsumexp
+# 0.58 vs 0.92 ns/elem, cross_entropy 0.61 vs 0.93, but softmax and CE + grad about
+# 1.1x slower; at C = 127 CE + grad 1.01 vs 1.23. With AVX2 the row kernels are faster
+# from C = 64 (C = 100 CE + grad 1.1 rows vs 2.1 blocks, a -march=haswell build).
 SMALL_C = 128 if FS_VEC_BYTES == 64 else 64
 cdef Py_ssize_t BLOCK_ELEMENTS = 4096
 

@@ -261,8 +261,8 @@ FS_DEFINE_ROWS(double, d)
  * epilogue; transposing blocks of rows (the Numba backend's way) cost two strided
  * scalar copies. Here each row is loaded as whole vectors with a masked tail, reduced
  * across lanes, and stored with a masked tail (kernel, 2 threads, float32, CE + grad:
- * C = 10 2.07 -> 1.74 ns/elem, C = 50 1.47 -> 0.98; the block kernels now also take
- * C = 64..127, C = 100 1.02 -> 0.89; measured side by side with the transposed build).
+ * C = 10 2.07 -> 1.74 ns/elem, C = 50 1.47 -> 0.98; measured side by side with the
+ * transposed build; the threshold between blocks and rows is in _kernels.pyx).
  * The helpers are written once on GCC vector types; the vector width and the masked
  * loads and stores come from the instruction set: AVX-512 (64 bytes, mask registers),
  * AVX2 (32 bytes, vmaskmov), otherwise 16 bytes filled by memcpy. */
