@@ -77,6 +77,7 @@ class CrossEntropyArgs:
     probabilities: bool      # True for probability targets
     weight: object           # None or float array of shape (C,) in the logits' dtype
     ignore_index: int
+    may_ignore: bool         # False: no target equals ignore_index
     reduction: str
     label_smoothing: float
 
@@ -119,11 +120,18 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
             raise ValueError(f"class-index target has shape {target.shape} but logits have shape "
                              f"{logits.shape}; the target must have shape {logits.shape[:-1]}")
         target = target.astype(np.int64, copy=False)
-        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bad.any():
-            value = target[bad].flat[0]
-            raise IndexError(f"target value {value} is out of range for {n_classes} classes "
-                             f"(valid: 0..{n_classes - 1}, or ignore_index={ignore_index})")
+        # One unsigned compare finds every index outside 0..C-1 (negatives wrap around);
+        # ignore_index is only looked for when there are any (three compares on every
+        # call took 6 ms of a 50 ms call at 1677721 x 10).
+        outside = target.view(np.uint64) >= n_classes
+        if outside.any():
+            bad = outside & (target != ignore_index)
+            if bad.any():
+                value = target[bad].flat[0]
+                raise IndexError(f"target value {value} is out of range for {n_classes} "
+                                 f"classes (valid: 0..{n_classes - 1}, or "
+                                 f"ignore_index={ignore_index})")
+        may_ignore = bool(outside.any()) or 0 <= ignore_index < n_classes
     else:
         raise TypeError(f"target must hold integer class indices or float probabilities, "
                         f"got dtype {target.dtype}")
@@ -136,8 +144,8 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
             raise ValueError(f"weight has shape {weight.shape} but logits have shape "
                              f"{logits.shape}; weight must have shape ({n_classes},)")
         weight = weight.astype(logits.dtype, copy=False)
-    return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, reduction,
-                            label_smoothing)
+    return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, may_ignore,
+                            reduction, label_smoothing)
 
 
 def grad_output_array(grad_output, reduction, loss_shape):

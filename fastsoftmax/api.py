@@ -225,10 +225,12 @@ def _reduction_scale(args):
         return np.float64(1.0)
     if args.probabilities:
         return np.float64(np.prod(args.loss_shape))
-    valid = args.target != args.ignore_index
     if args.weight is None:
-        return np.float64(np.count_nonzero(valid))
-    return np.sum(args.weight[args.target[valid]], dtype=np.float64)
+        valid = np.count_nonzero(args.target != args.ignore_index) if args.may_ignore else \
+            args.target.size
+        return np.float64(valid)
+    target = args.target[args.target != args.ignore_index] if args.may_ignore else args.target
+    return np.sum(args.weight[target], dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=4)

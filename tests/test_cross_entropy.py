@@ -87,6 +87,17 @@ def test_ignore_index_in_range_and_all_ignored(backend):
     assert np.all(grad == 0)
 
 
+def test_weighted_mean_with_ignored_rows(backend):
+    """The mean's denominator counts the weights of the non-ignored rows only."""
+    x, t = problem((7, 5), np.float64)
+    t[:] = [3, -100, 0, 4, -100, 2, 3]
+    weight = np.array([0.5, 1.0, 2.0, 3.0, 0.25])
+    got = fs.cross_entropy_with_grad(x, t, weight=weight, backend=backend)
+    want = reference.cross_entropy_with_grad(x, t, weight=weight)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
 def test_empty_batch_mean_is_nan(backend):
     x = np.empty((0, 7), np.float32)
     assert np.isnan(fs.cross_entropy(x, np.empty(0, np.int64), backend=backend))
@@ -157,6 +168,8 @@ def _bad_cases():
     return [
         ("target too large", (x, np.array([0, 4, 1])), {}, IndexError, "4.*4 classes"),
         ("negative target", (x, np.array([0, -1, 1])), {}, IndexError, "-1"),
+        ("bad target beside ignored", (x, np.array([-100, 7, 1])), {}, IndexError, "7"),
+        ("uint64 target too large", (x, np.array([0, 4, 1], np.uint64)), {}, IndexError, "4"),
         ("target shape", (x, np.array([0, 1])), {}, ValueError, r"\(2,\).*\(3, 4\)"),
         ("prob target shape", (x, np.ones((3, 5), np.float32)), {}, ValueError, r"\(3, 5\)"),
         ("int logits", (np.zeros((3, 4), np.int32), t), {}, TypeError, "int32"),
