@@ -108,6 +108,7 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
 
     target = np.asarray(target)
+    may_ignore = False
     if target.dtype.kind == "f":
         probabilities = True
         if target.shape != logits.shape:
