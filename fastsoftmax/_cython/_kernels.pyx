@@ -51,10 +51,16 @@ cdef extern from "rows.h" nogil:
     void fs_exp_array_d(double *x, Py_ssize_t n)
     double fs_short_dot_f(const float *a, const float *b, Py_ssize_t n)
     double fs_short_dot_d(const double *a, const double *b, Py_ssize_t n)
-    void fs_short_prob_sums_f(const float *z, const float *t, const float *w, Py_ssize_t n,
-                              float keep, float eps, double *total_wt, double *shifted_wt)
-    void fs_short_prob_sums_d(const double *z, const double *t, const double *w, Py_ssize_t n,
-                              double keep, double eps, double *total_wt, double *shifted_wt)
+    void fs_short_prob_sums_f(const float *row, float m, const float *t, const float *w,
+                              Py_ssize_t n, float keep, float eps, double *total_wt,
+                              double *shifted_wt)
+    void fs_short_prob_sums_d(const double *row, double m, const double *t, const double *w,
+                              Py_ssize_t n, double keep, double eps, double *total_wt,
+                              double *shifted_wt)
+    void fs_narrow_exp_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, const float *w,
+                              float *e, float *m, double *sums, double *shifted_w)
+    void fs_narrow_exp_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, const double *w,
+                              double *e, double *m, double *sums, double *shifted_w)
     void fs_short_rescale_f(const float *e, float k, float f, const float *w, int64_t y,
                             float c, float *out, Py_ssize_t n)
     void fs_short_rescale_d(const double *e, double k, double f, const double *w, int64_t y,
@@ -324,12 +330,13 @@ cdef double _short_dot(const real *a, const real *b, Py_ssize_t n) noexcept nogi
         return fs_short_dot_d(a, b, n)
 
 
-cdef void _short_prob_sums(const real *z, const real *t, const real *w, Py_ssize_t n, real keep,
-                           real eps, double *total_wt, double *shifted_wt) noexcept nogil:
+cdef void _short_prob_sums(const real *row, real m, const real *t, const real *w, Py_ssize_t n,
+                           real keep, real eps, double *total_wt,
+                           double *shifted_wt) noexcept nogil:
     if real is float:
-        fs_short_prob_sums_f(z, t, w, n, keep, eps, total_wt, shifted_wt)
+        fs_short_prob_sums_f(row, m, t, w, n, keep, eps, total_wt, shifted_wt)
     else:
-        fs_short_prob_sums_d(z, t, w, n, keep, eps, total_wt, shifted_wt)
+        fs_short_prob_sums_d(row, m, t, w, n, keep, eps, total_wt, shifted_wt)
 
 
 cdef void _short_rescale(const real *e, real k, real f, const real *w, int64_t y, real c,
@@ -366,19 +373,31 @@ cdef void _shifted_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, real *z,
             m[r] = fs_short_shift_max_d(x + r * n, n, z + r * n)
 
 
-cdef void _exp_rows(real *e, Py_ssize_t rows, Py_ssize_t n, double *log_sums,
+cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
+                    double *shifted_w, real *e, real *m, double *log_sums,
                     double *inv_sums) noexcept nogil:
-    """e = exp(e) in place; for the sum of each row, log_sums[r] gets its log and
-    inv_sums[r] its reciprocal, each in one vector loop over the block's rows (libm's log
-    per row: C = 10 cross-entropy loss 2.66 -> 2.08 ns/elem, 2 threads; a division per
-    row where the gradient is written was 20% of the C = 10 CE + grad time in perf)."""
+    """For the rows of a block: e = exp(x - m) with m[r] the max of row r; for the sum of
+    each row, log_sums[r] gets its log and inv_sums[r] its reciprocal, each in one vector
+    loop over the block's rows (libm's log per row: C = 10 cross-entropy loss 2.66 -> 2.08
+    ns/elem, 2 threads; a division per row where the gradient is written was 20% of the
+    C = 10 CE + grad time in perf). With w, shifted_w[r] = sum(w * (x - m)) of row r."""
     cdef Py_ssize_t r
-    if real is float:
-        fs_exp_array_f(e, rows * n)
+    if n <= <Py_ssize_t>(FS_VEC_BYTES // sizeof(real)):
+        if real is float:
+            fs_narrow_exp_rows_f(x, rows, n, w, e, m, inv_sums, shifted_w)
+        else:
+            fs_narrow_exp_rows_d(x, rows, n, w, e, m, inv_sums, shifted_w)
     else:
-        fs_exp_array_d(e, rows * n)
-    for r in range(rows):
-        inv_sums[r] = _short_dot(e + r * n, <const real *> NULL, n)
+        _shifted_rows(x, rows, n, e, m)
+        if w != NULL:
+            for r in range(rows):
+                shifted_w[r] = _short_dot(w, e + r * n, n)
+        if real is float:
+            fs_exp_array_f(e, rows * n)
+        else:
+            fs_exp_array_d(e, rows * n)
+        for r in range(rows):
+            inv_sums[r] = _short_dot(e + r * n, <const real *> NULL, n)
     fs_log_array(inv_sums, log_sums, rows)
     for r in range(rows):
         inv_sums[r] = 1.0 / inv_sums[r]
@@ -420,8 +439,7 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
     cdef real *e = <real *> s.e  # exp(x - m); a softmax row is then written once
     cdef real *m = <real *> s.m
     cdef Py_ssize_t r, j
-    _shifted_rows(x, rows, n, e, m)
-    _exp_rows(e, rows, n, s.log_sums, s.inv_sums)
+    _exp_rows(x, rows, n, NULL, NULL, e, m, s.log_sums, s.inv_sums)
     for r in range(rows):
         if op == 0:
             _short_rescale(e + r * n, <real>s.inv_sums[r], 0, NULL, -1, 0, out + r * n, n)
@@ -454,17 +472,13 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
     """cross_entropy_index on one block; grad (NULL: loss only) may be x itself."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
-    cdef double *shifted_y = sc.a
     cdef double *shifted_w = sc.b
     cdef double eps_c = smoothing / n, log_sum, w_y, s, onehot_coef
     cdef Py_ssize_t r, j
     cdef int64_t y
     cdef real *m = <real *> sc.m
-    _shifted_rows(x, rows, n, e, m)
-    for r in range(rows):
-        shifted_y[r] = x[r * n + target[r]] - m[r] if target[r] != ignore_index else 0
-        shifted_w[r] = _short_dot(weight, e + r * n, n) if smoothing != 0 else 0
-    _exp_rows(e, rows, n, sc.log_sums, sc.inv_sums)
+    _exp_rows(x, rows, n, weight if smoothing != 0 else NULL, shifted_w, e, m, sc.log_sums,
+              sc.inv_sums)
     for r in range(rows):
         y = target[r]
         if y == ignore_index:
@@ -475,7 +489,8 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
             continue
         log_sum = sc.log_sums[r]
         w_y = weight[y]
-        row_loss[r] = (1.0 - smoothing) * w_y * (log_sum - shifted_y[r])
+        # x is read before its row of grad (which may be x) is written
+        row_loss[r] = (1.0 - smoothing) * w_y * (log_sum - (x[r * n + y] - m[r]))
         if smoothing != 0:
             row_loss[r] += eps_c * (weight_sum * log_sum - shifted_w[r])
         if grad != NULL:
@@ -495,14 +510,14 @@ cdef void _prob_block(const real *x, const real *target, const real *weight, dou
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef double *total_wt = sc.a
     cdef double *shifted_wt = sc.b
+    cdef real *m = <real *> sc.m
     cdef real keep = <real>(1.0 - smoothing), eps_c = <real>(smoothing / n)
     cdef double s
     cdef Py_ssize_t r
-    _shifted_rows(x, rows, n, e, <real *> sc.m)
+    _exp_rows(x, rows, n, NULL, NULL, e, m, sc.log_sums, sc.inv_sums)
     for r in range(rows):
-        _short_prob_sums(e + r * n, target + r * n, weight, n, keep, eps_c, &total_wt[r],
+        _short_prob_sums(x + r * n, m[r], target + r * n, weight, n, keep, eps_c, &total_wt[r],
                          &shifted_wt[r])
-    _exp_rows(e, rows, n, sc.log_sums, sc.inv_sums)
     for r in range(rows):
         row_loss[r] = total_wt[r] * sc.log_sums[r] - shifted_wt[r]
         if grad != NULL:

@@ -21,10 +21,11 @@
  * double: Taylor series to degree 12, truncation < 2e-16. 2^k is built in the
  * exponent bits from the float value (k + bias) * 2^mantissa, exact in the type.
  *
- * fs_exp_core_* takes x in [-inf, hi) or NaN (NaN out): no overflow handling. The row
- * loops call it on x - max, which is <= 0 once the row max is finite (rows with a NaN
- * or inf max are settled before the loop); dropping the checks made the exp-sum loop
- * 0.90 -> 0.65 ns/elem on one core (measured). fs_exp_* handles every input. */
+ * fs_exp_core_* takes x in [-inf, hi] or NaN (NaN out; +inf gives NaN too): no overflow
+ * handling. The loops call it on x - max, which is <= 0 once the row max is finite, or
+ * NaN or +inf only in a row holding a NaN (which the max may miss), whose sum is then
+ * NaN as it should; dropping the checks made the exp-sum loop 0.90 -> 0.65 ns/elem on
+ * one core (measured). fs_exp_* handles every input. */
 static inline float fs_exp_core_f(float x) {
     const float lo = -126.0f * 0.69314718f;
     float xc = x < lo ? lo : x;  /* a NaN stays NaN (x > lo ? x : lo would clamp it) */
@@ -69,11 +70,7 @@ static inline double fs_exp_core_d(double x) {
 }
 
 #define FS_DEFINE_EXP(T, S, HI)                                                       \
-/* exp(z) for z = x - max(row) over whole blocks of rows: z <= 0, or NaN (kept), or    \
- * +inf (clamped: only in a row that also holds a NaN, which the max may miss; the    \
- * NaN makes the row's sum NaN anyway).                                              */\
-static inline T fs_exp_shifted_##S(T z) { return fs_exp_core_##S(z > (HI) ? (HI) : z); } \
-static inline T fs_exp_##S(T x) { return x > (HI) ? (T)INFINITY : fs_exp_shifted_##S(x); }
+static inline T fs_exp_##S(T x) { return x > (HI) ? (T)INFINITY : fs_exp_core_##S(x); }
 FS_DEFINE_EXP(float, f, 127.0f * 0.69314718f)
 FS_DEFINE_EXP(double, d, 1023.0 * 0.6931471805599453)
 
@@ -379,6 +376,14 @@ FS_DEFINE_LANES(double, d, pd)
         for (Py_ssize_t j = 0; j < (n); j += FS_LANES_##S) { __VA_ARGS__; }           \
     }
 
+#define FS_DEFINE_LANE_MAP(S, NAME, FUNC)                                             \
+static inline fs_vec_##S NAME(fs_vec_##S v) {                                         \
+    fs_vec_##S out;                                                                   \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t l = 0; l < FS_LANES_##S; l++) out[l] = FUNC(v[l]);                \
+    return out;                                                                       \
+}
+
 #define FS_DEFINE_SHORT_ROWS(T, S)                                                    \
 /* out = row - max(row) (out may be row); returns the max. A NaN may or may not be    \
  * the max; either way the row's exp sum, and so every result of the row, is NaN.    */\
@@ -396,7 +401,7 @@ static inline T fs_short_shift_max_##S(const T *row, Py_ssize_t n, T *out) {    
  * logsumexp, one thread: 2.9 ns/elem fused, 1.7-2.6 in passes).                     */\
 static inline void fs_exp_array_##S(T *x, Py_ssize_t n) {                             \
     _Pragma("omp simd")                                                               \
-    for (Py_ssize_t i = 0; i < n; i++) x[i] = fs_exp_shifted_##S(x[i]);               \
+    for (Py_ssize_t i = 0; i < n; i++) x[i] = fs_exp_core_##S(x[i]);                  \
 }                                                                                     \
 /* sum(a * b), or sum(a) when b is NULL */                                            \
 static inline double fs_short_dot_##S(const T *a, const T *b, Py_ssize_t n) {         \
@@ -409,9 +414,9 @@ static inline double fs_short_dot_##S(const T *a, const T *b, Py_ssize_t n) {   
     }                                                                                 \
     return fs_vreduce_add_##S(acc);                                                   \
 }                                                                                     \
-/* For probability targets t' = keep * t + eps, with z = row - max: sets            \
+/* For probability targets t' = keep * t + eps, with z = row - m: sets               \
  * *total_wt = sum(w t') and *shifted_wt = sum(w t' z).                              */\
-static inline void fs_short_prob_sums_##S(const T *z, const T *t, const T *w,         \
+static inline void fs_short_prob_sums_##S(const T *row, T m, const T *t, const T *w,  \
                                           Py_ssize_t n, T keep, T eps,                \
                                           double *total_wt, double *shifted_wt) {     \
     fs_vec_##S total = {0}, shifted = {0};                                            \
@@ -419,7 +424,7 @@ static inline void fs_short_prob_sums_##S(const T *z, const T *t, const T *w,   
         fs_vec_##S wt = fs_vload_##S(w + j, n - j, 0)                                 \
                         * (fs_vload_##S(t + j, n - j, 0) * keep + eps);               \
         total += wt;                                                                  \
-        shifted += wt * fs_vload_##S(z + j, n - j, 0))                                \
+        shifted += wt * (fs_vload_##S(row + j, n - j, 0) - m))                        \
     *total_wt = fs_vreduce_add_##S(total);                                            \
     *shifted_wt = fs_vreduce_add_##S(shifted);                                        \
 }                                                                                     \
@@ -457,14 +462,11 @@ static inline void fs_short_softmax_bwd_##S(const T *y, const T *dy, T *out,    
         fs_vstore_##S(out + j, n - j, fs_vload_##S(y + j, n - j, 0)                   \
                       * (fs_vload_##S(dy + j, n - j, 0) - dot)))                      \
 }                                                                                     \
-/* exp of every lane: GCC turns this loop into the vector code of fs_exp_##S alone,   \
- * registers in, registers out (checked in the assembly).                            */\
-static inline fs_vec_##S fs_vexp_##S(fs_vec_##S v) {                                  \
-    fs_vec_##S out;                                                                   \
-    _Pragma("omp simd")                                                               \
-    for (Py_ssize_t l = 0; l < FS_LANES_##S; l++) out[l] = fs_exp_##S(v[l]);          \
-    return out;                                                                       \
-}                                                                                     \
+/* exp of every lane (fs_exp_##S, fs_exp_core_##S): GCC turns the loop into the   \
+ * vector code of the scalar function alone, registers in, registers out (checked in  \
+ * the assembly).                                                                    */\
+FS_DEFINE_LANE_MAP(S, fs_vexp_##S, fs_exp_##S)                                        \
+FS_DEFINE_LANE_MAP(S, fs_vexp_core_##S, fs_exp_core_##S)                           \
 /* log_softmax backward of one short row: out = dy - exp(logp) * sum(dy) */          \
 static inline void fs_short_log_softmax_bwd_##S(const T *logp, const T *dy, T *out,   \
                                                 Py_ssize_t n) {                       \
@@ -476,5 +478,77 @@ static inline void fs_short_log_softmax_bwd_##S(const T *logp, const T *dy, T *o
 
 FS_DEFINE_SHORT_ROWS(float, f)
 FS_DEFINE_SHORT_ROWS(double, d)
+
+/* ---- narrow rows (at most one vector, C <= L): L rows at a time, transposed ----
+ * Loaded as L row vectors and transposed in registers, a group's column j is one
+ * vector (lane i: row i), so the max, the exp and the sum run across vectors with every
+ * lane busy and no lane reductions; the exponentials are transposed back and stored
+ * as rows. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* log2(L) rounds of two-source shuffles; round w swaps the off-diagonal blocks of
+ * width w of each pair of vectors (i, i + w). */
+#define FS_DEFINE_TRANSPOSE(T, S)                                                     \
+static inline void fs_transpose_##S(fs_vec_##S *v) {                                  \
+    _Pragma("GCC unroll 8")                                                           \
+    for (int round = 1; round <= __builtin_ctz(FS_LANES_##S); round++) {              \
+        const Py_ssize_t w = FS_LANES_##S >> round;                                   \
+        fs_index_vec_##S low, high;                                                   \
+        for (Py_ssize_t l = 0; l < FS_LANES_##S; l++) {                               \
+            low[l] = (l & w) ? FS_LANES_##S + l - w : l;                              \
+            high[l] = (l & w) ? FS_LANES_##S + l : l + w;                             \
+        }                                                                             \
+        _Pragma("GCC unroll 16")                                                      \
+        for (Py_ssize_t i = 0; i < FS_LANES_##S; i++) {                               \
+            if (i & w) continue;                                                      \
+            fs_vec_##S a = v[i], b = v[i + w];                                        \
+            v[i] = __builtin_shuffle(a, b, low);                                      \
+            v[i + w] = __builtin_shuffle(a, b, high);                                 \
+        }                                                                             \
+    }                                                                                 \
+}
+#else  /* compilers without GCC's __builtin_shuffle: lane by lane */
+#define FS_DEFINE_TRANSPOSE(T, S)                                                     \
+static inline void fs_transpose_##S(fs_vec_##S *v) {                                  \
+    fs_vec_##S t[FS_LANES_##S];                                                       \
+    for (Py_ssize_t i = 0; i < FS_LANES_##S; i++)                                     \
+        for (Py_ssize_t j = 0; j < FS_LANES_##S; j++) t[j][i] = v[i][j];              \
+    memcpy(v, t, sizeof t);                                                           \
+}
+#endif
+
+#define FS_DEFINE_NARROW_ROWS(T, S)                                                   \
+FS_DEFINE_TRANSPOSE(T, S)                                                             \
+/* For the rows x[r n : (r + 1) n], r < rows, n <= L: m[r] = the row max, e = exp(x - m) \
+ * (rows of n), sums[r] = sum of row r of e and, with w, shifted_w[r] = sum(w (x - m)). \
+ * As in the wider rows, a NaN may or may not be the max and makes the row's sum NaN. */\
+static inline void fs_narrow_exp_rows_##S(const T *x, Py_ssize_t rows, Py_ssize_t n,  \
+                                          const T *w, T *e, T *m, double *sums,       \
+                                          double *shifted_w) {                        \
+    for (Py_ssize_t first = 0; first < rows; first += FS_LANES_##S) {                 \
+        Py_ssize_t count = FS_MIN(FS_LANES_##S, rows - first);                        \
+        fs_vec_##S v[FS_LANES_##S];                                                   \
+        for (Py_ssize_t i = 0; i < FS_LANES_##S; i++)  /* rows past count: zeros */   \
+            v[i] = fs_vload_##S(x + (first + FS_MIN(i, count - 1)) * n,               \
+                                i < count ? n : 0, 0);                                \
+        fs_transpose_##S(v);                                                          \
+        fs_vec_##S max = v[0], sum = {0}, dot = {0};                                  \
+        for (Py_ssize_t j = 1; j < n; j++) max = fs_vmax_##S(max, v[j]);              \
+        for (Py_ssize_t j = 0; j < n; j++) {                                          \
+            if (w) dot += w[j] * (v[j] - max);                                        \
+            v[j] = fs_vexp_core_##S(v[j] - max);                                      \
+            sum += v[j];                                                              \
+        }                                                                             \
+        fs_transpose_##S(v);                                                          \
+        for (Py_ssize_t i = 0; i < count; i++) {                                      \
+            fs_vstore_##S(e + (first + i) * n, n, v[i]);                              \
+            sums[first + i] = sum[i];                                                 \
+            if (w) shifted_w[first + i] = dot[i];                                     \
+        }                                                                             \
+        fs_vstore_##S(m + first, count, max);                                         \
+    }                                                                                 \
+}
+
+FS_DEFINE_NARROW_ROWS(float, f)
+FS_DEFINE_NARROW_ROWS(double, d)
 
 #endif
