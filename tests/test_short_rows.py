@@ -1,9 +1,9 @@
 """Few classes: the block kernels load each row as whole vectors with a masked tail
-(Cython, below 128 classes; the backward kernels too) or transpose blocks of rows
-(Numba, below 64). Every class
-count from 1 to 130 is checked, so that every tail length of a 16-lane (float32) and
-8-lane (float64) vector and both switches to the row kernels are crossed, with special
-values placed in the last, partial vector of a row."""
+(Cython, below 128 classes; the backward kernels too; rows of at most one vector 16 or
+8 at a time, transposed in registers) or transpose blocks of rows (Numba, below 64).
+Every class count from 1 to 130 is checked, so that every tail length of a 16-lane
+(float32) and 8-lane (float64) vector and both switches to the row kernels are
+crossed, with special values placed in the last, partial vector of a row."""
 import numpy as np
 import pytest
 
@@ -94,6 +94,35 @@ def test_cross_entropy_prob_every_class_count(compiled_backend, dtype):
         assert_cross_entropy_matches(x, t, compiled_backend,
                                      describe(backend=compiled_backend, classes=n, dtype=dtype),
                                      **opts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_groups_of_rows_every_lane(compiled_backend, dtype):
+    """Rows of at most one vector run 16 (float32) or 8 (float64) at a time, transposed:
+    special rows in the first and last lane of a group, groups cut short at the end of
+    every block of rows and of the array (1000 rows: blocks of 4096 // C rows)."""
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 3, 7, 8, 9, 10, 15, 16, 17):
+        x = (rng.standard_normal((1000, n)) * 3).astype(dtype)
+        block = 4096 // n
+        specials = [(15, np.nan), (16, np.inf), (31, -np.inf), (7, 1e4),
+                    (block - 1, np.nan), (block, np.inf), (999, -np.inf)]
+        for row, value in specials:
+            x[min(row, 999), rng.integers(n)] = value
+        x[40, :] = -np.inf
+        context = describe(backend=compiled_backend, classes=n, dtype=dtype)
+        for op in ("softmax", "log_softmax", "logsumexp"):
+            assert_close(getattr(fs, op)(x, backend=compiled_backend),
+                         getattr(reference, op)(x), f"{op} {context}")
+        t = rng.integers(0, n, 1000)
+        t[::13] = -100
+        for smoothing in (0.0, 0.3):
+            assert_cross_entropy_matches(x, t, compiled_backend, context,
+                                         weight=rng.uniform(0.5, 2.0, n).astype(dtype),
+                                         reduction="none", label_smoothing=smoothing)
+        probabilities = rng.random(x.shape).astype(dtype)
+        assert_cross_entropy_matches(x, probabilities / probabilities.sum(-1, keepdims=True),
+                                     compiled_backend, context, reduction="none")
 
 
 def test_masked_tail_does_not_read_or_write_past_the_array(compiled_backend):
