@@ -378,7 +378,7 @@ FS_DEFINE_LANES(double, d, pd)
 
 #define FS_DEFINE_LANE_MAP(S, NAME, FUNC)                                             \
 static inline fs_vec_##S NAME(fs_vec_##S v) {                                         \
-    fs_vec_##S out;                                                                   \
+    fs_vec_##S out = v;  /* every lane is overwritten; silences -Wmaybe-uninitialized */\
     _Pragma("omp simd")                                                               \
     for (Py_ssize_t l = 0; l < FS_LANES_##S; l++) out[l] = FUNC(v[l]);                \
     return out;                                                                       \
