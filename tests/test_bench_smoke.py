@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from bench.ab import kernel_calls
+
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed")
 
 
@@ -61,5 +63,7 @@ def test_side_by_side_comparison_runs():
     run = subprocess.run([sys.executable, "-m", "bench.ab", ".", "64x10", "--repeats", "1"],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
+    ops = kernel_calls(2, 10, "float32")
     lines = [line for line in run.stdout.splitlines() if line.startswith("64x10 float32")]
-    assert len(lines) == 9 and all("this/other" in line for line in lines), run.stdout
+    assert len(lines) == len(ops) and all("this/other" in line for line in lines), run.stdout
+    assert {line.split("float32 ")[1].split("  this ")[0].strip() for line in lines} == set(ops)
