@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from fastsoftmax import _ops
+
 HERE = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -34,36 +36,59 @@ def load_kernels(checkout, name):
 
 
 def kernel_calls(n_rows, n_classes, dtype):
-    """op -> f(kernels): one call of each kernel on shared inputs and outputs."""
+    """label -> f(kernels): one call of each kernel on shared inputs and outputs.
+
+    Every rows op of the op table (inputs from its recipe), and the loss kernels in the
+    variants below; ``LOSS_CALLS`` must name every loss kernel of the table."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((n_rows, n_classes)) * 3).astype(dtype)
-    probs = np.full_like(x, 1.0 / n_classes)
+    calls = {}
+    for op in _ops.ROW_OPS:
+        arrays = op.from_logits(x, -1, rng)
+        out = np.empty_like(x) if op.output == "same" else np.empty(n_rows, dtype)
+        calls[op.name] = (lambda name, arrays, out: lambda k: getattr(k, name)(*arrays, out))(
+            op.name, arrays, out)
+    missing = set(_ops.LOSS_KERNELS) - set(LOSS_CALLS)
+    if missing:
+        raise SystemExit(f"bench.ab: no call for the loss kernels {sorted(missing)}; add them "
+                         "to LOSS_CALLS")
+    for make in LOSS_CALLS.values():
+        calls.update(make(x, rng))
+    return calls
+
+
+def _cross_entropy_index_calls(x, rng):
+    n_rows, n_classes = x.shape
     target = rng.integers(0, n_classes, n_rows)
-    weight = np.ones(n_classes, dtype)
-    out, rows_out = np.empty_like(x), np.empty(n_rows, dtype)
+    weight = np.ones(n_classes, x.dtype)
+    out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
     # inplace=True: the gradient overwrites this copy, which the next call reads (the same
     # work on other finite values, as in the benchmark suite)
     x_inplace = x.copy()
-    row_loss, no_row_scale = np.empty(n_rows), np.empty(0)
-    scale = 1.0 / n_rows
 
     def index(smoothing, grad, logits=x):
         return lambda k: k.cross_entropy_index(logits, target, weight, float(n_classes), -100,
-                                               smoothing, scale, no_row_scale, row_loss, grad)
+                                               smoothing, 1.0 / n_rows, no_row_scale, row_loss,
+                                               grad)
 
-    return {
-        "logsumexp": lambda k: k.logsumexp(x, rows_out),
-        "softmax": lambda k: k.softmax(x, out),
-        "log_softmax": lambda k: k.log_softmax(x, out),
-        "softmax_backward": lambda k: k.softmax_backward(probs, x, out),
-        "log_softmax_backward": lambda k: k.log_softmax_backward(x, probs, out),
-        "cross_entropy": index(0.0, None),
-        "cross_entropy_with_grad": index(0.0, out),
-        "cross_entropy_with_grad smoothing=0.1": index(0.1, out),
-        "cross_entropy_with_grad inplace": index(0.0, x_inplace, x_inplace),
-        "cross_entropy_with_grad_prob": lambda k: k.cross_entropy_prob(
-            x, probs, weight, 0.0, scale, no_row_scale, row_loss, out),
-    }
+    return {"cross_entropy": index(0.0, None),
+            "cross_entropy_with_grad": index(0.0, out),
+            "cross_entropy_with_grad smoothing=0.1": index(0.1, out),
+            "cross_entropy_with_grad inplace": index(0.0, x_inplace, x_inplace)}
+
+
+def _cross_entropy_prob_calls(x, rng):
+    n_rows, n_classes = x.shape
+    probs = np.full_like(x, 1.0 / n_classes)
+    weight = np.ones(n_classes, x.dtype)
+    out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
+    return {"cross_entropy_with_grad_prob": lambda k: k.cross_entropy_prob(
+        x, probs, weight, 0.0, 1.0 / n_rows, no_row_scale, row_loss, out)}
+
+
+# loss kernel -> (logits, rng) -> {label: f(kernels)}
+LOSS_CALLS = {"cross_entropy_index": _cross_entropy_index_calls,
+              "cross_entropy_prob": _cross_entropy_prob_calls}
 
 
 def compare(this, other, n_rows, n_classes, dtype, repeats):

@@ -3,15 +3,17 @@ import functools
 
 import numpy as np
 
-import fastsoftmax as fs
+from fastsoftmax import _ops
 
 ELEMENTS = 2 ** 24  # default fixed budget: N = elements // C rows
 FULL_CLASSES = [10, 100, 1000, 10000, 32768, 131072, 262144]
 QUICK_CLASSES = [10, 1000, 32768, 131072]
 FEW_ROW_SHAPES = [(8, 131072), (1, 1048576)]
 
-OPS = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "cross_entropy",
-       "cross_entropy_with_grad", "cross_entropy_with_grad_prob"]
+# every op of the op table, plus its extra input kinds (e.g. cross_entropy_with_grad_prob)
+CASES = _ops.bench_cases()
+OPS = list(CASES)
+# the quick set (README's main command): one rows op and the fused loss
 QUICK_OPS = ["softmax", "cross_entropy_with_grad"]
 
 
@@ -32,18 +34,12 @@ def ops(full):
 
 
 @functools.lru_cache(maxsize=1)
-def inputs(op, shape, dtype):
-    """The NumPy inputs of ``op``, shared by every implementation in a group (read-only)."""
+def inputs(case, shape, dtype):
+    """The NumPy inputs of a case, shared by every implementation in a group (read-only)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32).astype(dtype) * 3
-    if op == "softmax_backward":
-        arrays = (fs.softmax(x), rng.standard_normal(shape, dtype=np.float32).astype(dtype))
-    elif op == "cross_entropy_with_grad_prob":
-        arrays = (x, fs.softmax(rng.standard_normal(shape, dtype=np.float32).astype(dtype)))
-    elif op.startswith("cross_entropy"):
-        arrays = (x, rng.integers(0, shape[-1], shape[0]))
-    else:
-        arrays = (x,)
+    _, from_logits = CASES[case]
+    arrays = from_logits(x, -1, rng)
     for a in arrays:
         a.flags.writeable = False
     return arrays

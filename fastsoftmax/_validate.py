@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -37,6 +36,16 @@ def class_axis(x, axis, name="x"):
         raise ValueError(f"{name} has shape {x.shape}: the class axis {axis} is empty; "
                          "softmax needs at least one class")
     return axis
+
+
+def rows_inputs(arrays, axis):
+    """Check the arrays of a rows op (name -> array): float, one shape and dtype, a class
+    axis that is not empty. Returns (name -> normalised array, axis as a positive int)."""
+    checked = {name: float_array(a, name) for name, a in arrays.items()}
+    (first_name, first), *others = checked.items()
+    for name, a in others:
+        same_shape_and_dtype(first, a, first_name, name)
+    return checked, class_axis(first, axis, first_name)
 
 
 def same_shape_and_dtype(a, b, name_a, name_b):

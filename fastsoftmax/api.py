@@ -5,10 +5,11 @@ class axis last, copies non-contiguous inputs, and puts results back in shape.
 With ``backend="numpy"`` the call goes to :mod:`fastsoftmax.reference` unchanged.
 """
 import functools
+import inspect
 
 import numpy as np
 
-from . import _backends, _validate, reference
+from . import _backends, _ops, _validate, reference
 
 
 def _dispatch(func):
@@ -22,6 +23,11 @@ def _dispatch(func):
             return ref(*args, **kwargs)
         return func(*args, kernels=_backends.kernels(name), **kwargs)
 
+    # the public signature: ``backend=`` in place of the private ``kernels``
+    signature = inspect.signature(func)
+    parameters = [p for p in signature.parameters.values() if p.name != "kernels"]
+    wrapper.__signature__ = signature.replace(parameters=[
+        *parameters, inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None)])
     return wrapper
 
 
@@ -31,7 +37,7 @@ def _as_rows(x, axis):
     return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
 
 
-def _elementwise(kernel, inputs, axis, out):
+def _same_shape_output(kernel, inputs, axis, out):
     """Run a kernel whose output has the inputs' shape (softmax, log_softmax, backward)."""
     first = next(iter(inputs.values()))
     if out is not None:
@@ -49,11 +55,30 @@ def _elementwise(kernel, inputs, axis, out):
     return out
 
 
+def _reduced_output(kernel, inputs, axis, out):
+    """Run a kernel with one value per row: the result has the class axis removed."""
+    first = next(iter(inputs.values()))
+    shape = first.shape[:axis] + first.shape[axis + 1:]
+    if out is not None:
+        _validate.out_array(out, shape, first.dtype, inputs)
+    result = np.empty(int(np.prod(shape)), dtype=first.dtype)
+    kernel(*(_as_rows(a, axis) for a in inputs.values()), result)
+    if out is None:
+        return result.reshape(shape)
+    out[...] = result.reshape(shape)
+    return out
+
+
+_RUN_ROWS = {"same": _same_shape_output, "reduce": _reduced_output}
+
 _AXIS_DOC = """axis : int, optional
         The class axis (default: last). Other axes are batch axes."""
-_OUT_DOC = """out : ndarray, optional
+_OUT_DOC = {
+    "same": """out : ndarray, optional
         Where to write the result: exactly the result's shape and dtype. It may be
-        the input array itself (in-place) but may not partly overlap it."""
+        the input array itself (in-place) but may not partly overlap it.""",
+    "reduce": """out : ndarray, optional
+        Where to write the result: the input's shape without ``axis``, its dtype."""}
 _BACKEND_DOC = """backend : str, optional
         ``"cython"``, ``"numba"``, ``"numpy"`` (the reference) or ``"auto"``;
         default: the current backend (see :func:`fastsoftmax.set_backend`)."""
@@ -62,144 +87,53 @@ _BACKEND_DOC = """backend : str, optional
 def _doc(text):
     """Fill the shared parameter descriptions into a docstring."""
     def decorate(func):
-        func.__doc__ = text.format(axis=_AXIS_DOC, out=_OUT_DOC, backend=_BACKEND_DOC)
+        func.__doc__ = text.format(axis=_AXIS_DOC, out=_OUT_DOC["same"], backend=_BACKEND_DOC)
         return func
     return decorate
 
 
-@_dispatch
-@_doc("""Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
-
-    Parameters
-    ----------
-    x : array_like
-        float32 or float64 logits.
-    {axis}
-    {out}
-    {backend}
-
-    Returns
-    -------
-    ndarray
-        Probabilities, same shape and dtype as ``x``. A row holding NaN or +inf,
-        or a row of only -inf, gives NaN (as ``torch.softmax``).
-
-    Examples
-    --------
-    >>> import numpy as np, fastsoftmax as fs
-    >>> fs.softmax(np.array([0.0, np.log(3.0)]))
-    array([0.25, 0.75])
-    """)
-def softmax(x, axis=-1, *, out=None, kernels):
-    x = _validate.float_array(x, "x")
-    axis = _validate.class_axis(x, axis)
-    return _elementwise(kernels.softmax, {"x": x}, axis, out)
+def _rows_docstring(op):
+    parts = [op.summary, "", "    Parameters", "    ----------",
+             *(f"    {doc}" for doc in op.input_docs),
+             f"    {_AXIS_DOC}", f"    {_OUT_DOC[op.output]}", f"    {_BACKEND_DOC}", "",
+             "    Returns", "    -------", f"    {op.returns}"]
+    if op.example:
+        parts += ["", "    Examples", "    --------", f"    {op.example}"]
+    return "\n".join(parts) + "\n    "
 
 
-@_dispatch
-@_doc("""Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+def _rows_function(op):
+    """The public function of a rows op of the table: validate, pick the backend, run."""
+    P = inspect.Parameter
+    signature = inspect.Signature(
+        [P(name, P.POSITIONAL_OR_KEYWORD) for name in op.inputs]
+        + [P("axis", P.POSITIONAL_OR_KEYWORD, default=-1), P("out", P.KEYWORD_ONLY, default=None),
+           P("backend", P.KEYWORD_ONLY, default=None)])
+    ref = getattr(reference, op.name)
+    run = _RUN_ROWS[op.output]
 
-    Parameters
-    ----------
-    x : array_like
-        float32 or float64 logits.
-    {axis}
-    {out}
-    {backend}
+    def function(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        arrays = [arguments[name] for name in op.inputs]
+        name = _backends.resolve(arguments["backend"])
+        kernels = _backends.kernels(name)
+        if kernels is None:
+            return ref(*arrays, arguments["axis"], out=arguments["out"])
+        inputs, axis = _validate.rows_inputs(dict(zip(op.inputs, arrays)), arguments["axis"])
+        return run(getattr(kernels, op.name), inputs, axis, arguments["out"])
 
-    Returns
-    -------
-    ndarray
-        Log-probabilities, same shape and dtype as ``x``.
-    """)
-def log_softmax(x, axis=-1, *, out=None, kernels):
-    x = _validate.float_array(x, "x")
-    axis = _validate.class_axis(x, axis)
-    return _elementwise(kernels.log_softmax, {"x": x}, axis, out)
-
-
-@_dispatch
-@_doc("""Log of the sum of exponentials along ``axis``, computed without overflow.
-
-    Parameters
-    ----------
-    x : array_like
-        float32 or float64 values.
-    {axis}
-    out : ndarray, optional
-        Where to write the result: ``x``'s shape without ``axis``, ``x``'s dtype.
-    {backend}
-
-    Returns
-    -------
-    ndarray
-        ``x``'s shape with ``axis`` removed. As ``torch.logsumexp``, a row of only
-        -inf gives -inf and a row holding +inf gives +inf.
-    """)
-def logsumexp(x, axis=-1, *, out=None, kernels):
-    x = _validate.float_array(x, "x")
-    axis = _validate.class_axis(x, axis)
-    shape = x.shape[:axis] + x.shape[axis + 1:]
-    if out is not None:
-        _validate.out_array(out, shape, x.dtype, {"x": x})
-    result = np.empty(int(np.prod(shape)), dtype=x.dtype)
-    kernels.logsumexp(_as_rows(x, axis), result)
-    if out is None:
-        return result.reshape(shape)
-    out[...] = result.reshape(shape)
-    return out
+    function.__name__ = function.__qualname__ = op.name
+    function.__module__ = __name__
+    function.__signature__ = signature
+    function.__doc__ = _rows_docstring(op)
+    return function
 
 
-@_dispatch
-@_doc("""Gradient of softmax: ``dx = y * (dy - sum(y * dy))`` along ``axis``.
-
-    Parameters
-    ----------
-    y : array_like
-        The softmax output ``softmax(x, axis)``, float32 or float64.
-    dy : array_like
-        Gradient of the loss with respect to ``y``; same shape and dtype as ``y``.
-    {axis}
-    {out}
-    {backend}
-
-    Returns
-    -------
-    ndarray
-        Gradient with respect to ``x``, same shape and dtype as ``y``.
-    """)
-def softmax_backward(y, dy, axis=-1, *, out=None, kernels):
-    y = _validate.float_array(y, "y")
-    dy = _validate.float_array(dy, "dy")
-    _validate.same_shape_and_dtype(y, dy, "y", "dy")
-    axis = _validate.class_axis(y, axis, "y")
-    return _elementwise(kernels.softmax_backward, {"y": y, "dy": dy}, axis, out)
-
-
-@_dispatch
-@_doc("""Gradient of log-softmax: ``dx = dy - exp(logp) * sum(dy)`` along ``axis``.
-
-    Parameters
-    ----------
-    logp : array_like
-        The log-softmax output ``log_softmax(x, axis)``, float32 or float64.
-    dy : array_like
-        Gradient of the loss with respect to ``logp``; same shape and dtype.
-    {axis}
-    {out}
-    {backend}
-
-    Returns
-    -------
-    ndarray
-        Gradient with respect to ``x``, same shape and dtype as ``logp``.
-    """)
-def log_softmax_backward(logp, dy, axis=-1, *, out=None, kernels):
-    logp = _validate.float_array(logp, "logp")
-    dy = _validate.float_array(dy, "dy")
-    _validate.same_shape_and_dtype(logp, dy, "logp", "dy")
-    axis = _validate.class_axis(logp, axis, "logp")
-    return _elementwise(kernels.log_softmax_backward, {"logp": logp, "dy": dy}, axis, out)
+for _op in _ops.ROW_OPS:
+    globals()[_op.name] = _rows_function(_op)
+ROW_FUNCTIONS = [_op.name for _op in _ops.ROW_OPS]
 
 
 _CE_DOC = """logits : array_like

@@ -20,6 +20,12 @@ def _finish(result, like, out, inputs):
     return out
 
 
+def _rows_inputs(axis, **arrays):
+    """The validated arrays (in order) and axis of a rows op."""
+    checked, axis = _validate.rows_inputs(arrays, axis)
+    return tuple(checked.values()), axis
+
+
 def _log_softmax64(x, axis):
     x = x.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -29,23 +35,20 @@ def _log_softmax64(x, axis):
 
 def softmax(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.softmax`: same parameters and result, float64 math."""
-    x = _validate.float_array(x, "x")
-    axis = _validate.class_axis(x, axis)
+    (x,), axis = _rows_inputs(axis, x=x)
     with np.errstate(invalid="ignore"):
         return _finish(np.exp(_log_softmax64(x, axis)), x, out, {"x": x})
 
 
 def log_softmax(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.log_softmax`: same parameters and result, float64 math."""
-    x = _validate.float_array(x, "x")
-    axis = _validate.class_axis(x, axis)
+    (x,), axis = _rows_inputs(axis, x=x)
     return _finish(_log_softmax64(x, axis), x, out, {"x": x})
 
 
 def logsumexp(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.logsumexp`: same parameters and result, float64 math."""
-    x = _validate.float_array(x, "x")
-    axis = _validate.class_axis(x, axis)
+    (x,), axis = _rows_inputs(axis, x=x)
     x64 = x.astype(np.float64)
     m = np.max(x64, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # torch.logsumexp: -inf rows give -inf, not NaN
@@ -56,10 +59,7 @@ def logsumexp(x, axis=-1, *, out=None):
 
 def softmax_backward(y, dy, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.softmax_backward`: same parameters and result, float64 math."""
-    y = _validate.float_array(y, "y")
-    dy = _validate.float_array(dy, "dy")
-    _validate.same_shape_and_dtype(y, dy, "y", "dy")
-    axis = _validate.class_axis(y, axis, "y")
+    (y, dy), axis = _rows_inputs(axis, y=y, dy=dy)
     y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
     dx = y64 * (dy64 - np.sum(y64 * dy64, axis=axis, keepdims=True))
     return _finish(dx, y, out, {"y": y, "dy": dy})
@@ -67,10 +67,7 @@ def softmax_backward(y, dy, axis=-1, *, out=None):
 
 def log_softmax_backward(logp, dy, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.log_softmax_backward`: same parameters and result, float64 math."""
-    logp = _validate.float_array(logp, "logp")
-    dy = _validate.float_array(dy, "dy")
-    _validate.same_shape_and_dtype(logp, dy, "logp", "dy")
-    axis = _validate.class_axis(logp, axis, "logp")
+    (logp, dy), axis = _rows_inputs(axis, logp=logp, dy=dy)
     dy64 = dy.astype(np.float64)
     dx = dy64 - np.exp(logp.astype(np.float64)) * np.sum(dy64, axis=axis, keepdims=True)
     return _finish(dx, logp, out, {"logp": logp, "dy": dy})

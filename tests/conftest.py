@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax
+from fastsoftmax import _ops
 
 BACKENDS = fastsoftmax.available_backends()
 COMPILED_BACKENDS = [name for name in BACKENDS if name != "numpy"]
@@ -16,6 +17,19 @@ def backend(request):
 @pytest.fixture(params=COMPILED_BACKENDS)
 def compiled_backend(request):
     return request.param
+
+
+ROW_OPS = _ops.ROW_OPS
+FORWARD_OPS = [op for op in ROW_OPS if op.vjp_of is None]  # functions of logits alone
+
+
+def op_id(op):
+    return op.name
+
+
+def op_inputs(op, x, axis=-1, seed=1):
+    """The positional arrays of ``op`` built from logits ``x`` (the table's recipe)."""
+    return op.from_logits(x, axis, np.random.default_rng(seed))
 
 
 # Tolerances of a float32/float64 kernel against the reference (float64 math,

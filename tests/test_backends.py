@@ -1,4 +1,6 @@
 """Backend registry, selection, thread control and import-time behaviour."""
+import importlib
+import inspect
 import os
 import subprocess
 import sys
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
-from fastsoftmax import _backends
+from fastsoftmax import _backends, _ops
 
 
 def run_python(code, **env):
@@ -103,9 +105,27 @@ def test_threads_setting_reaches_numba():
 
 
 def test_public_functions_have_numpydoc_docstrings():
-    for name in ["softmax", "log_softmax", "logsumexp", "softmax_backward",
-                 "log_softmax_backward", "cross_entropy", "cross_entropy_with_grad",
-                 "set_backend", "get_backend", "available_backends", "use_backend",
-                 "set_num_threads", "get_num_threads"]:
+    functions = [name for name in fs.__all__ if callable(getattr(fs, name))]
+    assert set(_ops.OPS) <= set(functions)
+    for name in functions:
         doc = getattr(fs, name).__doc__
         assert doc and ("Parameters" in doc or "Returns" in doc), name
+
+
+@pytest.mark.parametrize("op", list(_ops.OPS.values()), ids=lambda op: op.name)
+def test_public_signature_shows_backend_not_kernels(op):
+    parameters = inspect.signature(getattr(fs, op.name)).parameters
+    assert "backend" in parameters and "kernels" not in parameters
+    assert list(parameters)[:len(op.inputs)] == list(op.inputs)
+
+
+@pytest.mark.parametrize("backend", [b for b in fs.available_backends() if b != "numpy"])
+def test_backend_contract(backend):
+    """Every compiled backend exports every kernel of the op table, with its arguments."""
+    module = importlib.import_module(_backends.BACKENDS[backend])
+    missing = [name for name in _ops.KERNELS if not hasattr(module, name)]
+    assert not missing, f"backend {backend!r} has no kernel for {missing}"
+    for name, arguments in _ops.KERNELS.items():
+        kernel = getattr(module, name)
+        kernel = getattr(kernel, "py_func", kernel)  # a Numba dispatcher: its Python function
+        assert tuple(inspect.signature(kernel).parameters) == arguments, (backend, name)

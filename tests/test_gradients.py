@@ -4,6 +4,9 @@ import pytest
 
 import fastsoftmax as fs
 from fastsoftmax import reference
+from conftest import ROW_OPS, op_id
+
+VJP_OPS = [op for op in ROW_OPS if op.vjp_of is not None]
 
 STEP = 1e-6
 
@@ -49,16 +52,17 @@ def test_cross_entropy_grad_matches_finite_differences(backend, probabilities, w
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
-@pytest.mark.parametrize("forward,backward", [("softmax", "softmax_backward"),
-                                              ("log_softmax", "log_softmax_backward")])
-def test_softmax_backward_ops_match_finite_differences(backend, forward, backward, axis):
+@pytest.mark.parametrize("op", VJP_OPS, ids=op_id)
+def test_vector_jacobian_products_match_finite_differences(backend, op, axis):
+    """A backward op of the table, given its forward op's output and dy, is d(sum(forward *
+    dy)) / dx."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 5))
     dy = rng.standard_normal((3, 5))
-    ref_forward = getattr(reference, forward)
-    numeric = numeric_grad(lambda z: float(np.sum(ref_forward(z, axis) * dy)), x)
-    y = getattr(fs, forward)(x, axis, backend=backend)
-    np.testing.assert_allclose(getattr(fs, backward)(y, dy, axis, backend=backend), numeric,
+    forward = getattr(reference, op.vjp_of)
+    numeric = numeric_grad(lambda z: float(np.sum(forward(z, axis) * dy)), x)
+    y = getattr(fs, op.vjp_of)(x, axis, backend=backend)
+    np.testing.assert_allclose(getattr(fs, op.name)(y, dy, axis, backend=backend), numeric,
                                rtol=1e-6, atol=1e-9)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import fastsoftmax as fs
 from fastsoftmax import reference
-from conftest import assert_close, describe
+from conftest import ROW_OPS, assert_close, describe, op_id, op_inputs
 
 # 3 rows of 5 chunks of 16384 classes and a partial sixth; a last chunk of one class
 SHAPES = [(3, 5 * 16384 + 77), (1, 4 * 16384 + 1)]
@@ -25,14 +25,15 @@ def special_rows(n_classes, dtype):
     return x
 
 
-@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("op", ROW_OPS, ids=op_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_special_values_in_one_chunk(compiled_backend, op, dtype):
     x = special_rows(SHAPES[0][1], dtype)
     for rows in (slice(0, 3), slice(3, 6)):  # fewer than 4 rows: split
-        got = getattr(fs, op)(x[rows], backend=compiled_backend)
-        assert_close(got, getattr(reference, op)(x[rows]),
-                     describe(op=op, backend=compiled_backend, rows=rows))
+        args = op_inputs(op, x[rows])
+        got = getattr(fs, op.name)(*args, backend=compiled_backend)
+        assert_close(got, getattr(reference, op.name)(*args),
+                     describe(op=op.name, backend=compiled_backend, rows=rows))
 
 
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "prob"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastsoftmax import reference
+from conftest import ROW_OPS, op_id, op_inputs
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
 F = torch.nn.functional
@@ -55,9 +56,9 @@ def test_reference_matches_torch(probabilities, weight, ignore_index, reduction,
     assert np.asarray(loss).dtype == want_loss.dtype
 
 
-@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
-def test_softmax_family_matches_torch(op):
+@pytest.mark.parametrize("op", ROW_OPS, ids=op_id)
+def test_rows_ops_match_torch(op):
     x = np.random.default_rng(1).standard_normal((4, 3, 9)) * 5
-    for axis in (-1, 1):
-        want = getattr(torch, op)(torch.tensor(x), axis).numpy()
-        np.testing.assert_allclose(getattr(reference, op)(x, axis), want, rtol=1e-12, atol=1e-13)
+    args = op_inputs(op, x)
+    want = op.torch(torch, *(torch.tensor(a) for a in args)).numpy()
+    np.testing.assert_allclose(getattr(reference, op.name)(*args), want, rtol=1e-12, atol=1e-13)

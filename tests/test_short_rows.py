@@ -9,7 +9,7 @@ import pytest
 
 import fastsoftmax as fs
 from fastsoftmax import reference
-from conftest import assert_close, describe
+from conftest import FORWARD_OPS, ROW_OPS, assert_close, describe, op_id, op_inputs
 
 CLASS_COUNTS = range(1, 131)
 ROWS = 7
@@ -37,29 +37,16 @@ def assert_cross_entropy_matches(x, t, backend, context, **opts):
     return loss, grad
 
 
+@pytest.mark.parametrize("op", ROW_OPS, ids=op_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_family_every_class_count(compiled_backend, dtype):
+def test_rows_ops_every_class_count(compiled_backend, op, dtype):
     for n in CLASS_COUNTS:
-        x = rows_with_specials(n, dtype)
-        for op in ("softmax", "log_softmax", "logsumexp"):
-            assert_close(getattr(fs, op)(x, backend=compiled_backend),
-                         getattr(reference, op)(x),
-                         describe(op=op, backend=compiled_backend, classes=n, dtype=dtype))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_backward_every_class_count(compiled_backend, dtype):
-    rng = np.random.default_rng(3)
-    for n in CLASS_COUNTS:
-        x = rows_with_specials(n, dtype)
-        dy = rng.standard_normal(x.shape).astype(dtype)
-        dy[6, -1] = np.nan  # a NaN upstream gradient in the tail lane
-        for op, forward in (("softmax_backward", reference.softmax),
-                            ("log_softmax_backward", reference.log_softmax)):
-            y = forward(x)
-            assert_close(getattr(fs, op)(y, dy, backend=compiled_backend),
-                         getattr(reference, op)(y, dy),
-                         describe(op=op, backend=compiled_backend, classes=n, dtype=dtype))
+        args = op_inputs(op, rows_with_specials(n, dtype))
+        if len(args) > 1:
+            args[1][6, -1] = np.nan  # a NaN upstream gradient in the tail lane
+        assert_close(getattr(fs, op.name)(*args, backend=compiled_backend),
+                     getattr(reference, op.name)(*args),
+                     describe(op=op.name, backend=compiled_backend, classes=n, dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -111,9 +98,9 @@ def test_groups_of_rows_every_lane(compiled_backend, dtype):
             x[min(row, 999), rng.integers(n)] = value
         x[40, :] = -np.inf
         context = describe(backend=compiled_backend, classes=n, dtype=dtype)
-        for op in ("softmax", "log_softmax", "logsumexp"):
-            assert_close(getattr(fs, op)(x, backend=compiled_backend),
-                         getattr(reference, op)(x), f"{op} {context}")
+        for op in FORWARD_OPS:
+            assert_close(getattr(fs, op.name)(x, backend=compiled_backend),
+                         getattr(reference, op.name)(x), f"{op.name} {context}")
         t = rng.integers(0, n, 1000)
         t[::13] = -100
         for smoothing in (0.0, 0.3):
@@ -135,7 +122,10 @@ def test_masked_tail_does_not_read_or_write_past_the_array(compiled_backend):
         x[...] = np.random.default_rng(n).standard_normal((ROWS, n))
         out_buffer = np.full(ROWS * n + 40, 7.0, np.float32)
         out = out_buffer[:ROWS * n].reshape(ROWS, n)
-        for op in ("softmax", "log_softmax"):
-            getattr(fs, op)(x, out=out, backend=compiled_backend)
-            assert_close(out, getattr(reference, op)(x), describe(op=op, classes=n))
+        for op in ROW_OPS:
+            if op.output != "same":
+                continue
+            args = op_inputs(op, x)
+            getattr(fs, op.name)(*args, out=out, backend=compiled_backend)
+            assert_close(out, getattr(reference, op.name)(*args), describe(op=op.name, classes=n))
             np.testing.assert_array_equal(out_buffer[ROWS * n:], 7.0)

@@ -1,0 +1,184 @@
+"""The op table: one entry per public op; the API, the tests and the benchmarks read it.
+
+An entry says what an op is called, which arrays it takes, how its output's shape
+follows from them, which kernels a compiled backend must provide for it, how to build
+its inputs from a logits array (for the tests and the benchmarks alike) and what the
+same computation is in PyTorch and JAX (the peers of the benchmark suite and the
+oracles of some tests). The reference is ``fastsoftmax.reference.<name>``.
+
+* ``kind="rows"``: a function of arrays along a class axis, ``f(*inputs, axis=-1, *,
+  out=None, backend=None)``. Its public function is generated from the entry
+  (``fastsoftmax.api``); its kernel has the op's name and takes the inputs as
+  C-contiguous (rows, classes) arrays plus ``out``.
+* ``kind="loss"``: a loss with its own options; its public function is written out in
+  ``fastsoftmax.api`` and its kernels are listed in ``LOSS_KERNELS``.
+
+A compiled backend exports every kernel of ``KERNELS`` with exactly those argument
+names (``tests/test_backends.py::test_backend_contract``). How to add an op:
+CONTRIBUTING.md.
+"""
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    kind: str                       # "rows" or "loss"
+    inputs: tuple                   # names of the positional array arguments
+    # (logits, axis, rng) -> the op's positional arrays, built from random logits
+    from_logits: Callable
+    output: str = "same"            # rows ops: "same" (the inputs' shape) or "reduce"
+    summary: str = ""               # rows ops: first docstring line
+    input_docs: tuple = ()          # rows ops: a numpydoc description per input
+    returns: str = ""               # rows ops: the Returns description
+    example: str = ""               # rows ops: an Examples section (doctest)
+    # the same result in PyTorch: (torch, *tensors) -> tensor, or a tuple for with-grad ops
+    torch: Optional[Callable] = None
+    jax: Optional[Callable] = None  # the same in JAX: (jax, jnp, *arrays) -> array
+    vjp_of: Optional[str] = None    # rows ops: the op whose vector-Jacobian product it is
+    grad_of: Optional[str] = None   # loss ops returning (loss, grad): the loss op
+    # benchmark cases beyond the default one: case suffix -> from_logits
+    bench_cases: dict = field(default_factory=dict)
+    out: bool = False               # takes out= (benchmarked with a kept output buffer)
+    inplace: bool = False           # takes inplace=True (benchmarked in place)
+
+    @property
+    def kernel_args(self):
+        return (*self.inputs, "out")
+
+# The loss kernels: name -> argument names. row_loss gets each row's loss (float64);
+# grad, when not None, d(sum_rows(scale_r * loss_r)) / d x with
+# scale_r = scale * row_scale[r] (row_scale empty: scale alone); grad may be x itself.
+LOSS_KERNELS = {
+    "cross_entropy_index": ("x", "target", "weight", "weight_sum", "ignore_index",
+                            "smoothing", "scale", "row_scale", "row_loss", "grad"),
+    "cross_entropy_prob": ("x", "target", "weight", "smoothing", "scale", "row_scale",
+                           "row_loss", "grad"),
+}
+
+
+def _random_like(x, rng):
+    return rng.standard_normal(x.shape).astype(x.dtype)
+
+
+def _softmax_probs(x, axis):
+    from . import reference
+    return reference.softmax(x, axis)
+
+
+def _log_probs(x, axis):
+    from . import reference
+    return reference.log_softmax(x, axis)
+
+
+def _index_target(x, axis, rng):
+    return rng.integers(0, x.shape[-1], x.shape[:-1])
+
+
+def _prob_target(x, axis, rng):
+    return _softmax_probs(_random_like(x, rng), -1)
+
+
+def _torch_with_grad(loss):
+    """(torch, x, *rest) -> (loss, d loss / d x) by autograd, from a torch loss function."""
+    def run(torch, x, *rest):
+        x = x.detach().requires_grad_()
+        value = loss(torch, x, *rest)
+        value.backward()
+        return value, x.grad
+    return run
+
+
+def _jax_with_grad(loss):
+    """(jax, jnp, x, *rest) -> (loss, d loss / d x), from a JAX loss function."""
+    def run(jax, jnp, x, *rest):
+        return jax.value_and_grad(functools.partial(loss, jax, jnp))(x, *rest)
+    return run
+
+
+def _jax_cross_entropy(jax, jnp, x, target):
+    logp = jax.nn.log_softmax(x, axis=-1)
+    if target.dtype.kind == "f":
+        return -jnp.mean(jnp.sum(target * logp, axis=-1))
+    return -jnp.mean(jnp.take_along_axis(logp, target[:, None], axis=-1))
+
+
+def _torch_cross_entropy(torch, x, target):
+    return torch.nn.functional.cross_entropy(x, target)
+
+
+_AXIS_INPUT = "x : array_like\n        float32 or float64 logits."
+
+OPS = {op.name: op for op in [
+    Op("softmax", "rows", ("x",), lambda x, axis, rng: (x,),
+       summary="Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.",
+       input_docs=(_AXIS_INPUT,),
+       returns="ndarray\n        Probabilities, same shape and dtype as ``x``. A row holding NaN "
+               "or +inf,\n        or a row of only -inf, gives NaN (as ``torch.softmax``).",
+       example=">>> import numpy as np, fastsoftmax as fs\n"
+               "    >>> fs.softmax(np.array([0.0, np.log(3.0)]))\n"
+               "    array([0.25, 0.75])",
+       torch=lambda torch, x: torch.softmax(x, -1),
+       jax=lambda jax, jnp, x: jax.nn.softmax(x, axis=-1), out=True),
+    Op("log_softmax", "rows", ("x",), lambda x, axis, rng: (x,),
+       summary="Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.",
+       input_docs=(_AXIS_INPUT,),
+       returns="ndarray\n        Log-probabilities, same shape and dtype as ``x``.",
+       torch=lambda torch, x: torch.log_softmax(x, -1),
+       jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True),
+    Op("logsumexp", "rows", ("x",), lambda x, axis, rng: (x,), output="reduce",
+       summary="Log of the sum of exponentials along ``axis``, computed without overflow.",
+       input_docs=("x : array_like\n        float32 or float64 values.",),
+       returns="ndarray\n        ``x``'s shape with ``axis`` removed. As ``torch.logsumexp``, a "
+               "row of only\n        -inf gives -inf and a row holding +inf gives +inf.",
+       torch=lambda torch, x: torch.logsumexp(x, -1),
+       jax=lambda jax, jnp, x: jax.nn.logsumexp(x, axis=-1)),
+    Op("softmax_backward", "rows", ("y", "dy"),
+       lambda x, axis, rng: (_softmax_probs(x, axis), _random_like(x, rng)),
+       summary="Gradient of softmax: ``dx = y * (dy - sum(y * dy))`` along ``axis``.",
+       input_docs=("y : array_like\n        The softmax output ``softmax(x, axis)``, float32 "
+                   "or float64.",
+                   "dy : array_like\n        Gradient of the loss with respect to ``y``; same "
+                   "shape and dtype as ``y``."),
+       returns="ndarray\n        Gradient with respect to ``x``, same shape and dtype as ``y``.",
+       torch=lambda torch, y, dy: torch._softmax_backward_data(dy, y, -1, y.dtype),
+       jax=lambda jax, jnp, y, dy: y * (dy - jnp.sum(y * dy, -1, keepdims=True)),
+       vjp_of="softmax", out=True),
+    Op("log_softmax_backward", "rows", ("logp", "dy"),
+       lambda x, axis, rng: (_log_probs(x, axis), _random_like(x, rng)),
+       summary="Gradient of log-softmax: ``dx = dy - exp(logp) * sum(dy)`` along ``axis``.",
+       input_docs=("logp : array_like\n        The log-softmax output ``log_softmax(x, axis)``, "
+                   "float32 or float64.",
+                   "dy : array_like\n        Gradient of the loss with respect to ``logp``; "
+                   "same shape and dtype."),
+       returns="ndarray\n        Gradient with respect to ``x``, same shape and dtype as "
+               "``logp``.",
+       torch=lambda torch, logp, dy: torch._log_softmax_backward_data(dy, logp, -1, logp.dtype),
+       jax=lambda jax, jnp, logp, dy: dy - jnp.exp(logp) * jnp.sum(dy, -1, keepdims=True),
+       vjp_of="log_softmax", out=True),
+    Op("cross_entropy", "loss", ("logits", "target"),
+       lambda x, axis, rng: (x, _index_target(x, axis, rng)),
+       torch=_torch_cross_entropy, jax=_jax_cross_entropy),
+    Op("cross_entropy_with_grad", "loss", ("logits", "target"),
+       lambda x, axis, rng: (x, _index_target(x, axis, rng)),
+       torch=_torch_with_grad(_torch_cross_entropy),
+       jax=_jax_with_grad(_jax_cross_entropy),
+       grad_of="cross_entropy", bench_cases={"_prob": lambda x, axis, rng: (
+           x, _prob_target(x, axis, rng))}, inplace=True),
+]}
+
+ROW_OPS = [op for op in OPS.values() if op.kind == "rows"]
+KERNELS = {**{op.name: op.kernel_args for op in ROW_OPS}, **LOSS_KERNELS}
+
+
+def bench_cases():
+    """Benchmark case name -> (op, from_logits): every op, plus its extra input kinds."""
+    cases = {}
+    for op in OPS.values():
+        cases[op.name] = (op, op.from_logits)
+        for suffix, make in op.bench_cases.items():
+            cases[op.name + suffix] = (op, make)
+    return cases
