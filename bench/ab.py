@@ -86,9 +86,19 @@ def _cross_entropy_prob_calls(x, rng):
         x, probs, weight, 0.0, 1.0 / n_rows, no_row_scale, row_loss, out)}
 
 
+def _entropy_calls(x, rng):
+    out, row_loss, no_row_scale = np.empty_like(x), np.empty(x.shape[0]), np.empty(0)
+    x_inplace = x.copy()
+    return {"entropy_with_grad": lambda k: k.entropy_with_grad(x, 1.0, no_row_scale, row_loss,
+                                                               out),
+            "entropy_with_grad inplace": lambda k: k.entropy_with_grad(
+                x_inplace, 1.0, no_row_scale, row_loss, x_inplace)}
+
+
 # loss kernel -> (logits, rng) -> {label: f(kernels)}
 LOSS_CALLS = {"cross_entropy_index": _cross_entropy_index_calls,
-              "cross_entropy_prob": _cross_entropy_prob_calls}
+              "cross_entropy_prob": _cross_entropy_prob_calls,
+              "entropy_with_grad": _entropy_calls}
 
 
 def compare(this, other, n_rows, n_classes, dtype, repeats):

@@ -57,6 +57,7 @@ LOSS_KERNELS = {
                             "smoothing", "scale", "row_scale", "row_loss", "grad"),
     "cross_entropy_prob": ("x", "target", "weight", "smoothing", "scale", "row_scale",
                            "row_loss", "grad"),
+    "entropy_with_grad": ("logits", "scale", "row_scale", "row_loss", "grad"),
 }
 
 
@@ -104,6 +105,15 @@ def _jax_cross_entropy(jax, jnp, x, target):
     if target.dtype.kind == "f":
         return -jnp.mean(jnp.sum(target * logp, axis=-1))
     return -jnp.mean(jnp.take_along_axis(logp, target[:, None], axis=-1))
+
+
+def _torch_entropy(torch, x):
+    return torch.distributions.Categorical(logits=x, validate_args=False).entropy()
+
+
+def _jax_entropy(jax, jnp, x):
+    p, logp = jax.nn.softmax(x, axis=-1), jax.nn.log_softmax(x, axis=-1)
+    return -jnp.sum(jnp.where(p == 0, 0.0, p * logp), axis=-1)
 
 
 def _torch_cross_entropy(torch, x, target):
@@ -168,6 +178,17 @@ OPS = {op.name: op for op in [
        jax=_jax_with_grad(_jax_cross_entropy),
        grad_of="cross_entropy", bench_cases={"_prob": lambda x, axis, rng: (
            x, _prob_target(x, axis, rng))}, inplace=True),
+    Op("entropy", "rows", ("logits",), lambda x, axis, rng: (x,), output="reduce",
+       summary="Entropy of ``softmax(logits)`` along ``axis``: ``-sum(p log p)``, in nats.",
+       input_docs=("logits : array_like\n        float32 or float64 logits.",),
+       returns="ndarray\n        ``logits``' shape with ``axis`` removed. As\n        "
+               "``torch.distributions.Categorical(logits=...).entropy()``: a -inf logit adds "
+               "0;\n        a row holding NaN or +inf, or of only -inf, gives NaN.",
+       torch=_torch_entropy, jax=_jax_entropy),
+    Op("entropy_with_grad", "loss", ("logits",), lambda x, axis, rng: (x,),
+       torch=_torch_with_grad(lambda torch, x: _torch_entropy(torch, x).sum()),
+       jax=_jax_with_grad(lambda jax, jnp, x: jnp.sum(_jax_entropy(jax, jnp, x))),
+       grad_of="entropy", inplace=True),
 ]}
 
 ROW_OPS = [op for op in OPS.values() if op.kind == "rows"]

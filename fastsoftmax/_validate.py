@@ -158,6 +158,26 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
                             reduction, label_smoothing)
 
 
+@dataclass(frozen=True)
+class EntropyArgs:
+    """Normalised entropy_with_grad arguments."""
+    logits: np.ndarray       # float32/float64, shape (..., C)
+    reduction: str
+    target = None            # (no target: inplace_buffer's overlap check has nothing to do)
+
+    @property
+    def loss_shape(self):
+        return self.logits.shape[:-1]
+
+
+def entropy_args(logits, reduction):
+    """Check entropy_with_grad's logits (classes last) and reduction."""
+    checked, _ = rows_inputs({"logits": logits}, -1)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return EntropyArgs(checked["logits"], reduction)
+
+
 def grad_output_array(grad_output, reduction, loss_shape):
     """grad_output as float64: a scalar for mean/sum; a scalar or the loss's shape for none."""
     g = np.asarray(grad_output)
@@ -186,5 +206,5 @@ def inplace_buffer(args, out, original_logits):
     if not logits.flags.c_contiguous:
         raise ValueError("inplace=True needs C-contiguous logits; pass np.ascontiguousarray(logits) "
                          "or use inplace=False")
-    if np.shares_memory(logits, args.target):
+    if args.target is not None and np.shares_memory(logits, args.target):
         raise ValueError("inplace=True but target shares memory with logits; pass a copy of target")

@@ -176,6 +176,49 @@ def _uniform_weight(n_classes, dtype):
     return weight
 
 
+def _grad_scales(grad_output, denominator):
+    """(scale, row_scale) of a loss kernel: row r's gradient is scaled by
+    scale * row_scale[r] (row_scale empty: by scale alone)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.float64(1.0) / denominator
+    if grad_output.ndim:
+        return float(scale), np.ascontiguousarray(grad_output, dtype=np.float64).reshape(-1)
+    return float(scale * grad_output), np.empty(0)
+
+
+def _reduce(row_loss, reduction, denominator, loss_shape, dtype):
+    """The loss from the float64 row losses: as an array of the logits' dtype ("none"),
+    or their sum (divided by ``denominator`` for "mean") as a scalar of that dtype."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
+        if reduction == "none":
+            return row_loss.astype(dtype).reshape(loss_shape)
+        total = np.sum(row_loss)
+        return dtype.type(total / denominator if reduction == "mean" else total)
+
+
+def _gradient_buffer(args, logits, out, inplace, inputs):
+    """(result, rows): the array returned as the gradient (the logits themselves for
+    inplace=True, ``out``, or a new array) and a C-contiguous (rows, classes) array the
+    kernel writes (``result`` itself unless it is not C-contiguous)."""
+    x = args.logits
+    if inplace:
+        _validate.inplace_buffer(args, out, logits)
+        result = x
+    elif out is not None:
+        result = _validate.out_array(out, x.shape, x.dtype, inputs)
+    else:
+        result = np.empty(x.shape, dtype=x.dtype)
+    n_classes = x.shape[-1]
+    if result.flags.c_contiguous:
+        return result, result.reshape(-1, n_classes)
+    return result, np.empty((x.size // n_classes, n_classes), x.dtype)
+
+
+def _copy_back(result, rows):
+    if rows.base is not result and rows is not result:
+        result[...] = rows.reshape(result.shape)
+
+
 def _run_cross_entropy(kernels, args, grad, grad_output):
     """Run the backend's cross-entropy kernel; return the loss in the logits' dtype."""
     x = args.logits
@@ -186,27 +229,16 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
         weight, weight_sum = _uniform_weight(n_classes, x.dtype), float(n_classes)
     else:
         weight, weight_sum = args.weight, float(np.sum(args.weight, dtype=np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.float64(1.0) / denominator
-    row_scale = np.empty(0)
-    if grad_output.ndim:
-        row_scale = np.ascontiguousarray(grad_output, dtype=np.float64).reshape(-1)
-    else:
-        scale = scale * grad_output
+    scale, row_scale = _grad_scales(grad_output, denominator)
     row_loss = np.empty(n_rows, dtype=np.float64)
     if args.probabilities:
         kernels.cross_entropy_prob(rows, np.ascontiguousarray(args.target).reshape(rows.shape),
-                                   weight, args.label_smoothing, float(scale), row_scale,
-                                   row_loss, grad)
+                                   weight, args.label_smoothing, scale, row_scale, row_loss, grad)
     else:
         kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1), weight,
-                                    weight_sum, args.ignore_index,
-                                    args.label_smoothing, float(scale), row_scale, row_loss, grad)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
-        if args.reduction == "none":
-            return row_loss.astype(x.dtype).reshape(args.loss_shape)
-        total = np.sum(row_loss)
-        return x.dtype.type(total / denominator if args.reduction == "mean" else total)
+                                    weight_sum, args.ignore_index, args.label_smoothing, scale,
+                                    row_scale, row_loss, grad)
+    return _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
 
 
 @_dispatch
@@ -279,19 +311,69 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
                                         label_smoothing)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
-    x = args.logits
-    if inplace:
-        _validate.inplace_buffer(args, out, logits)
-        result = x
-    elif out is not None:
-        _validate.out_array(out, x.shape, x.dtype, {"logits": x, "target": args.target})
-        result = out
-    else:
-        result = np.empty(x.shape, dtype=x.dtype)
-    direct = result.flags.c_contiguous
-    grad = result.reshape(-1, x.shape[-1]) if direct else np.empty((x.size // x.shape[-1],
-                                                                   x.shape[-1]), x.dtype)
+    result, grad = _gradient_buffer(args, logits, out, inplace,
+                                    {"logits": args.logits, "target": args.target})
     loss = _run_cross_entropy(kernels, args, grad, g)
-    if not direct:
-        result[...] = grad.reshape(x.shape)
+    _copy_back(result, grad)
     return loss, result
+
+
+@_dispatch
+@_doc("""Entropy of ``softmax(logits)`` per row and its gradient, in one sweep.
+
+    ``H = -sum(p log p)`` in nats over the last axis (as
+    ``torch.distributions.Categorical(logits=logits).entropy()``: a -inf logit adds 0, a
+    row holding NaN or +inf, or only -inf, gives NaN), and
+    ``d(H * grad_output) / d(logits) = -p (log p + H) * grad_output``. Each row is read
+    once; H is computed as ``log(sum(e)) + sum(e (m - x)) / sum(e)`` with
+    ``e = exp(x - m)``, a sum of two non-negative terms, so it does not cancel at large
+    logits.
+
+    Parameters
+    ----------
+    logits : array_like
+        float32 or float64 scores of shape ``(..., C)``: classes on the last axis.
+    reduction : {{"none", "mean", "sum"}}, optional
+        "none" (default): one entropy per row; "mean" and "sum" over the rows (a mean
+        over no rows is NaN).
+    grad_output : float or array_like, optional
+        Gradient flowing into the result: a scalar, or for ``reduction="none"`` an
+        array of the result's shape. Default 1.
+    out : ndarray, optional
+        Where to write the gradient: the logits' shape and dtype.
+    inplace : bool, optional
+        Write the gradient into ``logits`` (a writeable C-contiguous float32/float64
+        array) and return it: no extra (rows, classes) memory. The logits are lost.
+    {backend}
+
+    Returns
+    -------
+    entropy : numpy scalar or ndarray
+        Shape ``logits.shape[:-1]`` for "none", else a scalar; the logits' dtype
+        (accumulated in float64).
+    grad : ndarray
+        The gradient, shape and dtype of ``logits`` (``logits`` itself when
+        ``inplace=True``, ``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> h, grad = fs.entropy_with_grad(np.zeros((1, 4)))
+    >>> h  # log(4): the uniform distribution
+    array([1.38629436])
+    >>> grad
+    array([[0., 0., 0., 0.]])
+    """)
+def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, inplace=False,
+                      kernels):
+    args = _validate.entropy_args(logits, reduction)
+    g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    result, grad = _gradient_buffer(args, logits, out, inplace, {"logits": args.logits})
+    x = args.logits
+    rows = np.ascontiguousarray(x).reshape(grad.shape)
+    denominator = np.float64(grad.shape[0]) if reduction == "mean" else np.float64(1.0)
+    scale, row_scale = _grad_scales(g, denominator)
+    row_loss = np.empty(grad.shape[0], dtype=np.float64)
+    kernels.entropy_with_grad(rows, scale, row_scale, row_loss, grad)
+    _copy_back(result, grad)
+    return _reduce(row_loss, reduction, denominator, args.loss_shape, x.dtype), result

@@ -73,6 +73,43 @@ def log_softmax_backward(logp, dy, axis=-1, *, out=None):
     return _finish(dx, logp, out, {"logp": logp, "dy": dy})
 
 
+def _entropy64(x, axis):
+    """Row entropies (axis removed) and -p log p's parts, float64: (H, p, logp)."""
+    logp = _log_softmax64(x, axis)
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):
+        # a class of probability 0 (a -inf logit) contributes 0, as in torch's Categorical;
+        # NaN (a NaN, +inf or all -inf row) stays NaN
+        p_logp = np.where(p == 0, 0.0, p * logp)
+    return -np.sum(p_logp, axis=axis), p, logp
+
+
+def entropy(logits, axis=-1, *, out=None):
+    """Reference :func:`fastsoftmax.entropy`: ``-sum(p log p)``, p = softmax, float64 math."""
+    (logits,), axis = _rows_inputs(axis, logits=logits)
+    h, _, _ = _entropy64(logits, axis)
+    return _finish(h, logits, out, {"logits": logits})
+
+
+def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, inplace=False):
+    """Reference :func:`fastsoftmax.entropy_with_grad`: the analytic gradient
+    ``-p (log p + H)`` (checked against torch autograd and finite differences)."""
+    args = _validate.entropy_args(logits, reduction)
+    g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    if inplace:
+        _validate.inplace_buffer(args, out, logits)
+        out = args.logits
+    h, p, logp = _entropy64(args.logits, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero rows: a NaN mean
+        scale = np.asarray(g / h.size if reduction == "mean" else g)
+    with np.errstate(invalid="ignore"):
+        grad = np.where(p == 0, 0.0, -p * (logp + h[..., None])) * scale[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = {"none": h, "sum": np.sum(h), "mean": np.sum(h) / np.float64(h.size)}[reduction]
+    inputs = {} if inplace else {"logits": args.logits}
+    return _loss_in_dtype(loss, args.logits.dtype), _finish(grad, args.logits, out, inputs)
+
+
 def _cross_entropy64(args, grad_output):
     """Row losses, the reduced loss and the gradient in float64, from torch's definitions."""
     x = args.logits

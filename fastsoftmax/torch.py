@@ -13,7 +13,7 @@ import torch
 
 from . import api
 
-__all__ = ["cross_entropy", "CrossEntropyLoss", "softmax", "log_softmax"]
+__all__ = ["cross_entropy", "CrossEntropyLoss", "softmax", "log_softmax", "entropy"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -201,3 +201,46 @@ def log_softmax(x, dim):
 
 softmax.__doc__ = _softmax_doc("Softmax", "exp(x - max) / sum(exp(x - max))")
 log_softmax.__doc__ = _softmax_doc("Log-softmax", "x - logsumexp(x)")
+
+
+class _Entropy(torch.autograd.Function):
+    """The forward pass runs entropy_with_grad once and keeps the gradient (classes last);
+    the backward pass scales it by grad_output."""
+
+    @staticmethod
+    def forward(ctx, logits):
+        x = _numpy(logits)
+        if not ctx.needs_input_grad[0]:
+            return torch.from_numpy(api.entropy(x))
+        h, grad = api.entropy_with_grad(x)
+        ctx.grad = torch.from_numpy(grad)
+        return torch.from_numpy(h)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return ctx.grad * grad_output.unsqueeze(-1).to(ctx.grad.dtype)
+
+
+def entropy(logits):
+    """Entropy of ``softmax(logits)`` over the last dim, autograd-aware.
+
+    The values are ``torch.distributions.Categorical(logits=logits).entropy()``: a -inf
+    logit adds 0, a row holding NaN or +inf, or only -inf, gives NaN. With a gradient
+    required, the forward pass computes the gradient too (one sweep over the logits,
+    no probabilities kept) and the backward pass only scales it.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        CPU float32/float64 tensor, classes on the last dim.
+
+    Returns
+    -------
+    torch.Tensor
+        ``logits.shape[:-1]``, same dtype.
+    """
+    _check_tensor(logits, "logits")
+    if logits.dim() == 0:
+        raise ValueError("logits must have at least one dimension (classes last), got a 0-d "
+                         "tensor")
+    return _Entropy.apply(logits)

@@ -8,7 +8,7 @@ loops live in ``rows.h`` (instantiated per type).
 """
 import os
 
-from libc.math cimport log, isfinite
+from libc.math cimport log, isfinite, NAN
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
@@ -76,6 +76,18 @@ cdef extern from "rows.h" nogil:
     void fs_short_log_softmax_bwd_f(const float *logp, const float *dy, float *out, Py_ssize_t n)
     void fs_short_log_softmax_bwd_d(const double *logp, const double *dy, double *out,
                                     Py_ssize_t n)
+    double fs_entropy_sums_f(const float *row, Py_ssize_t n, float m, float *out,
+                             double *sum_ed)
+    double fs_entropy_sums_d(const double *row, Py_ssize_t n, double m, double *out,
+                             double *sum_ed)
+    void fs_entropy_grad_f(float *out, Py_ssize_t n, float k, float mean_d)
+    void fs_entropy_grad_d(double *out, Py_ssize_t n, double k, double mean_d)
+    double fs_short_entropy_dot_f(const float *e, const float *row, float m, Py_ssize_t n)
+    double fs_short_entropy_dot_d(const double *e, const double *row, double m, Py_ssize_t n)
+    void fs_short_entropy_grad_f(const float *e, const float *row, float m, float k,
+                                 float mean_d, float *out, Py_ssize_t n)
+    void fs_short_entropy_grad_d(const double *e, const double *row, double m, double k,
+                                 double mean_d, double *out, Py_ssize_t n)
 
 cdef extern from *:
     """
@@ -713,3 +725,119 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
         row_loss[i] = _prob_row(&x[i, 0], &target[i, 0], &weight[0], smoothing,
                                 scale * row_scale[i] if per_row else scale, n,
                                 &grad[i, 0] if want_grad else NULL, split)
+
+
+# ---- entropy: formulas in fastsoftmax/_numba/_entropy.py ----
+
+cdef double _entropy_sums(const real *row, Py_ssize_t n, real m, real *out, double *sum_ed,
+                          bint split) noexcept nogil:
+    """sum(e) and *sum_ed = sum(e d), d = max(row - m, floor), e = exp(d); with out, out = d."""
+    cdef double part[2][SPLIT_MAX_CHUNKS]
+    cdef Py_ssize_t c, lo, size
+    if split:
+        size = _chunk(n)
+        for c in prange(_chunks(n), num_threads=_threads):
+            lo = c * size
+            part[0][c] = _entropy_sums(row + lo, min(size, n - lo), m,
+                                       out + lo if out != NULL else NULL, &part[1][c], False)
+        sum_ed[0] = _total(part[1], _chunks(n))
+        return _total(part[0], _chunks(n))
+    if real is float:
+        return fs_entropy_sums_f(row, n, m, out, sum_ed)
+    else:
+        return fs_entropy_sums_d(row, n, m, out, sum_ed)
+
+
+cdef void _entropy_grad(real *out, Py_ssize_t n, real k, real mean_d, bint split) noexcept nogil:
+    """out = k * exp(out) * (mean_d - out), out holding d"""
+    cdef Py_ssize_t c, size
+    if split:
+        size = _chunk(n)
+        for c in prange(_chunks(n), num_threads=_threads):
+            _entropy_grad(out + c * size, min(size, n - c * size), k, mean_d, False)
+    elif real is float:
+        fs_entropy_grad_f(out, n, k, mean_d)
+    else:
+        fs_entropy_grad_d(out, n, k, mean_d)
+
+
+cdef double _entropy_row(const real *x, Py_ssize_t n, double s, real *grad,
+                         bint split) noexcept nogil:
+    """H of one row; with grad (not NULL), also s * dH/dx into grad (may be x)."""
+    cdef real m = _max(x, n, split)
+    cdef double sum_e, sum_ed, mean_d
+    cdef Py_ssize_t j
+    if not isfinite(m):  # a NaN, +inf or all -inf row: NaN, as torch
+        if grad != NULL:
+            for j in range(n):
+                grad[j] = NAN
+        return NAN
+    sum_e = _entropy_sums(x, n, m, grad, &sum_ed, split)
+    mean_d = sum_ed / sum_e
+    if grad != NULL:
+        _entropy_grad(grad, n, <real>(s / sum_e), <real>mean_d, split)
+    return log(sum_e) - mean_d
+
+
+cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double scale,
+                         const double *row_scale, double *row_loss, real *h,
+                         real *grad) noexcept nogil:
+    """Entropy (into row_loss and/or h, either may be NULL) and, with grad (not NULL), the
+    scaled gradient of the rows of one block; grad may be x itself."""
+    cdef Scratch sc = _scratch(rows, n, sizeof(real))
+    cdef real *e = <real *> sc.e  # exp(x - m)
+    cdef real *m = <real *> sc.m
+    cdef double mean_d, value, s
+    cdef Py_ssize_t r
+    _exp_rows(x, rows, n, NULL, NULL, e, m, sc.log_sums, sc.inv_sums)
+    for r in range(rows):  # every row is read before the first gradient row is written
+        if real is float:
+            sc.a[r] = fs_short_entropy_dot_f(e + r * n, x + r * n, m[r], n) * sc.inv_sums[r]
+        else:
+            sc.a[r] = fs_short_entropy_dot_d(e + r * n, x + r * n, m[r], n) * sc.inv_sums[r]
+    for r in range(rows):
+        mean_d = sc.a[r] if isfinite(m[r]) else NAN
+        value = sc.log_sums[r] - mean_d
+        if row_loss != NULL:
+            row_loss[r] = value
+        if h != NULL:
+            h[r] = <real>value
+        if grad != NULL:
+            s = scale * row_scale[r] if row_scale != NULL else scale
+            if real is float:
+                fs_short_entropy_grad_f(e + r * n, x + r * n, m[r], <real>(s * sc.inv_sums[r]),
+                                        <real>mean_d, grad + r * n, n)
+            else:
+                fs_short_entropy_grad_d(e + r * n, x + r * n, m[r], <real>(s * sc.inv_sums[r]),
+                                        <real>mean_d, grad + r * n, n)
+    _release(sc)
+
+
+def entropy(const real[:, ::1] logits, real[::1] out):
+    cdef Py_ssize_t i, b, lo, n = logits.shape[1], rows = _block_rows(n)
+    cdef bint split = _split_rows(logits.shape[0], n)
+    if n < SMALL_C:
+        for b in prange((logits.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
+            lo = b * rows
+            _entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, 1.0, NULL, NULL,
+                           &out[lo], NULL)
+        return
+    for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
+        out[i] = <real>_entropy_row(&logits[i, 0], n, 1.0, NULL, split)
+
+
+def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1] row_scale,
+                      double[::1] row_loss, real[:, ::1] grad):
+    cdef Py_ssize_t i, b, lo, n = logits.shape[1], rows = _block_rows(n)
+    cdef bint per_row = row_scale.shape[0] > 0
+    cdef bint split = _split_rows(logits.shape[0], n)
+    if n < SMALL_C:
+        for b in prange((logits.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
+            lo = b * rows
+            _entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, scale,
+                           &row_scale[lo] if per_row else NULL, &row_loss[lo], NULL,
+                           &grad[lo, 0])
+        return
+    for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
+        row_loss[i] = _entropy_row(&logits[i, 0], n, scale * row_scale[i] if per_row else scale,
+                                   &grad[i, 0], split)

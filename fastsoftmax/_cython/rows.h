@@ -15,6 +15,9 @@
 
 /* Partial sums run in the row's type over blocks, added into a double total. */
 #define FS_BLOCK 1024
+/* Entropy: x - max is clamped to this, where exp is 0, so that a -inf logit adds 0 (not
+ * 0 * -inf = NaN) to the entropy and gets a 0 gradient. */
+#define FS_ENTROPY_FLOOR (-1e30)
 
 /* exp(x) = 2^k * P(r), r = x - k ln2 (Cody-Waite split of ln2), |r| <= ln2/2.
  * float: degree-6 minimax polynomial (Cephes expf coefficients), ~1 ulp.
@@ -248,6 +251,34 @@ static inline void fs_log_softmax_bwd_##S(const T *logp, const T *dy, T total,  
                                           T *out, Py_ssize_t n) {                     \
     _Pragma("omp simd")                                                               \
     for (Py_ssize_t j = 0; j < n; j++) out[j] = dy[j] - fs_exp_##S(logp[j]) * total;  \
+}                                                                                     \
+/* Entropy, with d = max(row - m, FS_ENTROPY_FLOOR) and e = exp(d) (formulas in       \
+ * fastsoftmax/_numba/_entropy.py): returns sum(e), sets *sum_ed = sum(e d); with out, \
+ * also out = d (out may be row). m is the row's finite max. */                       \
+static inline double fs_entropy_sums_##S(const T *row, Py_ssize_t n, T m, T *out,     \
+                                         double *sum_ed) {                            \
+    double sum_e = 0.0, total_ed = 0.0;                                               \
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {                        \
+        Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);                                \
+        T acc_e = 0, acc_ed = 0;                                                      \
+        _Pragma("omp simd reduction(+:acc_e,acc_ed)")                                 \
+        for (Py_ssize_t j = start; j < stop; j++) {                                   \
+            T d = row[j] - m;                                                         \
+            d = d > (T)FS_ENTROPY_FLOOR ? d : (T)FS_ENTROPY_FLOOR;                    \
+            T e = fs_exp_core_##S(d);                                                 \
+            if (out) out[j] = d;                                                      \
+            acc_e += e;                                                               \
+            acc_ed += e * d;                                                          \
+        }                                                                             \
+        sum_e += acc_e; total_ed += acc_ed;                                           \
+    }                                                                                 \
+    *sum_ed = total_ed;                                                               \
+    return sum_e;                                                                     \
+}                                                                                     \
+/* out = k * exp(out) * (mean_d - out), out holding d: the entropy gradient */        \
+static inline void fs_entropy_grad_##S(T *out, Py_ssize_t n, T k, T mean_d) {         \
+    _Pragma("omp simd")                                                               \
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = k * fs_exp_core_##S(out[j]) * (mean_d - out[j]); \
 }
 
 FS_DEFINE_ROWS(float, f)
@@ -474,6 +505,23 @@ static inline void fs_short_log_softmax_bwd_##S(const T *logp, const T *dy, T *o
     FS_FOR_EACH_VECTOR(S, n,                                                          \
         fs_vstore_##S(out + j, n - j, fs_vload_##S(dy + j, n - j, 0)                  \
                       - fs_vexp_##S(fs_vload_##S(logp + j, n - j, 0)) * total))       \
+}                                                                                     \
+/* Entropy of a short row, with e = exp(row - m) and d = max(row - m, floor): sum(e d) */ \
+static inline double fs_short_entropy_dot_##S(const T *e, const T *row, T m, Py_ssize_t n) { \
+    fs_vec_##S acc = {0};                                                             \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
+        fs_vec_##S d = fs_vmax_##S(fs_vload_##S(row + j, n - j, 0) - m,               \
+                                   (fs_vec_##S){0} + (T)FS_ENTROPY_FLOOR);            \
+        acc += fs_vload_##S(e + j, n - j, 0) * d)                                     \
+    return fs_vreduce_add_##S(acc);                                                   \
+}                                                                                     \
+/* out = k * e * (mean_d - d): the entropy gradient of a short row (out may be row) */ \
+static inline void fs_short_entropy_grad_##S(const T *e, const T *row, T m, T k, T mean_d, \
+                                             T *out, Py_ssize_t n) {                  \
+    FS_FOR_EACH_VECTOR(S, n,                                                          \
+        fs_vec_##S d = fs_vmax_##S(fs_vload_##S(row + j, n - j, 0) - m,               \
+                                   (fs_vec_##S){0} + (T)FS_ENTROPY_FLOOR);            \
+        fs_vstore_##S(out + j, n - j, k * fs_vload_##S(e + j, n - j, 0) * (mean_d - d))) \
 }
 
 FS_DEFINE_SHORT_ROWS(float, f)

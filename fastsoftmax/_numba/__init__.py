@@ -10,18 +10,26 @@ import numba
 
 from .. import _ops
 from . import _target  # noqa: F401  (must run before the first compile)
-from . import _cross_entropy, _small, _softmax
+from . import _cross_entropy, _entropy, _small, _softmax
 
-# Where the row kernels live; _small has the block variant of some of them.
-_ROW_MODULES = (_softmax, _cross_entropy)
+# Where the kernels live: a row kernel ``<name>``, and for some a block kernel for few
+# classes, ``<name>_blocks``.
+_KERNEL_MODULES = (_softmax, _cross_entropy, _small, _entropy)
 
 max_threads = numba.config.NUMBA_NUM_THREADS
 
 
+def _find(name):
+    for module in _KERNEL_MODULES:
+        if hasattr(module, name):
+            return getattr(module, name)
+    return None  # the backend contract test names a missing kernel
+
+
 def _by_class_count(row_kernel):
-    """The block kernel of _small below SMALL_C classes when there is one, else the row
-    kernel (chosen per call)."""
-    block_kernel = getattr(_small, row_kernel.__name__, None)
+    """The block kernel below SMALL_C classes when there is one, else the row kernel
+    (chosen per call)."""
+    block_kernel = _find(row_kernel.__name__ + "_blocks")
     if block_kernel is None:
         return row_kernel
 
@@ -32,15 +40,8 @@ def _by_class_count(row_kernel):
     return kernel
 
 
-def _row_kernel(name):
-    for module in _ROW_MODULES:
-        if hasattr(module, name):
-            return getattr(module, name)
-    return None  # the backend contract test names what is missing
-
-
-globals().update({name: _by_class_count(_row_kernel(name)) for name in _ops.KERNELS
-                  if _row_kernel(name) is not None})
+globals().update({name: _by_class_count(_find(name)) for name in _ops.KERNELS
+                  if _find(name) is not None})
 
 
 def set_num_threads(n):
