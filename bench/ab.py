@@ -46,8 +46,7 @@ def kernel_calls(n_rows, n_classes, dtype):
     for op in _ops.ROW_OPS:
         arrays = op.from_logits(x, -1, rng)
         out = np.empty_like(x) if op.output == "same" else np.empty(n_rows, dtype)
-        calls[op.name] = (lambda name, arrays, out: lambda k: getattr(k, name)(*arrays, out))(
-            op.name, arrays, out)
+        calls[op.name] = _rows_call(op.name, arrays, out)
     missing = set(_ops.LOSS_KERNELS) - set(LOSS_CALLS)
     if missing:
         raise SystemExit(f"bench.ab: no call for the loss kernels {sorted(missing)}; add them "
@@ -55,6 +54,10 @@ def kernel_calls(n_rows, n_classes, dtype):
     for make in LOSS_CALLS.values():
         calls.update(make(x, rng))
     return calls
+
+
+def _rows_call(name, arrays, out):
+    return lambda kernels: getattr(kernels, name)(*arrays, out)
 
 
 def _cross_entropy_index_calls(x, rng):

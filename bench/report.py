@@ -110,7 +110,7 @@ def compare_runs(runs):
     """Side by side: fastest fastsoftmax ns/element and its speedups, one column set per CPU."""
     keys = sorted(set().union(*(set(r.ns) for r in runs)))
     head = ["op", "dtype", "rows x classes"]
-    for i, run in enumerate(runs, 1):
+    for i in range(1, len(runs) + 1):
         head += [f"CPU{i} ns", f"CPU{i} vs NumPy", f"CPU{i} vs torch", f"CPU{i} x floor"]
     lines = [f"CPU{i}: {run.machine_line()} ({run.path})" for i, run in enumerate(runs, 1)]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -24,7 +24,8 @@ def float_array(x, name):
 def class_axis(x, axis, name="x"):
     """Normalise ``axis`` for ``x`` and check that the class axis is not empty."""
     if x.ndim == 0:
-        raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+        raise ValueError(f"{name} must have at least one dimension (the class axis), "
+                         "got a 0-d array")
     try:
         axis = operator.index(axis)
     except TypeError:
@@ -204,7 +205,8 @@ def inplace_buffer(args, out, original_logits):
     if not logits.flags.writeable:
         raise ValueError("inplace=True needs writeable logits, but logits is read-only")
     if not logits.flags.c_contiguous:
-        raise ValueError("inplace=True needs C-contiguous logits; pass np.ascontiguousarray(logits) "
+        raise ValueError("inplace=True needs C-contiguous logits; pass "
+                         "np.ascontiguousarray(logits) "
                          "or use inplace=False")
     if args.target is not None and np.shares_memory(logits, args.target):
         raise ValueError("inplace=True but target shares memory with logits; pass a copy of target")

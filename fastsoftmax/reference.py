@@ -66,7 +66,8 @@ def softmax_backward(y, dy, axis=-1, *, out=None):
 
 
 def log_softmax_backward(logp, dy, axis=-1, *, out=None):
-    """Reference :func:`fastsoftmax.log_softmax_backward`: same parameters and result, float64 math."""
+    """Reference :func:`fastsoftmax.log_softmax_backward`: same parameters and result,
+    float64 math."""
     (logp, dy), axis = _rows_inputs(axis, logp=logp, dy=dy)
     dy64 = dy.astype(np.float64)
     dx = dy64 - np.exp(logp.astype(np.float64)) * np.sum(dy64, axis=axis, keepdims=True)

@@ -37,7 +37,8 @@ def test_seed003_torch_curves_agree_every_epoch():
 
 
 def test_digits_numpy_trainer_generalises():
-    pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install scikit-learn)")
+    pytest.importorskip("sklearn",
+                        reason="scikit-learn is not installed (pip install scikit-learn)")
     demo = load("digits_numpy")
     loss, accuracy = demo.train(epochs=60)
     assert accuracy > 0.9

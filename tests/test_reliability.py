@@ -77,7 +77,7 @@ def _run_in_read_only_dir(root, code, env):
     """Run ``code`` with ``root`` read-only: by permissions for a normal user; for root
     (which ignores permissions) by a read-only bind mount in a private mount namespace."""
     if os.geteuid() != 0:
-        for directory, _, files in os.walk(root):
+        for directory, _, _files in os.walk(root):
             os.chmod(directory, 0o555)
         return subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
                               capture_output=True, text=True, check=False)
