@@ -91,6 +91,11 @@ cdef extern from "rows.h" nogil:
 
 cdef extern from *:
     """
+    /* Set by a block whose scratch allocation failed (any thread); read and cleared by
+     * the kernel's Python function after its parallel loop, which then raises MemoryError. */
+    static int fs_scratch_failed = 0;
+    static void fs_flag_scratch_failure(void) { __atomic_store_n(&fs_scratch_failed, 1, __ATOMIC_RELAXED); }
+    static int fs_take_scratch_failure(void) { return __atomic_exchange_n(&fs_scratch_failed, 0, __ATOMIC_RELAXED); }
     #ifdef _OPENMP
     #define FS_OPENMP 1
     #else
@@ -98,6 +103,8 @@ cdef extern from *:
     #endif
     """
     int FS_OPENMP
+    void fs_flag_scratch_failure() nogil
+    int fs_take_scratch_failure() nogil
 
 cdef extern from "rows.h":
     int FS_VEC_BYTES
@@ -432,7 +439,17 @@ cdef Scratch _scratch(Py_ssize_t rows, Py_ssize_t n, size_t item) noexcept nogil
     s.inv_sums = <double *> malloc(rows * sizeof(double))
     s.a = <double *> malloc(rows * sizeof(double))
     s.b = <double *> malloc(rows * sizeof(double))
+    if not (s.e and s.m and s.log_sums and s.inv_sums and s.a and s.b):
+        _release(s)  # free(NULL) is a no-op
+        s.e = NULL   # the block sees this and returns without touching its rows
+        fs_flag_scratch_failure()
     return s
+
+
+cdef void _raise_if_scratch_failed() except *:
+    if fs_take_scratch_failure():
+        raise MemoryError("fastsoftmax: a kernel could not allocate its per-block scratch "
+                          "memory; the results are incomplete")
 
 
 cdef void _release(Scratch s) noexcept nogil:
@@ -451,6 +468,8 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
     cdef real *e = <real *> s.e  # exp(x - m); a softmax row is then written once
     cdef real *m = <real *> s.m
     cdef Py_ssize_t r, j
+    if e == NULL:  # no scratch: flagged, raised after the parallel loop
+        return
     _exp_rows(x, rows, n, NULL, NULL, e, m, s.log_sums, s.inv_sums)
     for r in range(rows):
         if op == 0:
@@ -490,6 +509,8 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
     cdef Py_ssize_t r, j
     cdef int64_t y
     cdef real *m = <real *> sc.m
+    if e == NULL:  # no scratch: flagged, raised after the parallel loop
+        return
     _exp_rows(x, rows, n, weight if smoothing != 0 else NULL, shifted_w, e, m, sc.log_sums,
               sc.inv_sums)
     # All target logits are read before the first gradient row is written: with grad = x,
@@ -531,6 +552,8 @@ cdef void _prob_block(const real *x, const real *target, const real *weight, dou
     cdef real keep = <real>(1.0 - smoothing), eps_c = <real>(smoothing / n)
     cdef double s
     cdef Py_ssize_t r
+    if e == NULL:  # no scratch: flagged, raised after the parallel loop
+        return
     _exp_rows(x, rows, n, NULL, NULL, e, m, sc.log_sums, sc.inv_sums)
     for r in range(rows):
         _short_prob_sums(x + r * n, m[r], target + r * n, weight, n, keep, eps_c, &total_wt[r],
@@ -568,6 +591,7 @@ def softmax(const real[:, ::1] x, real[:, ::1] out):
         if x.shape[0]:
             with nogil:
                 _softmax_family_small(x, &out[0, 0], 0, n)
+        _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         _softmax_row(&x[i, 0], &out[i, 0], n, split)
@@ -580,6 +604,7 @@ def log_softmax(const real[:, ::1] x, real[:, ::1] out):
         if x.shape[0]:
             with nogil:
                 _softmax_family_small(x, &out[0, 0], 1, n)
+        _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         _log_softmax_row(&x[i, 0], &out[i, 0], n, split)
@@ -592,6 +617,7 @@ def logsumexp(const real[:, ::1] x, real[::1] out):
         if x.shape[0]:
             with nogil:
                 _softmax_family_small(x, &out[0], 2, 1)
+        _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         out[i] = _logsumexp_row(&x[i, 0], n, split)
@@ -685,6 +711,7 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                          smoothing, scale, &row_scale[lo] if per_row else NULL,
                          min(rows, x.shape[0] - lo), n, &row_loss[lo],
                          &grad[lo, 0] if want_grad else NULL)
+        _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _index_row(&x[i, 0], target[i], &weight[0], weight_sum, ignore_index,
@@ -720,6 +747,7 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
             _prob_block(&x[lo, 0], &target[lo, 0], &weight[0], smoothing, scale,
                         &row_scale[lo] if per_row else NULL, min(rows, x.shape[0] - lo), n,
                         &row_loss[lo], &grad[lo, 0] if want_grad else NULL)
+        _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _prob_row(&x[i, 0], &target[i, 0], &weight[0], smoothing,
@@ -789,6 +817,8 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
     cdef real *m = <real *> sc.m
     cdef double mean_d, value, s
     cdef Py_ssize_t r
+    if e == NULL:  # no scratch: flagged, raised after the parallel loop
+        return
     _exp_rows(x, rows, n, NULL, NULL, e, m, sc.log_sums, sc.inv_sums)
     for r in range(rows):  # every row is read before the first gradient row is written
         if real is float:
@@ -821,6 +851,7 @@ def entropy(const real[:, ::1] logits, real[::1] out):
             lo = b * rows
             _entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, 1.0, NULL, NULL,
                            &out[lo], NULL)
+        _raise_if_scratch_failed()
         return
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
         out[i] = <real>_entropy_row(&logits[i, 0], n, 1.0, NULL, split)
@@ -837,6 +868,7 @@ def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1]
             _entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, scale,
                            &row_scale[lo] if per_row else NULL, &row_loss[lo], NULL,
                            &grad[lo, 0])
+        _raise_if_scratch_failed()
         return
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _entropy_row(&logits[i, 0], n, scale * row_scale[i] if per_row else scale,
