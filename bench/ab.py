@@ -1,4 +1,4 @@
-"""Cython kernel timings of two builds side by side.
+"""Kernel timings of two builds side by side (Cython or Numba backend).
 
 This checkout's compiled kernels against another checkout's (for example a
 ``git worktree`` of an older commit, built with ``python setup.py build_ext --inplace``),
@@ -6,14 +6,23 @@ called alternately on the same arrays so that a noisy machine slows both alike. 
 the median ns per logit element of each build and their ratio, per op::
 
     python -m bench.ab ../old-checkout 1677721x10 167772x100 --threads 2
+    python -m bench.ab ../old-checkout 1677721x10 --backend numba
+
+With ``--backend numba`` the other checkout's package is imported under another name
+and both compile into a fresh, empty cache directory (so neither loads a stale kernel);
+the first call of each kernel compiles it, outside the timing.
 
 The kernels are called directly with preallocated outputs (no validation, no
 allocation): this measures the kernels, the benchmark suite measures the API.
 """
 import argparse
 import glob
+import importlib
 import importlib.util
+import os
 import pathlib
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -33,6 +42,17 @@ def load_kernels(checkout, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_numba_kernels(checkout, package):
+    """The Numba backend of a checkout, its package imported as ``package``."""
+    root = pathlib.Path(checkout) / "fastsoftmax"
+    spec = importlib.util.spec_from_file_location(package, root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}._numba")
 
 
 def kernel_calls(n_rows, n_classes, dtype):
@@ -125,14 +145,20 @@ def compare(this, other, n_rows, n_classes, dtype, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("other", help="checkout with a built Cython extension")
+    parser.add_argument("other", help="the other checkout (for Cython: with a built extension)")
     parser.add_argument("shapes", nargs="+", help="rows x classes, e.g. 1677721x10")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--backend", choices=["cython", "numba"], default="cython")
     args = parser.parse_args(argv)
-    this = load_kernels(HERE, "fastsoftmax._cython._kernels")
-    other = load_kernels(args.other, "fastsoftmax._cython._kernels")
+    if args.backend == "numba":
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastsoftmax-ab-")
+        this = importlib.import_module("fastsoftmax._numba")
+        other = load_numba_kernels(args.other, "fastsoftmax_other")
+    else:
+        this = load_kernels(HERE, "fastsoftmax._cython._kernels")
+        other = load_kernels(args.other, "fastsoftmax._cython._kernels")
     for kernels in (this, other):
         kernels.set_num_threads(args.threads or kernels.max_threads)
     for shape in args.shapes:
