@@ -5,7 +5,7 @@ does (Numba kernels are cached on disk after the first compile).
 """
 from . import api as _api
 from ._backends import (available_backends, get_backend, get_num_threads, set_backend,
-                        set_num_threads, use_backend)
+                        set_num_threads, show_config, use_backend)
 from .api import cross_entropy, cross_entropy_with_grad, entropy_with_grad
 
 __version__ = "0.1.0"  # the one version source (pyproject.toml reads it)
@@ -16,4 +16,4 @@ globals().update({_name: getattr(_api, _name) for _name in _api.ROW_FUNCTIONS})
 __all__ = [*_api.ROW_FUNCTIONS, "cross_entropy", "cross_entropy_with_grad", "entropy_with_grad",
            "set_backend",
            "get_backend", "available_backends", "use_backend", "set_num_threads",
-           "get_num_threads", "__version__"]
+           "get_num_threads", "show_config", "__version__"]

@@ -32,6 +32,22 @@ _import_errors = {}
 _default = None  # set by set_backend(); None means: $FASTSOFTMAX_BACKEND, else "auto"
 _override = contextvars.ContextVar("fastsoftmax_backend", default=None)
 _num_threads = None
+_forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+# A child forked from this process cannot use the parent's OpenMP thread pool (libgomp
+# hangs or aborts it): there every backend runs on one thread.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def in_forked_child():
+    """True in a process forked from one that imported fastsoftmax (it runs serially)."""
+    return _forked_child
 
 
 def _load(name):
@@ -159,8 +175,41 @@ def set_num_threads(n):
 def get_num_threads():
     """Return the number of threads the kernels use.
 
+    In a child process forked from one that imported fastsoftmax it is 1: the parent's
+    OpenMP thread pool does not survive ``fork`` (use the "spawn" or "forkserver" start
+    method for parallel workers).
+
     Returns
     -------
     int
     """
+    if _forked_child:
+        return 1
     return _num_threads if _num_threads is not None else _max_threads()
+
+
+def show_config():
+    """Print and return how fastsoftmax runs in this process.
+
+    Returns
+    -------
+    dict
+        ``version``, ``backends`` (available, fastest first), ``backend`` (what a call
+        uses now), ``threads``, ``forked_child``, ``numba_threading_layer`` (None until
+        the first parallel Numba kernel has run, which is when Numba picks it; calls are
+        serialised under "workqueue", the one layer that is not thread-safe) and
+        ``cython`` (the extension's vector width in bytes and whether it has OpenMP, or
+        None when it is not built).
+    """
+    from . import __version__
+    config = {"version": __version__, "backends": available_backends(),
+              "backend": get_backend(), "threads": get_num_threads(),
+              "forked_child": _forked_child, "numba_threading_layer": None, "cython": None}
+    if _load("numba") is not None:
+        config["numba_threading_layer"] = _modules["numba"].threading_layer()
+    if _load("cython") is not None:
+        kernels = _modules["cython"]._kernels
+        config["cython"] = {"vector_bytes": kernels.VECTOR_BYTES, "openmp": kernels.openmp}
+    for key, value in config.items():
+        print(f"{key}: {value}")
+    return config

@@ -118,6 +118,7 @@ def _usable_cores():
 
 max_threads = _usable_cores() if FS_OPENMP else 1
 openmp = bool(FS_OPENMP)
+VECTOR_BYTES = FS_VEC_BYTES  # the short-row vector width this build was compiled for
 
 ctypedef fused real:
     float
@@ -431,9 +432,18 @@ cdef struct Scratch:
     double *b
 
 
+cdef bint _fail_scratch = False  # tests: every scratch allocation fails
+
+
+def _test_fail_scratch_allocations(bint fail):
+    """For tests only: make every block's scratch allocation fail (True) or not."""
+    global _fail_scratch
+    _fail_scratch = fail
+
+
 cdef Scratch _scratch(Py_ssize_t rows, Py_ssize_t n, size_t item) noexcept nogil:
     cdef Scratch s
-    s.e = malloc(rows * n * item)
+    s.e = malloc(rows * n * item) if not _fail_scratch else NULL
     s.m = malloc(rows * item)
     s.log_sums = <double *> malloc(rows * sizeof(double))
     s.inv_sums = <double *> malloc(rows * sizeof(double))

@@ -3,14 +3,26 @@
 
 Importing this package compiles nothing; each kernel compiles on first call per
 dtype and is cached on disk (``cache=True``).
+
+Two process hazards are handled here, in the one wrapper every kernel call goes through:
+* In a child forked after the parent ran a parallel kernel, GNU OpenMP aborts the child
+  at its first parallel region ("fork() called from a process already using GNU
+  OpenMP"). A forked child therefore runs serial copies of the kernels (the same
+  functions compiled without ``parallel``, cached under their own names).
+* Numba's workqueue threading layer (used where neither OpenMP nor TBB is available)
+  aborts the process when two threads launch parallel kernels at once. Under it, and
+  before the first launch has picked a layer, calls take a lock.
 """
 import functools
+import threading
+import types
 
 import numba
 
-from .. import _ops
+from .. import _backends, _ops
 from . import _target  # noqa: F401  (must run before the first compile)
 from . import _cross_entropy, _entropy, _small, _softmax
+from ._math import JIT
 
 # Where the kernels live: a row kernel ``<name>``, and for some a block kernel for few
 # classes, ``<name>_blocks``.
@@ -26,22 +38,56 @@ def _find(name):
     return None  # the backend contract test names a missing kernel
 
 
-def _by_class_count(row_kernel):
-    """The block kernel below SMALL_C classes when there is one, else the row kernel
-    (chosen per call)."""
-    block_kernel = _find(row_kernel.__name__ + "_blocks")
-    if block_kernel is None:
-        return row_kernel
+_serial_versions = {}
+_launch_lock = threading.Lock()
+
+
+def _serial(kernel):
+    """The kernel compiled without ``parallel`` (prange runs as range), for forked children.
+
+    A copy of its Python function under another qualified name, so that Numba's cache
+    keeps the two compilations apart (its index key does not include ``parallel``)."""
+    if kernel not in _serial_versions:
+        f = kernel.py_func
+        copy = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__,
+                                  f.__closure__)
+        copy.__qualname__ = f.__qualname__ + "_serial"
+        copy.__module__ = f.__module__
+        options = {k: v for k, v in kernel.targetoptions.items()
+                   if k not in ("parallel", "nopython")}
+        _serial_versions[kernel] = numba.njit(cache=JIT["cache"], **options)(copy)
+    return _serial_versions[kernel]
+
+
+def threading_layer():
+    """Numba's threading layer ("omp", "tbb", "workqueue"), or None before the first
+    parallel kernel has run (Numba picks the layer then)."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _exported(name):
+    """The kernel ``name``: the block kernel below SMALL_C classes when there is one, else
+    the row kernel; serial in a forked child; under a lock unless the layer is thread-safe."""
+    row_kernel, block_kernel = _find(name), _find(name + "_blocks")
 
     @functools.wraps(row_kernel.py_func)
     def kernel(x, *args):
-        (block_kernel if x.shape[1] < _small.SMALL_C else row_kernel)(x, *args)
+        chosen = block_kernel if block_kernel is not None and x.shape[1] < _small.SMALL_C \
+            else row_kernel
+        if _backends.in_forked_child():
+            return _serial(chosen)(x, *args)
+        if threading_layer() in (None, "workqueue"):
+            with _launch_lock:
+                return chosen(x, *args)
+        return chosen(x, *args)
 
     return kernel
 
 
-globals().update({name: _by_class_count(_find(name)) for name in _ops.KERNELS
-                  if _find(name) is not None})
+globals().update({name: _exported(name) for name in _ops.KERNELS if _find(name) is not None})
 
 
 def set_num_threads(n):

@@ -1,0 +1,144 @@
+"""What trainers do to a process: fork after a parallel call, threads under Numba's
+workqueue layer, failed scratch allocations. Each scenario runs in a fresh interpreter
+with a timeout, so a hang or an abort fails the test instead of the test run."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from conftest import COMPILED_BACKENDS
+
+TIMEOUT = 240  # seconds; a fresh interpreter may compile the serial kernels first
+
+
+def run_script(code, tmp_path, **env):
+    script = tmp_path / "scenario.py"
+    script.write_text(textwrap.dedent(code))
+    full_env = {k: v for k, v in os.environ.items() if k != "FASTSOFTMAX_BACKEND"}
+    full_env.update(env)
+    try:
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=TIMEOUT, env=full_env, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the scenario hung (no exit within {TIMEOUT} s)")
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+CHILD_CALLS = """
+import multiprocessing as mp, sys
+import numpy as np
+import fastsoftmax as fs
+
+def work(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 700)).astype(np.float32)  # row kernels
+    small = rng.standard_normal((3000, 10)).astype(np.float32)  # block kernels
+    t = np.arange(3000) % 10
+    results = []
+    for logits in (x, small):
+        loss, grad = fs.cross_entropy_with_grad(logits, t, backend=backend)
+        want_loss, want_grad = fs.cross_entropy_with_grad(logits, t, backend="numpy")
+        results.append(bool(np.allclose(grad, want_grad, rtol=1e-4, atol=1e-6)
+                            and np.isclose(loss, want_loss, rtol=1e-5)))
+        h = fs.entropy(logits, backend=backend)
+        results.append(bool(np.allclose(h, fs.entropy(logits, backend="numpy"), rtol=1e-5)))
+    return all(results), fs.get_num_threads()
+
+if __name__ == "__main__":
+    backend, method = sys.argv[1:] if len(sys.argv) > 1 else (BACKEND, METHOD)
+    ok, threads = work(backend)  # the parent's thread pool is running now
+    assert ok and threads == fs.get_num_threads()
+    with mp.get_context(method).Pool(2) as pool:
+        children = pool.map(work, [backend, backend])
+    print(children)
+    assert all(ok for ok, _ in children), children
+    if method == "fork":  # a forked child cannot use the parent's OpenMP pool: one thread
+        assert all(threads == 1 for _, threads in children), children
+    x = np.random.default_rng(1).standard_normal((64, 100))
+    np.testing.assert_allclose(fs.softmax(x, backend=backend), fs.softmax(x, backend="numpy"))
+    assert fs.get_num_threads() == threads  # the parent keeps its threads
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_child_process_after_a_parallel_call(backend, method, tmp_path):
+    """Before: a forked child hung (Cython, libgomp's pool) or was killed (Numba,
+    "fork() called from a process already using GNU OpenMP")."""
+    code = CHILD_CALLS.replace("(BACKEND, METHOD)", repr((backend, method)))
+    out = run_script(code, tmp_path)
+    assert "True" in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="os.fork does not exist on Windows")
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_os_fork_child_marks_itself(backend, tmp_path):
+    code = f"""
+    import os
+    import numpy as np
+    import fastsoftmax as fs
+    x = np.random.default_rng(0).standard_normal((2048, 300))
+    want = fs.softmax(x, backend={backend!r})
+    pid = os.fork()
+    if pid == 0:
+        ok = fs.show_config()["forked_child"] and fs.get_num_threads() == 1
+        ok = ok and np.array_equal(fs.softmax(x, backend={backend!r}), want)
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    assert not fs.show_config()["forked_child"]
+    """
+    run_script(code, tmp_path)
+
+
+def test_threads_under_the_workqueue_layer(tmp_path):
+    """Before: four threads calling the Numba backend at once aborted the process (exit
+    134, "Concurrent access has been detected")."""
+    code = """
+    import threading
+    import numpy as np
+    import fastsoftmax as fs
+
+    x = np.random.default_rng(0).standard_normal((4000, 500)).astype(np.float32)
+    t = np.arange(4000) % 500
+    want = fs.cross_entropy_with_grad(x, t, backend="numpy")[1]
+    errors = []
+
+    def work():
+        for _ in range(10):
+            grad = fs.cross_entropy_with_grad(x, t, backend="numba")[1]
+            if not np.allclose(grad, want, rtol=1e-4, atol=1e-7):
+                errors.append("wrong gradient")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert fs.show_config()["numba_threading_layer"] == "workqueue"
+    """
+    run_script(code, tmp_path, NUMBA_THREADING_LAYER="workqueue")
+
+
+@pytest.mark.parametrize("op", ["softmax", "cross_entropy_with_grad", "entropy"])
+def test_failed_scratch_allocation_raises_memory_error(op):
+    kernels = pytest.importorskip("fastsoftmax._cython._kernels",
+                                  reason="the Cython extension is not built")
+    x = np.random.default_rng(0).standard_normal((5000, 10)).astype(np.float32)  # blocks
+    args = (x, np.arange(5000) % 10) if op.startswith("cross") else (x,)
+    kernels._test_fail_scratch_allocations(True)
+    try:
+        with pytest.raises(MemoryError, match="scratch"):
+            getattr(fs, op)(*args, backend="cython")
+    finally:
+        kernels._test_fail_scratch_allocations(False)
+    result = getattr(fs, op)(*args, backend="cython")  # the next call is unaffected
+    want = getattr(fs, op)(*args, backend="numpy")
+    np.testing.assert_allclose(result[0] if isinstance(result, tuple) else result,
+                               want[0] if isinstance(want, tuple) else want, rtol=1e-5)
