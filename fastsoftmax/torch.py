@@ -53,6 +53,18 @@ class _CrossEntropy(torch.autograd.Function):
         w = None if weight is None else _numpy(weight)
         options = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
                        label_smoothing=label_smoothing)
+        ctx.reduction = reduction
+        ctx.class_dim = 1 if logits.dim() > 1 else 0
+        ctx.grad = ctx.target_grad = None
+        if ctx.needs_input_grad[1]:
+            # a probability target that is learnt: d loss / d t = -(1 - eps) w log_softmax(x)
+            # (per row; divided by the row count for "mean"), computed before any in-place
+            # write can overwrite the logits
+            scale = (1.0 - label_smoothing) / (t.size // t.shape[-1] if reduction == "mean"
+                                               else 1.0)
+            logp = api.log_softmax(x)
+            target_grad = logp * -scale if w is None else logp * (w * -scale)
+            ctx.target_grad = _classes_back(target_grad, logits)
         if not ctx.needs_input_grad[0]:
             return torch.as_tensor(api.cross_entropy(x, t, **options))
         write_in_place = inplace and x.flags.c_contiguous
@@ -62,18 +74,19 @@ class _CrossEntropy(torch.autograd.Function):
             # any later backward that needs the old values.
             torch.autograd.graph.increment_version(logits)
         ctx.grad = _classes_back(grad, logits)
-        ctx.reduction = reduction
-        ctx.class_dim = 1 if logits.dim() > 1 else 0
         return torch.as_tensor(loss)
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad = ctx.grad
-        if ctx.reduction == "none":
-            grad = grad * grad_output.unsqueeze(ctx.class_dim).to(grad.dtype)
-        elif grad_output.item() != 1.0:
-            grad = grad * grad_output.to(grad.dtype)
-        return grad, None, None, None, None, None, None
+        grads = []
+        for grad in (ctx.grad, ctx.target_grad):
+            if grad is not None:
+                if ctx.reduction == "none":
+                    grad = grad * grad_output.unsqueeze(ctx.class_dim).to(grad.dtype)
+                elif grad_output.item() != 1.0:
+                    grad = grad * grad_output.to(grad.dtype)
+            grads.append(grad)
+        return (*grads, None, None, None, None, None)
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -120,7 +133,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if inplace and input.requires_grad and input.is_leaf:
         raise ValueError("inplace=True would overwrite a leaf tensor that requires grad; "
                          "use it on the output of a layer (e.g. nn.Linear), or inplace=False")
-    if torch.is_grad_enabled() and input.requires_grad:
+    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
         return _CrossEntropy.apply(input, target, weight, ignore_index, reduction,
                                    label_smoothing, inplace)
     with torch.no_grad():

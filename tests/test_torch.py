@@ -5,6 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
 F = torch.nn.functional
+import fastsoftmax as fs  # noqa: E402
 import fastsoftmax.torch as fst  # noqa: E402
 
 SHAPES = [(7,), (6, 5), (4, 5, 3), (3, 5, 2, 2)]
@@ -115,3 +116,39 @@ def test_softmax_functions(dim, log):
     torch.testing.assert_close(ours, theirs)
     assert torch.autograd.gradcheck(lambda z: (fst.log_softmax if log else fst.softmax)(z, dim),
                                     (x,))
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 2)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("logits_grad", [True, False])
+def test_probability_target_that_requires_grad_gets_torchs_gradient(
+        backend, shape, reduction, label_smoothing, weighted, logits_grad):
+    """Soft targets that are learnt (mutual learning, co-distillation) used to get no
+    gradient at all, silently."""
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    t0 = torch.softmax(torch.randn(*shape, dtype=torch.float64, generator=gen), 1)
+    w = torch.rand(shape[1], dtype=torch.float64, generator=gen) + 0.5 if weighted else None
+    g = (torch.randn(shape[0], *shape[2:], dtype=torch.float64, generator=gen)
+         if reduction == "none" else torch.tensor(1.3, dtype=torch.float64))
+    grads = []
+    for loss_fn in (F.cross_entropy, fst.cross_entropy):
+        x, t = x0.clone().requires_grad_(logits_grad), t0.clone().requires_grad_()
+        with fs.use_backend(backend):
+            loss = loss_fn(x, t, weight=w, reduction=reduction, label_smoothing=label_smoothing)
+        (loss * g).sum().backward()
+        grads.append((loss.detach(), t.grad, x.grad))
+    (want_loss, want_t, want_x), (loss, got_t, got_x) = grads
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(got_t, want_t)
+    if logits_grad:
+        torch.testing.assert_close(got_x, want_x)
+
+
+def test_probability_target_gradcheck():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.softmax(torch.randn(3, 4, dtype=torch.float64), 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fst.cross_entropy(a, b, label_smoothing=0.1),
+                                    (x, t))
