@@ -11,6 +11,7 @@ F.cross_entropy + backward; scikit-learn: its multinomial logistic loss gradient
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,14 +64,19 @@ def probe(name, method, timeout):
         script = os.path.join(directory, "probe.py")
         with open(script, "w") as f:
             f.write(PROBE)
+        # its own session, so that a hung probe and its pool children are killed together
+        process = subprocess.Popen([sys.executable, script, name, method], text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
         try:
-            run = subprocess.run([sys.executable, script, name, method], capture_output=True,
-                                 text=True, timeout=timeout, check=False)
+            stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
             return "hang"
-    if run.returncode != 0:
-        return f"died ({run.returncode}: {run.stderr.strip().splitlines()[-1][:80]})"
-    return run.stdout.strip().splitlines()[-1]
+    if process.returncode != 0:
+        return f"died ({process.returncode}: {stderr.strip().splitlines()[-1][:80]})"
+    return stdout.strip().splitlines()[-1]
 
 
 def main(argv=None):
