@@ -215,7 +215,8 @@ def _gradient_buffer(args, logits, out, inplace, inputs):
 
 
 def _copy_back(result, rows):
-    if rows.base is not result and rows is not result:
+    """Write the kernel's rows into a result that is not C-contiguous (a copy then)."""
+    if not result.flags.c_contiguous:
         result[...] = rows.reshape(result.shape)
 
 
