@@ -7,6 +7,11 @@ the median ns per logit element of each build and their ratio, per op::
 
     python -m bench.ab ../old-checkout 1677721x10 167772x100 --threads 2
     python -m bench.ab ../old-checkout 1677721x10 --backend numba
+    python -m bench.ab ../old-checkout 1677721x10 --other-weight ones
+
+The cross-entropy kernels get ``weight=None`` (every class weighs 1), as the API passes
+for ``weight=None``; ``--other-weight ones`` gives the other build a cached ones(C)
+instead, for a checkout older than 2026-12-02, whose kernels needed that array.
 
 With ``--backend numba`` the other checkout's package is imported under another name
 and both compile into a fresh, empty cache directory (so neither loads a stale kernel);
@@ -16,6 +21,7 @@ The kernels are called directly with preallocated outputs (no validation, no
 allocation): this measures the kernels, the benchmark suite measures the API.
 """
 import argparse
+import functools
 import glob
 import importlib
 import importlib.util
@@ -83,14 +89,13 @@ def _rows_call(name, arrays, out):
 def _cross_entropy_index_calls(x, rng):
     n_rows, n_classes = x.shape
     target = rng.integers(0, n_classes, n_rows)
-    weight = np.ones(n_classes, x.dtype)
     out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
     # inplace=True: the gradient overwrites this copy, which the next call reads (the same
     # work on other finite values, as in the benchmark suite)
     x_inplace = x.copy()
 
     def index(smoothing, grad, logits=x):
-        return lambda k: k.cross_entropy_index(logits, target, weight, float(n_classes), -100,
+        return lambda k: k.cross_entropy_index(logits, target, None, float(n_classes), -100,
                                                smoothing, 1.0 / n_rows, no_row_scale, row_loss,
                                                grad)
 
@@ -103,10 +108,9 @@ def _cross_entropy_index_calls(x, rng):
 def _cross_entropy_prob_calls(x, rng):
     n_rows, n_classes = x.shape
     probs = np.full_like(x, 1.0 / n_classes)
-    weight = np.ones(n_classes, x.dtype)
     out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
     return {"cross_entropy_with_grad_prob": lambda k: k.cross_entropy_prob(
-        x, probs, weight, 0.0, 1.0 / n_rows, no_row_scale, row_loss, out)}
+        x, probs, None, 0.0, 1.0 / n_rows, no_row_scale, row_loss, out)}
 
 
 def _entropy_calls(x, rng):
@@ -122,6 +126,29 @@ def _entropy_calls(x, rng):
 LOSS_CALLS = {"cross_entropy_index": _cross_entropy_index_calls,
               "cross_entropy_prob": _cross_entropy_prob_calls,
               "entropy_with_grad": _entropy_calls}
+
+
+class OnesForNoWeight:
+    """Kernels of a build whose cross-entropy kernels need a weight array: weight=None
+    becomes a cached ones(C), as that build's API passed."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def __getattr__(self, name):
+        kernel = getattr(self.kernels, name)
+        if name not in ("cross_entropy_index", "cross_entropy_prob"):
+            return kernel
+
+        def call(x, target, weight, *rest):
+            weight = _ones(x.shape[1], x.dtype) if weight is None else weight
+            return kernel(x, target, weight, *rest)
+        return call
+
+
+@functools.lru_cache(maxsize=4)
+def _ones(n_classes, dtype):
+    return np.ones(n_classes, dtype)
 
 
 def compare(this, other, n_rows, n_classes, dtype, repeats):
@@ -151,6 +178,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--backend", choices=["cython", "numba"], default="cython")
+    parser.add_argument("--other-weight", choices=["none", "ones"], default="none",
+                        help="what the other build's cross-entropy kernels get for weight=None")
     args = parser.parse_args(argv)
     if args.backend == "numba":
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastsoftmax-ab-")
@@ -161,6 +190,8 @@ def main(argv=None):
         other = load_kernels(args.other, "fastsoftmax._cython._kernels")
     for kernels in (this, other):
         kernels.set_num_threads(args.threads or kernels.max_threads)
+    if args.other_weight == "ones":
+        other = OnesForNoWeight(other)
     for shape in args.shapes:
         n_rows, n_classes = map(int, shape.lower().split("x"))
         compare(this, other, n_rows, n_classes, np.dtype(args.dtype), args.repeats)

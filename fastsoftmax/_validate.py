@@ -154,7 +154,7 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
         if weight.shape != (n_classes,):
             raise ValueError(f"weight has shape {weight.shape} but logits have shape "
                              f"{logits.shape}; weight must have shape ({n_classes},)")
-        weight = weight.astype(logits.dtype, copy=False)
+        weight = np.ascontiguousarray(weight, dtype=logits.dtype)
     return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, may_ignore,
                             reduction, label_smoothing)
 

@@ -137,6 +137,20 @@ def test_out_receives_gradient(backend):
     assert_close(strided, reference.cross_entropy_with_grad(x, t)[1])
 
 
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("n_classes", [10, 300])  # block and row kernels
+def test_strided_class_weights(backend, probabilities, n_classes):
+    """A weight that is a strided view (every other element of an array) is accepted
+    (before: the Cython kernels raised "ndarray is not C-contiguous")."""
+    x, t = problem((7, n_classes), np.float32, probabilities=probabilities)
+    weight = np.random.default_rng(3).uniform(0.5, 2.0, 2 * n_classes).astype(np.float32)
+    options = dict(weight=weight[::2], label_smoothing=0.1, reduction="none")
+    got = fs.cross_entropy_with_grad(x, t, **options, backend=backend)
+    want = reference.cross_entropy_with_grad(x, t, **options)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
 @pytest.mark.parametrize("layout", ["F", "strided"])
 def test_non_contiguous_logits(backend, layout):
     from conftest import with_layout

@@ -177,6 +177,16 @@ cdef inline Py_ssize_t _chunks(Py_ssize_t n) noexcept nogil:
     return (n + size - 1) // size
 
 
+cdef inline double _weight(const real *w, int64_t j) noexcept nogil:
+    """Class weight j of a weight vector that may be NULL (weight=None: all ones)."""
+    return w[j] if w != NULL else 1
+
+
+cdef inline const real *_weights_from(const real *w, Py_ssize_t lo) noexcept nogil:
+    """w + lo, for a weight vector that may be NULL (all ones)."""
+    return w + lo if w != NULL else NULL
+
+
 cdef inline double _total(const double *part, Py_ssize_t count) noexcept nogil:
     cdef double total = 0
     cdef Py_ssize_t c
@@ -215,13 +225,13 @@ cdef double _sumexp(const real *row, Py_ssize_t n, real m, real *out, bint split
 
 
 cdef double _dot(const real *a, const real *b, Py_ssize_t n, bint split) noexcept nogil:
-    """sum(a * b), or sum(a) when b is NULL"""
+    """sum(a * b), b a weight vector (NULL: ones, so sum(a))"""
     cdef double part[SPLIT_MAX_CHUNKS]
     cdef Py_ssize_t c, size
     if split:
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _dot(a + c * size, b + c * size if b != NULL else NULL,
+            part[c] = _dot(a + c * size, _weights_from(b, c * size),
                            min(size, n - c * size), False)
         return _total(part, _chunks(n))
     if real is float:
@@ -237,7 +247,7 @@ cdef double _shifted_dot(const real *w, const real *row, Py_ssize_t n, real m,
     if split:
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _shifted_dot(w + c * size, row + c * size, min(size, n - c * size), m,
+            part[c] = _shifted_dot(_weights_from(w, c * size), row + c * size, min(size, n - c * size), m,
                                    False)
         return _total(part, _chunks(n))
     if real is float:
@@ -255,7 +265,7 @@ cdef double _prob_sums(const real *row, const real *t, const real *w, Py_ssize_t
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
-            part[0][c] = _prob_sums(row + lo, t + lo, w + lo, min(size, n - lo), m, keep, eps,
+            part[0][c] = _prob_sums(row + lo, t + lo, _weights_from(w, lo), min(size, n - lo), m, keep, eps,
                                     out + lo if out != NULL else NULL, &part[1][c],
                                     &part[2][c], False)
         total_wt[0] = _total(part[1], _chunks(n))
@@ -273,7 +283,7 @@ cdef void _rescale(real *out, real k, real f, const real *w, Py_ssize_t n,
     if split:
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
-            _rescale(out + c * size, k, f, w + c * size if w != NULL else NULL,
+            _rescale(out + c * size, k, f, _weights_from(w, c * size),
                      min(size, n - c * size), False)
     elif real is float:
         fs_rescale_f(out, k, f, w, n)
@@ -288,7 +298,7 @@ cdef void _prob_rescale(real *out, const real *t, const real *w, real k, real f,
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
-            _prob_rescale(out + lo, t + lo, w + lo, k, f, keep, eps, min(size, n - lo), False)
+            _prob_rescale(out + lo, t + lo, _weights_from(w, lo), k, f, keep, eps, min(size, n - lo), False)
     elif real is float:
         fs_prob_rescale_f(out, t, w, k, f, keep, eps, n)
     else:
@@ -343,7 +353,7 @@ cdef Py_ssize_t _block_rows(Py_ssize_t n_classes) noexcept nogil:
 
 
 cdef double _short_dot(const real *a, const real *b, Py_ssize_t n) noexcept nogil:
-    """sum(a * b), or sum(a) when b is NULL"""
+    """sum(a * b), b a weight vector (NULL: ones, so sum(a))"""
     if real is float:
         return fs_short_dot_f(a, b, n)
     else:
@@ -400,7 +410,8 @@ cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
     each row, log_sums[r] gets its log and inv_sums[r] its reciprocal, each in one vector
     loop over the block's rows (libm's log per row: C = 10 cross-entropy loss 2.66 -> 2.08
     ns/elem, 2 threads; a division per row where the gradient is written was 20% of the
-    C = 10 CE + grad time in perf). With w, shifted_w[r] = sum(w * (x - m)) of row r."""
+    C = 10 CE + grad time in perf). When shifted_w is not NULL, shifted_w[r] = sum(w * (x - m))
+    of row r (w NULL: ones)."""
     cdef Py_ssize_t r
     if n <= <Py_ssize_t>(FS_VEC_BYTES // sizeof(real)):
         if real is float:
@@ -409,9 +420,9 @@ cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
             fs_narrow_exp_rows_d(x, rows, n, w, e, m, inv_sums, shifted_w)
     else:
         _shifted_rows(x, rows, n, e, m)
-        if w != NULL:
+        if shifted_w != NULL:
             for r in range(rows):
-                shifted_w[r] = _short_dot(w, e + r * n, n)
+                shifted_w[r] = _short_dot(e + r * n, w, n)
         if real is float:
             fs_exp_array_f(e, rows * n)
         else:
@@ -521,7 +532,7 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
     cdef real *m = <real *> sc.m
     if e == NULL:  # no scratch: flagged, raised after the parallel loop
         return
-    _exp_rows(x, rows, n, weight if smoothing != 0 else NULL, shifted_w, e, m, sc.log_sums,
+    _exp_rows(x, rows, n, weight, shifted_w if smoothing != 0 else NULL, e, m, sc.log_sums,
               sc.inv_sums)
     # All target logits are read before the first gradient row is written: with grad = x,
     # a load after the masked store of the row before it (same cache line) waited for that
@@ -537,7 +548,7 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
                     grad[r * n + j] = 0
             continue
         log_sum = sc.log_sums[r]
-        w_y = weight[y]
+        w_y = _weight(weight, y)
         row_loss[r] = (1.0 - smoothing) * w_y * (log_sum - shifted_y[r])
         if smoothing != 0:
             row_loss[r] += eps_c * (weight_sum * log_sum - shifted_w[r])
@@ -545,7 +556,7 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
             s = scale * row_scale[r] if row_scale != NULL else scale
             onehot_coef = (1.0 - smoothing) * w_y
             _short_rescale(e + r * n, <real>(s * (onehot_coef + eps_c * weight_sum) * sc.inv_sums[r]),
-                           <real>(s * eps_c), weight if smoothing != 0 else NULL, y,
+                           <real>(s * eps_c), weight if smoothing != 0 else NULL, y,  # f = 0
                            <real>(s * onehot_coef), grad + r * n, n)
     _release(sc)
 
@@ -695,11 +706,11 @@ cdef double _index_row(const real *x, int64_t y, const real *weight, double weig
     shifted_w = _shifted_dot(weight, x, n, m, split) if smoothing != 0 else 0
     sum_exp = _sumexp(x, n, m, grad, split)
     log_sum = log(sum_exp)
-    w_y = weight[y]
+    w_y = _weight(weight, y)
     if grad != NULL:
         onehot_coef = (1.0 - smoothing) * w_y
         _rescale(grad, <real>(s * (onehot_coef + eps_c * weight_sum) / sum_exp),
-                 <real>(s * eps_c), weight if smoothing != 0 else NULL, n, split)
+                 <real>(s * eps_c), weight if smoothing != 0 else NULL, n, split)  # f = 0
         grad[y] -= <real>(s * onehot_coef)
     return ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
             + eps_c * (weight_sum * log_sum - shifted_w))
@@ -709,7 +720,9 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                         const real[::1] weight, double weight_sum, int64_t ignore_index,
                         double smoothing, double scale, const double[::1] row_scale,
                         double[::1] row_loss, real[:, ::1] grad):
-    """Per-row loss and (when grad is not None) the gradient; formulas in _numba."""
+    """Per-row loss and (when grad is not None) the gradient; formulas in _numba.
+    weight=None: every class weighs 1."""
+    cdef const real *w = &weight[0] if weight is not None else NULL
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
     cdef bint split = _split_rows(x.shape[0], n)
@@ -717,14 +730,14 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
     if n < SMALL_C:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _index_block(&x[lo, 0], &target[lo], &weight[0], weight_sum, ignore_index,
+            _index_block(&x[lo, 0], &target[lo], w, weight_sum, ignore_index,
                          smoothing, scale, &row_scale[lo] if per_row else NULL,
                          min(rows, x.shape[0] - lo), n, &row_loss[lo],
                          &grad[lo, 0] if want_grad else NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
-        row_loss[i] = _index_row(&x[i, 0], target[i], &weight[0], weight_sum, ignore_index,
+        row_loss[i] = _index_row(&x[i, 0], target[i], w, weight_sum, ignore_index,
                                  smoothing, scale * row_scale[i] if per_row else scale, n,
                                  &grad[i, 0] if want_grad else NULL, split)
 
@@ -746,7 +759,9 @@ cdef double _prob_row(const real *x, const real *t, const real *weight, double s
 def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const real[::1] weight,
                        double smoothing, double scale, const double[::1] row_scale,
                        double[::1] row_loss, real[:, ::1] grad):
-    """Per-row loss and (when grad is not None) the gradient for probability targets."""
+    """Per-row loss and (when grad is not None) the gradient for probability targets.
+    weight=None: every class weighs 1."""
+    cdef const real *w = &weight[0] if weight is not None else NULL
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
     cdef bint split = _split_rows(x.shape[0], n)
@@ -754,13 +769,13 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
     if n < SMALL_C:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _prob_block(&x[lo, 0], &target[lo, 0], &weight[0], smoothing, scale,
+            _prob_block(&x[lo, 0], &target[lo, 0], w, smoothing, scale,
                         &row_scale[lo] if per_row else NULL, min(rows, x.shape[0] - lo), n,
                         &row_loss[lo], &grad[lo, 0] if want_grad else NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
-        row_loss[i] = _prob_row(&x[i, 0], &target[i, 0], &weight[0], smoothing,
+        row_loss[i] = _prob_row(&x[i, 0], &target[i, 0], w, smoothing,
                                 scale * row_scale[i] if per_row else scale, n,
                                 &grad[i, 0] if want_grad else NULL, split)
 

@@ -9,16 +9,16 @@ with p = softmax(z), s = the caller's scale (grad_output / reduction denominator
 Everything is computed relative to the row max m (lse - z_c = log(sum) - (z_c - m)).
 The exp pass stores exp(z - m) in grad and the write pass rescales it in place (one
 exp per element); ``grad=None`` compiles the loss-only kernel, the same body without
-the stores and the write pass.
+the stores and the write pass, and ``weight=None`` the one where every class weighs 1.
 """
 import math
 
 import numpy as np
 from numba import njit, prange
 
-from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW_WRITER, row_max,
-                    row_rescale, row_scale_at, row_shifted_dot, row_sumexp, same_buffer,
-                    scalar_like, vexp_core)
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW_WRITER, class_weight,
+                    row_max, row_rescale, row_scale_at, row_shifted_dot, row_sumexp,
+                    same_buffer, scalar_like, vexp_core, weight_block, weighted)
 
 
 @njit(**JIT_PARALLEL)
@@ -43,7 +43,7 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
         else:
             sum_exp = row_sumexp(row, m)
         log_sum = math.log(sum_exp)
-        w_y = float(weight[y])
+        w_y = class_weight(weight, y)
         row_loss[i] = ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
                        + eps_c * (weight_sum * log_sum - shifted_w))
         if grad is not None:
@@ -68,14 +68,14 @@ def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place):
         acc_wt = scalar_like(row, 0)
         acc_shifted = scalar_like(row, 0)
         block, block_t, block_w = (row[start:start + BLOCK], t[start:start + BLOCK],
-                                   weight[start:start + BLOCK])
+                                   weight_block(weight, start, start + BLOCK))
         if out is not None:
             dest = out[start:start + BLOCK]
             if in_place:
                 block = dest
         for j in range(block.size):
             z = block[j] - m
-            wt = block_w[j] * (block_t[j] * k + e)
+            wt = weighted(block_t[j] * k + e, block_w, j)
             exp_z = vexp_core(z)
             if out is not None:
                 dest[j] = exp_z
@@ -103,13 +103,13 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c, out):
 
 @njit(**JIT)
 def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c):
-    """out = out * exp_scale - target_scale * w * t'."""
+    """out = out * exp_scale - target_scale * w * t' (weight None: ones)."""
     k = scalar_like(out, exp_scale)
     f = scalar_like(out, target_scale)
     kt = scalar_like(out, keep)
     e = scalar_like(out, eps_c)
     for j in range(out.size):
-        out[j] = out[j] * k - f * weight[j] * (t[j] * kt + e)
+        out[j] = out[j] * k - f * weighted(t[j] * kt + e, weight, j)
 
 
 @njit(**JIT_PARALLEL)

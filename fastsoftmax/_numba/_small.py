@@ -16,7 +16,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._math import JIT, JIT_PARALLEL, maximum, row_scale_at, scalar_like, vexp
+from ._math import (JIT, JIT_PARALLEL, class_weight, maximum, row_scale_at, scalar_like, vexp,
+                    weighted)
 
 SMALL_C = 64           # below this many classes the block kernels are used
 BLOCK_ELEMENTS = 4096  # elements per task: the block and its scratch stay in L1
@@ -129,7 +130,7 @@ def _index_block(x, target, weight, weight_sum, ignore_index, smoothing, scale, 
             shifted_y[r] = e[target[r], r]
     if smoothing != 0.0:
         for j in range(n_classes):
-            w = float(weight[j])
+            w = class_weight(weight, j)
             column = e[j]
             for r in range(n_rows):
                 shifted_w[r] += w * column[r]
@@ -142,7 +143,7 @@ def _index_block(x, target, weight, weight_sum, ignore_index, smoothing, scale, 
                 grad[lo + r, :] = 0
             continue
         log_sum = math.log(sums[r])
-        w_y = float(weight[y])
+        w_y = class_weight(weight, y)
         loss = (1.0 - smoothing) * w_y * (log_sum - shifted_y[r])
         if smoothing != 0.0:
             loss += eps_c * (weight_sum * log_sum - shifted_w[r])
@@ -154,7 +155,7 @@ def _index_block(x, target, weight, weight_sum, ignore_index, smoothing, scale, 
             f = scalar_like(x, s * eps_c)
             out = grad[lo + r]
             for j in range(n_classes):
-                out[j] = e[j, r] * k - f * weight[j]
+                out[j] = e[j, r] * k - weighted(f, weight, j)
             out[y] -= scalar_like(x, s * onehot_coef)
 
 
@@ -180,7 +181,7 @@ def _prob_block(x, target, weight, smoothing, scale, row_scale, row_loss, grad, 
     for j in range(n_classes):
         column = e[j]
         for r in range(n_rows):
-            wt = weight[j] * (target[r, j] * keep + eps_c)
+            wt = weighted(target[r, j] * keep + eps_c, weight, j)
             total_wt[r] += wt
             shifted_wt[r] += wt * column[r]
     sums = _exp_columns(e)
@@ -192,7 +193,7 @@ def _prob_block(x, target, weight, smoothing, scale, row_scale, row_loss, grad, 
             f = scalar_like(x, s)
             out = grad[lo + r]
             for j in range(n_classes):
-                out[j] = e[j, r] * k - f * weight[j] * (target[r, j] * keep + eps_c)
+                out[j] = e[j, r] * k - f * weighted(target[r, j] * keep + eps_c, weight, j)
 
 
 @njit(**JIT_PARALLEL)
