@@ -8,7 +8,7 @@ Switch points crossed:
   in calls of 3 rows (the last call 2) and of 2 * (4096 // C) + 37 rows: an odd row
   count, so groups of 16 and 8 rows are cut at the end, and blocks of 4096 // C rows with
   the last one cut;
-* the long-row split of the Cython backend (fewer than 4 rows of at least 4 * 16384 =
+* the long-row split of both backends (fewer than 4 rows of at least 4 * 16384 =
   65536 classes): calls of 3 rows and of 1 row at 65535, 65536 and 65537 classes, and
   of 4 rows at 65536 (not split; the last call 1 row);
 * every op of the table: the rows ops of ``_ops.ROW_OPS`` with inputs from their
@@ -53,7 +53,7 @@ BACKENDS = ("numba", "cython")
 # 1e-2 of their results (softmax_backward and cross-entropy gradients at C = 1-17).
 PARITY_RTOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-14}
 
-SPLIT_C = 4 * 16384  # Cython splits fewer than 4 rows of at least this many classes
+SPLIT_C = 4 * 16384  # both backends split fewer than 4 rows of at least this many classes
 SMALL_CLASS_COUNTS = [*range(1, 18), 63, 64, 65, 127, 128, 129]
 LONG_CASES = [(SPLIT_C - 1, 3), (SPLIT_C, 3), (SPLIT_C + 1, 3),
               (SPLIT_C - 1, 1), (SPLIT_C, 1), (SPLIT_C + 1, 1), (SPLIT_C, 4)]

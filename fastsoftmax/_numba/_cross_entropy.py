@@ -16,42 +16,64 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW_WRITER, class_weight,
-                    row_max, row_rescale, row_scale_at, row_shifted_dot, row_sumexp,
-                    same_buffer, scalar_like, vexp_core, weight_block, weighted)
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
+                    class_weight, row_scale_at, same_buffer, scalar_like, vexp_core,
+                    weight_block, weighted)
+from ._split import over_chunks, row_chunks, splittable
+
+
+@njit(**JIT_ROW)
+def _index_row(row, y, weight, weight_sum, ignore_index, smoothing, s, grad, chunks):
+    """Loss of one row; with grad (not None), also d(s * loss)/drow into grad (may be row)."""
+    if y == ignore_index:
+        if grad is not None:
+            grad[:] = 0
+        return 0.0
+    eps_c = smoothing / row.size
+    m = over_chunks("row_max", chunks, row)
+    # Both read the row before the exp pass overwrites it (inplace=True).
+    shifted_y = float(row[y] - m)
+    shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m) if smoothing != 0.0 \
+        else 0.0
+    sum_exp = over_chunks("row_sumexp", chunks, row, m, grad)
+    log_sum = math.log(sum_exp)
+    w_y = class_weight(weight, y)
+    if grad is not None:
+        onehot_coef = (1.0 - smoothing) * w_y
+        over_chunks("row_rescale", chunks, grad,
+                    s * (onehot_coef + eps_c * weight_sum) / sum_exp, s * eps_c, weight)
+        grad[y] -= scalar_like(row, s * onehot_coef)
+    return ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
+            + eps_c * (weight_sum * log_sum - shifted_w))
+
+
+# The kernels hand a row function grad[i] from a branch on ``grad is None`` (pruned at
+# compile time). Through a helper returning "grad[i] or None" instead (an overload),
+# Numba 0.62-0.68 dropped the row function's element writes such as grad[y] -= c as dead
+# code inside the prange (reproduced on a 3-line kernel).
+@njit(**JIT_ROW)
+def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, scale,
+                  row_scale, grad, chunks):
+    s = row_scale_at(scale, row_scale, i)
+    if grad is None:
+        return _index_row(x[i], target[i], weight, weight_sum, ignore_index, smoothing, s,
+                          None, chunks)
+    return _index_row(x[i], target[i], weight, weight_sum, ignore_index, smoothing, s,
+                      grad[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
                         scale, row_scale, row_loss, grad):
-    n_classes = x.shape[1]
-    eps_c = smoothing / n_classes
-    for i in prange(x.shape[0]):
-        row = x[i]
-        y = target[i]
-        if y == ignore_index:
-            row_loss[i] = 0.0
-            if grad is not None:
-                grad[i, :] = 0
-            continue
-        m = row_max(row)
-        # Both read the row before the exp pass overwrites it (inplace=True).
-        shifted_y = float(row[y] - m)
-        shifted_w = row_shifted_dot(weight, row, m) if smoothing != 0.0 else 0.0
-        if grad is not None:
-            sum_exp = row_sumexp(row, m, grad[i])
-        else:
-            sum_exp = row_sumexp(row, m)
-        log_sum = math.log(sum_exp)
-        w_y = class_weight(weight, y)
-        row_loss[i] = ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
-                       + eps_c * (weight_sum * log_sum - shifted_w))
-        if grad is not None:
-            s = row_scale_at(scale, row_scale, i)
-            onehot_coef = (1.0 - smoothing) * w_y
-            row_rescale(grad[i], s * (onehot_coef + eps_c * weight_sum) / sum_exp, s * eps_c,
-                        weight)
-            grad[i, y] -= scalar_like(row, s * onehot_coef)
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
+                                        smoothing, scale, row_scale, grad, 1)
+    else:
+        for i in range(x.shape[0]):
+            row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
+                                        smoothing, scale, row_scale, grad, chunks)
 
 
 @njit(**JIT_ROW_WRITER)
@@ -88,6 +110,7 @@ def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place):
     return sum_exp, total_wt, shifted_wt
 
 
+@splittable(3)
 @njit(**JIT_REDUCTION)
 def _prob_row_sums(row, t, weight, m, keep, eps_c, out):
     """One pass over a row (see _prob_sums_blocks); all NaN when m is not finite."""
@@ -101,6 +124,7 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c, out):
     return _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, False)
 
 
+@splittable(0)
 @njit(**JIT)
 def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c):
     """out = out * exp_scale - target_scale * w * t' (weight None: ones)."""
@@ -112,21 +136,36 @@ def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c):
         out[j] = out[j] * k - f * weighted(t[j] * kt + e, weight, j)
 
 
+@njit(**JIT_ROW)
+def _prob_row(row, t, weight, smoothing, s, grad, chunks):
+    """Loss of one row; with grad (not None), also d(s * loss)/drow into grad (may be row)."""
+    keep = 1.0 - smoothing
+    eps_c = smoothing / row.size
+    m = over_chunks("row_max", chunks, row)
+    sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight, m,
+                                                keep, eps_c, grad)
+    if grad is not None:
+        over_chunks("_prob_rescale_row", chunks, grad, t, weight, s * total_wt / sum_exp, s,
+                    keep, eps_c)
+    return total_wt * math.log(sum_exp) - shifted_wt
+
+
+@njit(**JIT_ROW)
+def _prob_row_at(x, i, target, weight, smoothing, scale, row_scale, grad, chunks):
+    s = row_scale_at(scale, row_scale, i)  # grad[i] from a branch: see _index_row_at
+    if grad is None:
+        return _prob_row(x[i], target[i], weight, smoothing, s, None, chunks)
+    return _prob_row(x[i], target[i], weight, smoothing, s, grad[i], chunks)
+
+
 @njit(**JIT_PARALLEL)
 def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss, grad):
-    keep = 1.0 - smoothing
-    eps_c = smoothing / x.shape[1]
-    for i in prange(x.shape[0]):
-        row = x[i]
-        m = row_max(row)
-        if grad is not None:
-            sum_exp, total_wt, shifted_wt = _prob_row_sums(row, target[i], weight, m, keep,
-                                                           eps_c, grad[i])
-        else:
-            sum_exp, total_wt, shifted_wt = _prob_row_sums(row, target[i], weight, m, keep,
-                                                           eps_c, None)
-        row_loss[i] = total_wt * math.log(sum_exp) - shifted_wt
-        if grad is not None:
-            s = row_scale_at(scale, row_scale, i)
-            _prob_rescale_row(grad[i], target[i], weight, s * total_wt / sum_exp, s, keep,
-                              eps_c)
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            row_loss[i] = _prob_row_at(x, i, target, weight, smoothing, scale, row_scale, grad,
+                                       1)
+    else:
+        for i in range(x.shape[0]):
+            row_loss[i] = _prob_row_at(x, i, target, weight, smoothing, scale, row_scale, grad,
+                                       chunks)

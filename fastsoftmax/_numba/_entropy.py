@@ -15,9 +15,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW_WRITER, row_max,
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
                     row_scale_at, same_buffer, scalar_like, vexp_core)
 from ._small import _blocks, _columns
+from ._split import over_chunks, row_chunks, splittable
 
 D_FLOOR = -1e30  # below the exp's underflow threshold in both dtypes: e = 0 there
 
@@ -50,6 +51,7 @@ def _sums_blocks(row, m, out, in_place):
     return sum_e, sum_ed
 
 
+@splittable(2)
 @njit(**JIT_REDUCTION)
 def _row_sums(row, m, out):
     if out is not None:
@@ -58,6 +60,7 @@ def _row_sums(row, m, out):
     return _sums_blocks(row, m, out, False)
 
 
+@splittable(0)
 @njit(**JIT)
 def _gradient_row(out, k, mean_d):
     """out = k * exp(out) * (mean_d - out), out holding d."""
@@ -68,31 +71,42 @@ def _gradient_row(out, k, mean_d):
         out[j] = kk * vexp_core(d) * (mean - d)
 
 
-@njit(**JIT)
-def _row_entropy(row, grad, s):
+@njit(**JIT_ROW)
+def _row_entropy(row, grad, s, chunks):
     """H of one row; with grad (not None), also s * dH/drow into grad (may be row)."""
-    m = row_max(row)
+    m = over_chunks("row_max", chunks, row)
     if not math.isfinite(m):  # a NaN, +inf or all -inf row: NaN, as torch
         if grad is not None:
             grad[:] = np.nan
         return np.nan
-    sum_e, sum_ed = _row_sums(row, m, grad)
+    sum_e, sum_ed = over_chunks("_row_sums", chunks, row, m, grad)
     mean_d = sum_ed / sum_e
     if grad is not None:
-        _gradient_row(grad, s / sum_e, mean_d)
+        over_chunks("_gradient_row", chunks, grad, s / sum_e, mean_d)
     return math.log(sum_e) - mean_d
 
 
 @njit(**JIT_PARALLEL)
 def entropy(logits, out):
-    for i in prange(logits.shape[0]):
-        out[i] = _row_entropy(logits[i], None, 1.0)
+    chunks = row_chunks(logits.shape[0], logits.shape[1])
+    if chunks == 1:
+        for i in prange(logits.shape[0]):
+            out[i] = _row_entropy(logits[i], None, 1.0, 1)
+    else:
+        for i in range(logits.shape[0]):
+            out[i] = _row_entropy(logits[i], None, 1.0, chunks)
 
 
 @njit(**JIT_PARALLEL)
 def entropy_with_grad(logits, scale, row_scale, row_loss, grad):
-    for i in prange(logits.shape[0]):
-        row_loss[i] = _row_entropy(logits[i], grad[i], row_scale_at(scale, row_scale, i))
+    chunks = row_chunks(logits.shape[0], logits.shape[1])
+    if chunks == 1:
+        for i in prange(logits.shape[0]):
+            row_loss[i] = _row_entropy(logits[i], grad[i], row_scale_at(scale, row_scale, i), 1)
+    else:
+        for i in range(logits.shape[0]):
+            row_loss[i] = _row_entropy(logits[i], grad[i], row_scale_at(scale, row_scale, i),
+                                       chunks)
 
 
 # ---- few classes (C < _small.SMALL_C): blocks of rows, transposed (see _small) ----

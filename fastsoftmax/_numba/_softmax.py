@@ -1,7 +1,8 @@
 """Numba kernels of the softmax family on C-contiguous (rows, classes) arrays.
 
-Every kernel takes its inputs and a caller-allocated output and runs one prange
-over rows; the per-row work lives in small helpers (Numba's parfor analysis is
+Every kernel takes its inputs and a caller-allocated output and runs its row function
+through the row driver (``_split``: whole rows per thread, or few long rows split over
+the threads); the per-row work lives in small helpers (Numba's parfor analysis is
 happier with calls than with inline reductions). Pass 1 of a row reads it from
 memory, the later passes find it in L2.
 """
@@ -9,72 +10,135 @@ import math
 
 from numba import njit, prange
 
-from ._math import (JIT, JIT_PARALLEL, JIT_ROW_WRITER, row_dot, row_max, row_sum, row_sumexp,
-                    same_buffer, scalar_like, vexp)
+from ._math import JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, same_buffer, scalar_like, vexp
+from ._split import over_chunks, row_chunks, splittable
 
 
+@splittable(0)
 @njit(**JIT)
-def _softmax_row(row, out):
-    inv = scalar_like(row, 1.0 / row_sumexp(row, row_max(row), out))
+def _scale(out, k):
+    """out *= k"""
     for j in range(out.size):
-        out[j] *= inv
+        out[j] *= k
 
 
+@splittable(0)
 @njit(**JIT_ROW_WRITER)
-def _log_softmax_row(row, out):
-    m = row_max(row)
-    log_sum = scalar_like(row, math.log(row_sumexp(row, m)))
+def _shift(row, m, log_sum, out):
+    """out = (row - m) - log_sum"""
     for j in range(row.size):
         out[j] = (row[j] - m) - log_sum
 
 
+@splittable(0)
 @njit(**JIT)
-def _softmax_backward_row(y, dy, out):
-    dot = scalar_like(y, row_dot(y, dy))
+def _softmax_backward_write(y, dy, dot, out):
+    """out = y * (dy - dot)"""
     for j in range(y.size):
         out[j] = y[j] * (dy[j] - dot)
 
 
+@splittable(0)
 @njit(**JIT)
-def _log_softmax_backward_row(logp, dy, out):
-    total = scalar_like(logp, row_sum(dy))
+def _log_softmax_backward_write(logp, dy, total, out):
+    """out = dy - exp(logp) * total"""
     for j in range(logp.size):
         out[j] = dy[j] - vexp(logp[j]) * total
 
 
+@njit(**JIT_ROW)
+def _softmax_row(row, out, chunks):
+    m = over_chunks("row_max", chunks, row)
+    inv = scalar_like(row, 1.0 / over_chunks("row_sumexp", chunks, row, m, out))
+    over_chunks("_scale", chunks, out, inv)
+
+
+@njit(**JIT_ROW)
+def _log_softmax_row(row, out, chunks):
+    m = over_chunks("row_max", chunks, row)
+    log_sum = scalar_like(row, math.log(over_chunks("row_sumexp", chunks, row, m)))
+    over_chunks("_shift", chunks, row, m, log_sum, out)
+
+
+@njit(**JIT_ROW)
+def _logsumexp_row(row, chunks):
+    m = over_chunks("row_max", chunks, row)
+    # As torch.logsumexp: a row holding NaN gives NaN, +inf gives +inf, all -inf
+    # gives -inf: its max in each case.
+    return m + math.log(over_chunks("row_sumexp", chunks, row, m)) if math.isfinite(m) else m
+
+
+@njit(**JIT_ROW)
+def _softmax_backward_row(y, dy, out, chunks):
+    dot = scalar_like(y, over_chunks("row_dot", chunks, y, dy))
+    over_chunks("_softmax_backward_write", chunks, y, dy, dot, out)
+
+
+@njit(**JIT_ROW)
+def _log_softmax_backward_row(logp, dy, out, chunks):
+    total = scalar_like(logp, over_chunks("row_sum", chunks, dy))
+    over_chunks("_log_softmax_backward_write", chunks, logp, dy, total, out)
+
+
 @njit(**JIT_PARALLEL)
 def softmax(x, out):
-    for i in prange(x.shape[0]):
-        _softmax_row(x[i], out[i])
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            _softmax_row(x[i], out[i], 1)
+    else:
+        for i in range(x.shape[0]):
+            _softmax_row(x[i], out[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
 def log_softmax(x, out):
-    # In place, out *is* x: reading the row through out keeps x read-only-safe.
+    # In place, out *is* x: reading the row through out keeps x read-only-safe, and
+    # gives LLVM one pointer (see JIT_ROW_WRITER).
     in_place = same_buffer(x, out)
-    for i in prange(x.shape[0]):
-        if in_place:
-            _log_softmax_row(out[i], out[i])
-        else:
-            _log_softmax_row(x[i], out[i])
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            if in_place:
+                _log_softmax_row(out[i], out[i], 1)
+            else:
+                _log_softmax_row(x[i], out[i], 1)
+    else:
+        for i in range(x.shape[0]):
+            if in_place:
+                _log_softmax_row(out[i], out[i], chunks)
+            else:
+                _log_softmax_row(x[i], out[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
 def logsumexp(x, out):
-    for i in prange(x.shape[0]):
-        m = row_max(x[i])
-        # As torch.logsumexp: a row holding NaN gives NaN, +inf gives +inf, all -inf
-        # gives -inf: its max in each case.
-        out[i] = m + math.log(row_sumexp(x[i], m)) if math.isfinite(m) else m
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            out[i] = _logsumexp_row(x[i], 1)
+    else:
+        for i in range(x.shape[0]):
+            out[i] = _logsumexp_row(x[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
 def softmax_backward(y, dy, out):
-    for i in prange(y.shape[0]):
-        _softmax_backward_row(y[i], dy[i], out[i])
+    chunks = row_chunks(y.shape[0], y.shape[1])
+    if chunks == 1:
+        for i in prange(y.shape[0]):
+            _softmax_backward_row(y[i], dy[i], out[i], 1)
+    else:
+        for i in range(y.shape[0]):
+            _softmax_backward_row(y[i], dy[i], out[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
 def log_softmax_backward(logp, dy, out):
-    for i in prange(logp.shape[0]):
-        _log_softmax_backward_row(logp[i], dy[i], out[i])
+    chunks = row_chunks(logp.shape[0], logp.shape[1])
+    if chunks == 1:
+        for i in prange(logp.shape[0]):
+            _log_softmax_backward_row(logp[i], dy[i], out[i], 1)
+    else:
+        for i in range(logp.shape[0]):
+            _log_softmax_backward_row(logp[i], dy[i], out[i], chunks)
