@@ -159,6 +159,8 @@ def _softmax_doc(name, formula):
         CPU float32/float64 tensor.
     dim : int
         The class dimension.
+    dtype : torch.dtype, optional
+        float32 or float64: ``x`` is cast to it first (as torch's ``dtype=``).
     backend : str, optional
         A fastsoftmax backend name; default: the current one (read when the kernel runs).
 
@@ -179,16 +181,21 @@ def _dim_argument(x, dim):
     return dim % ndim
 
 
-def softmax(x, dim, *, backend=None):
+def _rows_input(x, dim, dtype):
+    if dtype is not None:
+        x = x.to(dtype)
     _check_tensor(x, "x")
-    return torch.ops.fastsoftmax.softmax.default(x, _dim_argument(x, dim),
-                                                 _backend_argument(backend))
+    return x, _dim_argument(x, dim)
 
 
-def log_softmax(x, dim, *, backend=None):
-    _check_tensor(x, "x")
-    return torch.ops.fastsoftmax.log_softmax.default(x, _dim_argument(x, dim),
-                                                     _backend_argument(backend))
+def softmax(x, dim, *, dtype=None, backend=None):
+    x, dim = _rows_input(x, dim, dtype)
+    return torch.ops.fastsoftmax.softmax.default(x, dim, _backend_argument(backend))
+
+
+def log_softmax(x, dim, *, dtype=None, backend=None):
+    x, dim = _rows_input(x, dim, dtype)
+    return torch.ops.fastsoftmax.log_softmax.default(x, dim, _backend_argument(backend))
 
 
 softmax.__doc__ = _softmax_doc("Softmax", "exp(x - max) / sum(exp(x - max))")
