@@ -51,8 +51,16 @@ def _fastsoftmax_ops(backend):
     return variants
 
 
-def _torch_ops(compiled):
+def _torch_ops(compiled, through_fastsoftmax=False):
+    """torch (eager or compiled) on each op of the table; through_fastsoftmax: the ops'
+    fastsoftmax.torch equivalents (``Op.torch_layer``) instead of torch's own."""
     import torch
+
+    if through_fastsoftmax:
+        import fastsoftmax.torch as module
+        pick = "torch_layer"
+    else:
+        module, pick = torch, "torch"
 
     if compiled:  # one compiled graph per shape and dtype: no dynamic-shape kernels, and
         # room in dynamo's cache for every group of the full set (default limit: 8)
@@ -62,7 +70,7 @@ def _torch_ops(compiled):
 
     def make(op):
         def run(*tensors):
-            return op.torch(torch, *tensors)
+            return getattr(op, pick)(module, *tensors)
         func = torch.compile(run, dynamic=False) if compiled else run
 
         def factory(arrays):
@@ -77,7 +85,7 @@ def _torch_ops(compiled):
         return factory
 
     return {case: make(op) for case, (op, _) in cases_module.CASES.items()
-            if op.torch is not None}
+            if getattr(op, pick) is not None}
 
 
 def _jax_ops():
@@ -126,6 +134,7 @@ def implementations():
     if importlib.util.find_spec("torch"):
         impls["torch"] = _torch_ops(compiled=False)
         impls["torch.compile"] = _torch_ops(compiled=True)
+        impls["fastsoftmax.torch.compile"] = _torch_ops(compiled=True, through_fastsoftmax=True)
     if importlib.util.find_spec("jax"):
         impls["jax.jit"] = _jax_ops()
     impls[MEMORY_FLOOR] = {case: _memory_floor for case in cases_module.CASES}

@@ -38,6 +38,8 @@ class Op:
     # the same result in PyTorch: (torch, *tensors) -> tensor, or a tuple for with-grad ops
     torch: Optional[Callable] = None
     jax: Optional[Callable] = None  # the same in JAX: (jax, jnp, *arrays) -> array
+    # the same through fastsoftmax.torch: (fastsoftmax.torch, *tensors), as ``torch``
+    torch_layer: Optional[Callable] = None
     vjp_of: Optional[str] = None    # rows ops: the op whose vector-Jacobian product it is
     grad_of: Optional[str] = None   # loss ops returning (loss, grad): the loss op
     # benchmark cases beyond the default one: case suffix -> from_logits
@@ -132,12 +134,14 @@ OPS = {op.name: op for op in [
                "    >>> fs.softmax(np.array([0.0, np.log(3.0)]))\n"
                "    array([0.25, 0.75])",
        torch=lambda torch, x: torch.softmax(x, -1),
+       torch_layer=lambda fst, x: fst.softmax(x, -1),
        jax=lambda jax, jnp, x: jax.nn.softmax(x, axis=-1), out=True),
     Op("log_softmax", "rows", ("x",), lambda x, axis, rng: (x,),
        summary="Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.",
        input_docs=(_AXIS_INPUT,),
        returns="ndarray\n        Log-probabilities, same shape and dtype as ``x``.",
        torch=lambda torch, x: torch.log_softmax(x, -1),
+       torch_layer=lambda fst, x: fst.log_softmax(x, -1),
        jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True),
     Op("logsumexp", "rows", ("x",), lambda x, axis, rng: (x,), output="reduce",
        summary="Log of the sum of exponentials along ``axis``, computed without overflow.",
@@ -171,10 +175,12 @@ OPS = {op.name: op for op in [
        vjp_of="log_softmax", out=True),
     Op("cross_entropy", "loss", ("logits", "target"),
        lambda x, axis, rng: (x, _index_target(x, axis, rng)),
-       torch=_torch_cross_entropy, jax=_jax_cross_entropy),
+       torch=_torch_cross_entropy, jax=_jax_cross_entropy,
+       torch_layer=lambda fst, x, target: fst.cross_entropy(x, target)),
     Op("cross_entropy_with_grad", "loss", ("logits", "target"),
        lambda x, axis, rng: (x, _index_target(x, axis, rng)),
        torch=_torch_with_grad(_torch_cross_entropy),
+       torch_layer=_torch_with_grad(lambda fst, x, target: fst.cross_entropy(x, target)),
        jax=_jax_with_grad(_jax_cross_entropy),
        grad_of="cross_entropy", bench_cases={"_prob": lambda x, axis, rng: (
            x, _prob_target(x, axis, rng))}, inplace=True),
@@ -184,9 +190,11 @@ OPS = {op.name: op for op in [
        returns="ndarray\n        ``logits``' shape with ``axis`` removed. As\n        "
                "``torch.distributions.Categorical(logits=...).entropy()``: a -inf logit adds "
                "0;\n        a row holding NaN or +inf, or of only -inf, gives NaN.",
-       torch=_torch_entropy, jax=_jax_entropy),
+       torch=_torch_entropy, jax=_jax_entropy,
+       torch_layer=lambda fst, x: fst.entropy(x)),
     Op("entropy_with_grad", "loss", ("logits",), lambda x, axis, rng: (x,),
        torch=_torch_with_grad(lambda torch, x: _torch_entropy(torch, x).sum()),
+       torch_layer=_torch_with_grad(lambda fst, x: fst.entropy(x).sum()),
        jax=_jax_with_grad(lambda jax, jnp, x: jnp.sum(_jax_entropy(jax, jnp, x))),
        grad_of="entropy", inplace=True),
 ]}

@@ -1,21 +1,33 @@
 """PyTorch drop-ins backed by the fastsoftmax kernels (CPU, float32/float64).
 
 ``torch`` is imported when this module is imported, never by ``import fastsoftmax``.
-Tensors are handed to the kernels without copies when they are contiguous with
-classes last; PyTorch's (N, C, d1, ...) layout has classes on dim 1, so such
-inputs are copied once with the class dim moved last.
+Importing it registers the ops ``torch.ops.fastsoftmax.*`` with ``torch.library``:
+``softmax``, ``log_softmax``, their ``*_backward``, ``cross_entropy``,
+``cross_entropy_`` (in place) and ``entropy``. Each has a CPU kernel that hands the
+tensors' memory to the NumPy kernels (no copy when the class dim is contiguous), a
+fake kernel for ``torch.compile`` and, for the functional ones, an autograd formula, so
+``torch.compile(..., fullgraph=True)`` sees each op as one opaque graph node.
 
 The forward pass of :func:`cross_entropy` runs the fused kernel once and keeps the
-gradient; the backward pass only scales it by ``grad_output`` (and returns it
-untouched when ``grad_output`` is 1), so the logits are never swept twice.
-"""
-import torch
+gradient; the backward pass only scales it by ``grad_output`` (in eager mode it
+returns it untouched when ``grad_output`` is 1), so the logits are never swept twice.
 
-from . import api
+The backend is an argument of every op: the empty string means the current choice
+(:func:`fastsoftmax.set_backend`, :func:`fastsoftmax.use_backend`), read when the
+kernel runs, outside any traced region.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from . import _backends, _validate, api
 
 __all__ = ["cross_entropy", "CrossEntropyLoss", "softmax", "log_softmax", "entropy"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_CURRENT_BACKEND = ""  # the op argument for "the backend fastsoftmax would pick now"
 
 
 def _check_tensor(x, name):
@@ -29,69 +41,364 @@ def _check_tensor(x, name):
                         f"(convert with .float())")
 
 
+def _backend_argument(backend):
+    """The op's backend string: a checked name, or "" for the current choice (not read
+    here: a ContextVar read inside a traced region breaks the graph)."""
+    if backend is None:
+        return _CURRENT_BACKEND
+    return _backends._check_name(backend, "backend=")
+
+
+def _kernel_backend(backend):
+    return backend or None
+
+
 def _numpy(x):
     """A NumPy view of a CPU tensor (no copy)."""
     return x.detach().numpy()
 
 
+def _class_dim(x):
+    """PyTorch's class dim: 1, or 0 for an input without a batch dim."""
+    return 1 if x.dim() > 1 else 0
+
+
 def _classes_last(x):
-    """PyTorch's class dim (1, or 0 for a 1-D input) moved last, as NumPy."""
-    return _numpy(x if x.dim() <= 2 else x.movedim(1, -1))
+    """``x`` (or a view) with PyTorch's class dim moved last."""
+    return x if x.dim() <= 2 else x.movedim(1, -1)
 
 
-def _classes_back(grad, like):
-    g = torch.from_numpy(grad)
-    return g if like.dim() <= 2 else g.movedim(-1, 1)
+def _classes_back(x, like):
+    """Undo :func:`_classes_last` on a result of ``like``'s shape with classes last."""
+    return x if like.dim() <= 2 else x.movedim(-1, 1)
 
 
-class _CrossEntropy(torch.autograd.Function):
+def _loss_tensor(loss):
+    return torch.from_numpy(np.array(loss))
+
+
+def _is_plain_eager(t):
+    """True when ``t`` is a real tensor outside any tracer (dynamo, AOT, make_fx, fake
+    tensors), where reading its value is allowed."""
+    return (not torch.compiler.is_compiling() and type(t) is torch.Tensor
+            and _get_current_dispatch_mode() is None)
+
+
+def _scaled(grad, scale):
+    """``grad * scale``; in eager mode ``grad`` itself when the scale is the number 1 (a
+    sweep over the (rows, classes) gradient saved, e.g. 0.1 s at 4096 x 32768)."""
+    if scale.dim() == 0 and _is_plain_eager(scale) and scale.item() == 1.0:
+        return grad
+    return grad * scale
+
+
+def _register_autograd(op, vjp, setup_context):
+    """Register ``vjp`` as ``op``'s autograd formula, and return a function calling ``op``
+    with it: in eager mode through a plain autograd.Function with the same formula (the
+    custom op's generated autograd wrapper cost 25 us more per call at 8 x 10), under
+    ``torch.compile`` and without gradients the op itself."""
+    op.register_autograd(vjp, setup_context=setup_context)
+    overload = op._opoverload
+
+    class EagerAutograd(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            with torch._C._AutoDispatchBelowAutograd():  # the autograd is this Function
+                output = overload(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        backward = staticmethod(vjp)
+
+    def call(*args):
+        if torch.compiler.is_compiling() or not (
+                torch.is_grad_enabled()
+                and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+            return overload(*args)
+        return EagerAutograd.apply(*args)
+    return call
+
+
+# --------------------------------------------------------------------------- softmax
+
+def _rows_kernel(function, inputs, dim, backend):
+    """Run a same-shape rows op of :mod:`fastsoftmax.api` into a new tensor laid out like
+    ``inputs[0]``. A 0-d input is one row of one class; an empty input needs no kernel."""
+    out = torch.empty_like(inputs[0])
+    if out.numel():
+        as_rows = [t.reshape(1) if t.dim() == 0 else t for t in inputs]
+        view = out.reshape(1) if out.dim() == 0 else out
+        function(*map(_numpy, as_rows), dim, out=_numpy(view), backend=_kernel_backend(backend))
+    return out
+
+
+def _same_shape_fake(x, *rest):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fastsoftmax::softmax", mutates_args=(), device_types="cpu")
+def _softmax_op(x: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
+    return _rows_kernel(api.softmax, (x,), dim, backend)
+
+
+@torch.library.custom_op("fastsoftmax::log_softmax", mutates_args=(), device_types="cpu")
+def _log_softmax_op(x: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
+    return _rows_kernel(api.log_softmax, (x,), dim, backend)
+
+
+@torch.library.custom_op("fastsoftmax::softmax_backward", mutates_args=(), device_types="cpu")
+def _softmax_backward_op(y: torch.Tensor, dy: torch.Tensor, dim: int,
+                         backend: str) -> torch.Tensor:
+    return _rows_kernel(api.softmax_backward, (y, dy), dim, backend)
+
+
+@torch.library.custom_op("fastsoftmax::log_softmax_backward", mutates_args=(),
+                         device_types="cpu")
+def _log_softmax_backward_op(logp: torch.Tensor, dy: torch.Tensor, dim: int,
+                             backend: str) -> torch.Tensor:
+    return _rows_kernel(api.log_softmax_backward, (logp, dy), dim, backend)
+
+
+for _op in (_softmax_op, _log_softmax_op, _softmax_backward_op, _log_softmax_backward_op):
+    _op.register_fake(_same_shape_fake)
+
+
+def _save_output(ctx, inputs, output):
+    _, ctx.dim, ctx.backend = inputs
+    ctx.save_for_backward(output)
+
+
+def _softmax_vjp(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return torch.ops.fastsoftmax.softmax_backward(y, dy.to(y.dtype), ctx.dim, ctx.backend), \
+        None, None
+
+
+def _log_softmax_vjp(ctx, dy):
+    (logp,) = ctx.saved_tensors
+    return torch.ops.fastsoftmax.log_softmax_backward(logp, dy.to(logp.dtype), ctx.dim,
+                                                      ctx.backend), None, None
+
+
+_softmax = _register_autograd(_softmax_op, _softmax_vjp, _save_output)
+_log_softmax = _register_autograd(_log_softmax_op, _log_softmax_vjp, _save_output)
+
+
+def _softmax_doc(name, formula):
+    return f"""{name} along ``dim`` ({formula}), autograd-aware.
+
+    Backed by ``torch.ops.fastsoftmax.{name.lower().replace("-", "_")}``. As torch's,
+    a 0-d ``x`` is one class (``dim`` 0 or -1) and an empty ``x`` gives an empty result.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU float32/float64 tensor.
+    dim : int
+        The class dimension.
+    dtype : torch.dtype, optional
+        float32 or float64: ``x`` is cast to it first (as torch's ``dtype=``).
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, dtype and layout as ``x``.
+    """
+
+
+def _dim_argument(x, dim):
+    if not isinstance(dim, int):
+        raise TypeError(f"dim must be an integer, got {dim!r}")
+    ndim = max(x.dim(), 1)
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"dim {dim} is out of range for a tensor of shape {tuple(x.shape)} "
+                         f"(valid: {-ndim}..{ndim - 1})")
+    return dim % ndim
+
+
+def _rows_input(x, dim, dtype):
+    if dtype is not None:
+        x = x.to(dtype)
+    _check_tensor(x, "x")
+    return x, _dim_argument(x, dim)
+
+
+def softmax(x, dim, *, dtype=None, backend=None):
+    x, dim = _rows_input(x, dim, dtype)
+    return _softmax(x, dim, _backend_argument(backend))
+
+
+def log_softmax(x, dim, *, dtype=None, backend=None):
+    x, dim = _rows_input(x, dim, dtype)
+    return _log_softmax(x, dim, _backend_argument(backend))
+
+
+softmax.__doc__ = _softmax_doc("Softmax", "exp(x - max) / sum(exp(x - max))")
+log_softmax.__doc__ = _softmax_doc("Log-softmax", "x - logsumexp(x)")
+
+
+# --------------------------------------------------------------------- cross-entropy
+
+def _loss_shape(input, reduction):
+    if reduction not in _validate.REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_validate.REDUCTIONS}, got {reduction!r}")
+    if reduction != "none":
+        return ()
+    return _classes_last(input).shape[:-1]
+
+
+def _cross_entropy_arrays(input, target, weight, ignore_index, reduction, label_smoothing):
+    """(classes-last logits view, keyword arguments of api.cross_entropy*)."""
+    if target.is_floating_point():
+        target = _classes_last(target)
+    options = dict(target=_numpy(target), weight=None if weight is None else _numpy(weight),
+                   ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing)
+    return _classes_last(input), options
+
+
+@torch.library.custom_op("fastsoftmax::cross_entropy", mutates_args=(), device_types="cpu")
+def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+                      ignore_index: int, reduction: str, label_smoothing: float,
+                      compute_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
+    logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
+                                            label_smoothing)
+    backend = _kernel_backend(backend)
+    if not compute_grad:
+        return _loss_tensor(api.cross_entropy(_numpy(logits), **options, backend=backend)), \
+            input.new_empty(0)
+    loss, grad = api.cross_entropy_with_grad(_numpy(logits), **options, backend=backend)
+    return _loss_tensor(loss), _classes_back(torch.from_numpy(grad), input)
+
+
+@_cross_entropy_op.register_fake
+def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_smoothing,
+                        compute_grad, backend):
+    loss = input.new_empty(_loss_shape(input, reduction))
+    # the kernel's layout: C-contiguous with classes last
+    grad = _classes_back(_classes_last(input).new_empty(_classes_last(input).shape), input)
+    return loss, grad if compute_grad else input.new_empty(0)
+
+
+@torch.library.custom_op("fastsoftmax::cross_entropy_", mutates_args={"input"},
+                         device_types="cpu")
+def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
+                              weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
+                              label_smoothing: float, backend: str) -> torch.Tensor:
+    """The loss; ``input`` is overwritten with d loss / d input."""
+    logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
+                                            label_smoothing)
+    # out= the logits themselves: the kernel writes the gradient over the row it has read
+    # (a copy and a copy back when the class dim is not contiguous)
+    loss, _ = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
+                                          backend=_kernel_backend(backend))
+    return _loss_tensor(loss)
+
+
+@_cross_entropy_inplace_op.register_fake
+def _cross_entropy_inplace_fake(input, target, weight, ignore_index, reduction, label_smoothing,
+                                backend):
+    return input.new_empty(_loss_shape(input, reduction))
+
+
+def _grad_output_scale(grad_loss, reduction, class_dim):
+    """grad_output shaped to broadcast over the (input-shaped) gradient."""
+    return grad_loss.unsqueeze(class_dim) if reduction == "none" else grad_loss
+
+
+def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scale):
+    """d loss / d target = -(1 - eps) w log_softmax(input), divided by the row count for
+    "mean", times grad_output."""
+    class_dim = _class_dim(log_probs)
+    factor = -(1.0 - label_smoothing)
+    if reduction == "mean":
+        factor = factor / (log_probs.numel() // log_probs.shape[class_dim])
+    grad = log_probs * factor
+    if weight is not None:
+        grad = grad * weight.to(grad.dtype).reshape(-1, *[1] * (grad.dim() - class_dim - 1))
+    return grad * scale
+
+
+def _cross_entropy_setup(ctx, inputs, output):
+    input, target, weight, _, reduction, label_smoothing, compute_grad, backend = inputs
+    if ctx.needs_input_grad[0] and not compute_grad:
+        raise RuntimeError("fastsoftmax::cross_entropy was called with compute_grad=False on an "
+                           "input that requires grad; pass compute_grad=True")
+    if ctx.needs_input_grad[2]:
+        raise NotImplementedError("fastsoftmax.torch.cross_entropy has no gradient for weight "
+                                  "(neither has torch's); pass weight.detach()")
+    ctx.set_materialize_grads(False)
+    ctx.reduction, ctx.label_smoothing, ctx.backend = reduction, label_smoothing, backend
+    ctx.class_dim = _class_dim(input)
+    # the target's gradient needs the input (a learnt probability target)
+    learnt_target = ctx.needs_input_grad[1]
+    ctx.save_for_backward(output[1], input if learnt_target else None,
+                          weight if learnt_target else None)
+
+
+def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
+    grad, input, weight = ctx.saved_tensors
+    grads = [None] * 8
+    if grad_loss is None:
+        return tuple(grads)
+    scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
+    if ctx.needs_input_grad[0]:
+        grads[0] = _scaled(grad, scale)
+    if ctx.needs_input_grad[1]:
+        log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, ctx.backend)
+        grads[1] = _probability_target_grad(log_probs, weight, ctx.label_smoothing,
+                                            ctx.reduction, scale)
+    return tuple(grads)
+
+
+_cross_entropy = _register_autograd(_cross_entropy_op, _cross_entropy_vjp,
+                                    _cross_entropy_setup)
+
+
+class _CrossEntropyInPlace(torch.autograd.Function):
+    """Eager ``inplace=True``: the gradient is written into the logits by the mutating op
+    (which bumps their version) and scaled in place by the backward pass, once."""
+
     @staticmethod
-    def forward(ctx, logits, target, weight, ignore_index, reduction, label_smoothing, inplace):
-        x = _classes_last(logits)
-        t = target.detach()
-        t = _classes_last(t) if t.is_floating_point() else t.numpy()
-        w = None if weight is None else _numpy(weight)
-        options = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-                       label_smoothing=label_smoothing)
-        ctx.reduction = reduction
-        ctx.class_dim = 1 if logits.dim() > 1 else 0
-        ctx.grad = ctx.target_grad = None
-        if ctx.needs_input_grad[1]:
-            # a probability target that is learnt: d loss / d t = -(1 - eps) w log_softmax(x)
-            # (per row; divided by the row count for "mean"), computed before any in-place
-            # write can overwrite the logits
-            scale = (1.0 - label_smoothing) / (t.size // t.shape[-1] if reduction == "mean"
-                                               else 1.0)
-            logp = api.log_softmax(x)
-            target_grad = logp * -scale if w is None else logp * (w * -scale)
-            ctx.target_grad = _classes_back(target_grad, logits)
-        if not ctx.needs_input_grad[0]:
-            return torch.as_tensor(api.cross_entropy(x, t, **options))
-        write_in_place = inplace and x.flags.c_contiguous
-        loss, grad = api.cross_entropy_with_grad(x, t, inplace=write_in_place, **options)
-        if write_in_place:
-            # The logits now hold the gradient: bump their version so autograd refuses
-            # any later backward that needs the old values.
-            torch.autograd.graph.increment_version(logits)
-        ctx.grad = _classes_back(grad, logits)
-        return torch.as_tensor(loss)
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, backend):
+        ctx.class_dim = _class_dim(input)
+        ctx.reduction, ctx.label_smoothing, ctx.weight = reduction, label_smoothing, weight
+        ctx.log_probs = None
+        if ctx.needs_input_grad[1]:  # read the logits before they are overwritten
+            ctx.log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, backend)
+        loss = torch.ops.fastsoftmax.cross_entropy_.default(
+            input, target, weight, ignore_index, reduction, label_smoothing, backend)
+        ctx.grad = input.detach()
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_output):
-        grads = []
-        for grad in (ctx.grad, ctx.target_grad):
-            if grad is not None:
-                if ctx.reduction == "none":
-                    grad = grad * grad_output.unsqueeze(ctx.class_dim).to(grad.dtype)
-                elif grad_output.item() != 1.0:
-                    grad = grad * grad_output.to(grad.dtype)
-            grads.append(grad)
-        return (*grads, None, None, None, None, None)
+    def backward(ctx, grad_loss):
+        if ctx.grad is None:
+            raise RuntimeError(
+                "fastsoftmax.torch.cross_entropy(inplace=True): backward ran a second time, but "
+                "the first one scaled the stored gradient (the logits' buffer) in place; use "
+                "inplace=False to backpropagate through the loss more than once")
+        grad, ctx.grad = ctx.grad, None
+        scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
+        target_grad = None
+        if ctx.log_probs is not None:
+            target_grad = _probability_target_grad(ctx.log_probs, ctx.weight,
+                                                   ctx.label_smoothing, ctx.reduction, scale)
+        if not (scale.dim() == 0 and scale.item() == 1.0):
+            grad.mul_(scale)
+        return grad, target_grad, None, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False):
+                  label_smoothing=0.0, inplace=False, *, backend=None):
     """Cross-entropy with ``torch.nn.functional.cross_entropy``'s signature and semantics.
+
+    Backed by ``torch.ops.fastsoftmax.cross_entropy``, which returns the loss and the
+    gradient from one sweep over the logits; ``torch.compile`` traces it without a graph
+    break.
 
     Parameters
     ----------
@@ -99,7 +406,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         Logits, CPU float32/float64, shape (C,), (N, C) or (N, C, d1, ...).
     target : torch.Tensor
         Class indices (int64, shape without the C dim) or class probabilities
-        (same shape as ``input``).
+        (same shape as ``input``; they get a gradient when they require one).
     weight : torch.Tensor, optional
         Per-class weights, shape (C,).
     ignore_index : int, optional
@@ -109,14 +416,18 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         In [0, 1].
     inplace : bool, optional
         Store the gradient in ``input``'s buffer instead of a new tensor (no extra
-        N x C memory). ``input`` then holds the gradient and its autograd version
-        is bumped, so a backward pass that still needs the old logits raises
-        PyTorch's "modified by an inplace operation" error instead of silently
-        using wrong values. Safe when ``input`` is the output of a layer whose
-        backward does not need it (``nn.Linear``, matmul) and nothing reads the
-        logits after the loss (compute accuracy before). Not allowed for leaf
-        tensors. Ignored (nothing is written) when no gradient is required, and
-        for layouts that need a copy ((N, C, d1, ...) or non-contiguous input).
+        N x C memory; ``torch.ops.fastsoftmax.cross_entropy_``). ``input`` then holds the
+        gradient and its autograd version is bumped, so a backward pass that still needs
+        the old logits raises PyTorch's "modified by an inplace operation" error instead
+        of silently using wrong values. The backward pass scales that buffer in place,
+        so it can run only once (a second one raises). Safe when ``input`` is the output
+        of a layer whose backward does not need it (``nn.Linear``, matmul) and nothing
+        reads the logits after the loss (compute accuracy before). Not allowed for leaf
+        tensors. An eager-mode memory optimisation: ignored (the out-of-place op runs)
+        under ``torch.compile``, when no gradient is required, and for layouts whose
+        class dim is not contiguous ((N, C, d1, ...) or non-contiguous input).
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
 
     Returns
     -------
@@ -133,12 +444,17 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if inplace and input.requires_grad and input.is_leaf:
         raise ValueError("inplace=True would overwrite a leaf tensor that requires grad; "
                          "use it on the output of a layer (e.g. nn.Linear), or inplace=False")
-    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
-        return _CrossEntropy.apply(input, target, weight, ignore_index, reduction,
-                                   label_smoothing, inplace)
-    with torch.no_grad():
-        return _CrossEntropy.apply(input, target, weight, ignore_index, reduction,
-                                   label_smoothing, False)
+    _loss_shape(input, reduction)
+    backend = _backend_argument(backend)
+    label_smoothing = float(label_smoothing)
+    compute_grad = torch.is_grad_enabled() and input.requires_grad
+    if (inplace and compute_grad and not torch.compiler.is_compiling()
+            and _classes_last(input).is_contiguous()):
+        return _CrossEntropyInPlace.apply(input, target, weight, ignore_index, reduction,
+                                          label_smoothing, backend)
+    loss, _ = _cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing, compute_grad, backend)
+    return loss
 
 
 class CrossEntropyLoss(torch.nn.Module):
@@ -168,84 +484,58 @@ class CrossEntropyLoss(torch.nn.Module):
                              self.label_smoothing, self.inplace)
 
 
-class _Softmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, log):
-        out = (api.log_softmax if log else api.softmax)(_numpy(x), dim)
-        y = torch.from_numpy(out)
-        ctx.save_for_backward(y)
-        ctx.dim, ctx.log = dim, log
-        return y
+# --------------------------------------------------------------------------- entropy
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (y,) = ctx.saved_tensors
-        backward = api.log_softmax_backward if ctx.log else api.softmax_backward
-        dx = backward(_numpy(y), _numpy(grad_output.to(y.dtype)), ctx.dim)
-        return torch.from_numpy(dx), None, None
+@torch.library.custom_op("fastsoftmax::entropy", mutates_args=(), device_types="cpu")
+def _entropy_op(logits: torch.Tensor, compute_grad: bool,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy over the last dim, its gradient or an empty (0,) tensor)."""
+    x, backend = _numpy(logits), _kernel_backend(backend)
+    if not compute_grad:
+        return torch.from_numpy(api.entropy(x, backend=backend)), logits.new_empty(0)
+    h, grad = api.entropy_with_grad(x, backend=backend)
+    return torch.from_numpy(h), torch.from_numpy(grad)
 
 
-def _softmax_doc(name, formula):
-    return f"""{name} along ``dim`` ({formula}), autograd-aware.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        CPU float32/float64 tensor.
-    dim : int
-        The class dimension.
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape and dtype as ``x``.
-    """
+@_entropy_op.register_fake
+def _entropy_fake(logits, compute_grad, backend):
+    return (logits.new_empty(logits.shape[:-1]),
+            logits.new_empty(logits.shape) if compute_grad else logits.new_empty(0))
 
 
-def softmax(x, dim):
-    _check_tensor(x, "x")
-    return _Softmax.apply(x, dim, False)
+def _entropy_setup(ctx, inputs, output):
+    if ctx.needs_input_grad[0] and not inputs[1]:
+        raise RuntimeError("fastsoftmax::entropy was called with compute_grad=False on logits "
+                           "that require grad; pass compute_grad=True")
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[1])
 
 
-def log_softmax(x, dim):
-    _check_tensor(x, "x")
-    return _Softmax.apply(x, dim, True)
+def _entropy_vjp(ctx, grad_h, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    if grad_h is None:
+        return None, None, None
+    return grad * grad_h.unsqueeze(-1), None, None
 
 
-softmax.__doc__ = _softmax_doc("Softmax", "exp(x - max) / sum(exp(x - max))")
-log_softmax.__doc__ = _softmax_doc("Log-softmax", "x - logsumexp(x)")
+_entropy = _register_autograd(_entropy_op, _entropy_vjp, _entropy_setup)
 
 
-class _Entropy(torch.autograd.Function):
-    """The forward pass runs entropy_with_grad once and keeps the gradient (classes last);
-    the backward pass scales it by grad_output."""
-
-    @staticmethod
-    def forward(ctx, logits):
-        x = _numpy(logits)
-        if not ctx.needs_input_grad[0]:
-            return torch.from_numpy(api.entropy(x))
-        h, grad = api.entropy_with_grad(x)
-        ctx.grad = torch.from_numpy(grad)
-        return torch.from_numpy(h)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return ctx.grad * grad_output.unsqueeze(-1).to(ctx.grad.dtype)
-
-
-def entropy(logits):
+def entropy(logits, *, backend=None):
     """Entropy of ``softmax(logits)`` over the last dim, autograd-aware.
 
     The values are ``torch.distributions.Categorical(logits=logits).entropy()``: a -inf
     logit adds 0, a row holding NaN or +inf, or only -inf, gives NaN. With a gradient
     required, the forward pass computes the gradient too (one sweep over the logits,
-    no probabilities kept) and the backward pass only scales it.
+    no probabilities kept) and the backward pass only scales it. Backed by
+    ``torch.ops.fastsoftmax.entropy``.
 
     Parameters
     ----------
     logits : torch.Tensor
         CPU float32/float64 tensor, classes on the last dim.
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
 
     Returns
     -------
@@ -256,4 +546,6 @@ def entropy(logits):
     if logits.dim() == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d "
                          "tensor")
-    return _Entropy.apply(logits)
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    h, _ = _entropy(logits, compute_grad, _backend_argument(backend))
+    return h

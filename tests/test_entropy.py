@@ -96,8 +96,8 @@ def test_torch_wrapper(backend, dtype):
     with fs.use_backend(backend):
         h = fst.entropy(mine)
         (h * g).sum().backward()
-        with torch.no_grad():
-            np.testing.assert_array_equal(fst.entropy(theirs).numpy(), h.detach().numpy())
+        with torch.no_grad():  # fs.entropy, no gradient written: may round differently
+            assert_close(fst.entropy(theirs).numpy(), h.detach().numpy())
     want = torch.distributions.Categorical(logits=theirs, validate_args=False).entropy()
     (want * g).sum().backward()
     # row 7 (logits ~ 1e4) only against the reference: torch's float32 entropy loses 9e-5

@@ -1,0 +1,341 @@
+"""The torch.library ops behind fastsoftmax.torch: opcheck, gradcheck, torch.compile,
+in-place semantics."""
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+F = torch.nn.functional
+import fastsoftmax as fs  # noqa: E402
+import fastsoftmax.torch as fst  # noqa: E402
+
+OPS = torch.ops.fastsoftmax
+F64 = torch.float64
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _logits(shape, dtype=F64, seed=0, layout="contiguous", requires_grad=False):
+    """Random logits; layout "strided" (every other element of a wider tensor) or
+    "classes_last" (dense, but the class dim 1 has stride 1)."""
+    g = _gen(seed)
+    if layout == "strided":
+        x = torch.randn(*shape[:-1], 2 * shape[-1], generator=g, dtype=dtype)[..., ::2]
+    elif layout == "classes_last":
+        x = torch.randn(shape, generator=g, dtype=dtype).movedim(1, -1).contiguous().movedim(-1, 1)
+    else:
+        x = torch.randn(shape, generator=g, dtype=dtype)
+    return x.detach().requires_grad_(requires_grad)
+
+
+def _index_target(shape, ignore_index=-100, seed=1):
+    class_dim = 1 if len(shape) > 1 else 0
+    index_shape = shape[:class_dim] + shape[class_dim + 1:]
+    t = torch.randint(0, shape[class_dim], index_shape, generator=_gen(seed))
+    if t.dim():
+        t.view(-1)[0] = ignore_index
+    return t
+
+
+def _prob_target(shape, dtype=F64, seed=2, requires_grad=False):
+    class_dim = 1 if len(shape) > 1 else 0
+    t = torch.softmax(torch.randn(shape, generator=_gen(seed), dtype=dtype), class_dim)
+    return t.requires_grad_(requires_grad)
+
+
+def _ce_sample(shape, prob=False, weight=False, ignore_index=-100, reduction="mean",
+               smoothing=0.0, dtype=F64, layout="contiguous", x_grad=True, t_grad=False):
+    x = _logits(shape, dtype, layout=layout, requires_grad=x_grad)
+    if prob:
+        t = _prob_target(shape, dtype, requires_grad=t_grad)
+    else:
+        t = _index_target(shape, ignore_index)
+    class_dim = 1 if len(shape) > 1 else 0
+    w = torch.linspace(0.5, 2.0, shape[class_dim], dtype=dtype) if weight else None
+    return (x, t, w, ignore_index, reduction, smoothing, x_grad)
+
+
+CE_SAMPLES = {
+    "2d-mean": _ce_sample((6, 5)),
+    "2d-sum-weight": _ce_sample((6, 5), weight=True, reduction="sum"),
+    "2d-none-smoothing": _ce_sample((6, 5), reduction="none", smoothing=0.1),
+    "2d-ignore-in-range": _ce_sample((6, 5), ignore_index=2, weight=True, smoothing=0.2),
+    "kdim-weight-smoothing": _ce_sample((4, 5, 3), weight=True, smoothing=0.1),
+    "kdim2-none": _ce_sample((3, 5, 2, 2), reduction="none"),
+    "1d": _ce_sample((7,)),
+    "1d-prob": _ce_sample((7,), prob=True, reduction="none"),
+    "prob-weight-smoothing": _ce_sample((6, 5), prob=True, weight=True, smoothing=0.1),
+    "prob-kdim-none": _ce_sample((4, 5, 3), prob=True, reduction="none"),
+    "prob-target-grad": _ce_sample((4, 5, 3), prob=True, weight=True, smoothing=0.2,
+                                   t_grad=True),
+    "prob-target-grad-only": _ce_sample((6, 5), prob=True, x_grad=False, t_grad=True),
+    "non-contiguous": _ce_sample((6, 5), layout="strided", weight=True),
+    "classes-last-layout": _ce_sample((4, 5, 3), layout="classes_last", reduction="none"),
+    "float32": _ce_sample((6, 5), dtype=torch.float32, smoothing=0.1),
+    "no-grad": _ce_sample((6, 5), x_grad=False),
+}
+
+ROWS_SAMPLES = {
+    "2d-last": (_logits((4, 6), requires_grad=True), -1),
+    "2d-first": (_logits((4, 6), requires_grad=True), 0),
+    "3d-middle": (_logits((3, 5, 4), requires_grad=True), 1),
+    "1d": (_logits((7,), requires_grad=True), 0),
+    "0d": (_logits((), requires_grad=True), 0),
+    "empty-classes": (_logits((5, 0, 0), requires_grad=True), 2),
+    "empty-rows": (_logits((0, 4), requires_grad=True), 1),
+    "non-contiguous": (_logits((4, 6), layout="strided", requires_grad=True), 1),
+    "classes-last-layout": (_logits((3, 5, 4), layout="classes_last", requires_grad=True), 1),
+    "float32": (_logits((4, 6), torch.float32, requires_grad=True), 1),
+    "no-grad": (_logits((4, 6)), 1),
+}
+
+ENTROPY_SAMPLES = {
+    "2d": (_logits((4, 6), requires_grad=True), True),
+    "3d": (_logits((2, 3, 7), requires_grad=True), True),
+    "1d": (_logits((7,), requires_grad=True), True),
+    "non-contiguous": (_logits((4, 6), layout="strided", requires_grad=True), True),
+    "transposed": (_logits((6, 4)).t().requires_grad_(), True),
+    "one-class": (_logits((5, 1), requires_grad=True), True),
+    "float32": (_logits((4, 6), torch.float32, requires_grad=True), True),
+    "large-logits": ((_logits((4, 6)) * 1e3).requires_grad_(), True),
+    "no-grad": (_logits((4, 6)), False),
+    "no-grad-3d": (_logits((2, 3, 7)), False),
+}
+
+
+def _opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("name", CE_SAMPLES)
+def test_opcheck_cross_entropy(name):
+    _opcheck(OPS.cross_entropy.default, (*CE_SAMPLES[name], ""))
+
+
+@pytest.mark.parametrize("name", [n for n in CE_SAMPLES if not n.startswith("prob-target-grad")])
+def test_opcheck_cross_entropy_inplace(name):
+    x, t, w, ignore_index, reduction, smoothing, _ = CE_SAMPLES[name]
+    _opcheck(OPS.cross_entropy_.default,
+             (x.detach().clone(), t.detach(), w, ignore_index, reduction, smoothing, ""))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("name", ROWS_SAMPLES)
+def test_opcheck_softmax(op, name):
+    x, dim = ROWS_SAMPLES[name]
+    _opcheck(getattr(OPS, op).default, (x, dim, ""))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("name", ROWS_SAMPLES)
+def test_opcheck_softmax_backward(op, name):
+    x, dim = ROWS_SAMPLES[name]
+    y = getattr(torch, op)(x.detach(), dim)
+    dy = torch.randn(x.shape, generator=_gen(3), dtype=x.dtype)
+    _opcheck(getattr(OPS, f"{op}_backward").default, (y, dy, dim, ""))
+
+
+@pytest.mark.parametrize("name", ENTROPY_SAMPLES)
+def test_opcheck_entropy(name):
+    _opcheck(OPS.entropy.default, (*ENTROPY_SAMPLES[name], ""))
+
+
+def test_every_op_has_opcheck_samples():
+    """A registered op without an opcheck test above fails here."""
+    tested = {"cross_entropy", "cross_entropy_", "softmax", "log_softmax", "softmax_backward",
+              "log_softmax_backward", "entropy"}
+    registered = {name for name in dir(OPS) if not name.startswith("_")
+                  and isinstance(getattr(OPS, name), torch._ops.OpOverloadPacket)}
+    assert registered == tested
+    assert min(len(CE_SAMPLES), len(ROWS_SAMPLES), len(ENTROPY_SAMPLES)) >= 10
+
+
+# ------------------------------------------------------------------------- gradcheck
+
+@pytest.mark.parametrize("name", [n for n in CE_SAMPLES
+                                  if CE_SAMPLES[n][0].dtype == F64 and CE_SAMPLES[n][-1]])
+def test_gradcheck_cross_entropy(backend, name):
+    x, t, w, ignore_index, reduction, smoothing, _ = CE_SAMPLES[name]
+    inputs = (x, t) if t.requires_grad else (x,)
+
+    def loss(x, t=t):
+        return fst.cross_entropy(x, t, w, ignore_index, reduction, smoothing, backend=backend)
+    assert torch.autograd.gradcheck(loss, inputs)
+
+
+@pytest.mark.parametrize("function", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("name", [n for n in ROWS_SAMPLES if ROWS_SAMPLES[n][0].dtype == F64
+                                  and ROWS_SAMPLES[n][0].requires_grad])
+def test_gradcheck_softmax(backend, function, name):
+    x, dim = ROWS_SAMPLES[name]
+    assert torch.autograd.gradcheck(
+        lambda z: getattr(fst, function)(z, dim, backend=backend), (x,))
+
+
+def test_gradcheck_entropy(backend):
+    x = _logits((4, 3, 6), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: fst.entropy(z, backend=backend), (x,))
+
+
+# -------------------------------------------------------------------- torch.compile
+
+class _Model(torch.nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        gen = _gen(7)
+        self.hidden = torch.nn.Linear(8, 16)
+        self.out = torch.nn.Linear(16, n_classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x)))
+
+
+LOSSES = {
+    "cross_entropy": lambda z, t: fst.cross_entropy(z, t, label_smoothing=0.1),
+    "cross_entropy-weighted-none": lambda z, t: fst.cross_entropy(
+        z, t, torch.linspace(0.5, 2, z.shape[1]), reduction="none").sum() * 0.5,
+    "cross_entropy-learnt-prob": lambda z, t: fst.cross_entropy(z, torch.softmax(z.flip(1), 1)),
+    "softmax": lambda z, t: fst.softmax(z, 1)[:, 0].sum(),
+    "log_softmax": lambda z, t: -fst.log_softmax(z, -1).gather(1, t[:, None]).mean(),
+    "entropy": lambda z, t: fst.entropy(z).mean(),
+}
+
+
+def _batch():
+    return torch.randn(12, 8, generator=_gen(8)), torch.randint(0, 10, (12,), generator=_gen(9))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_dynamo_explain_one_graph(name):
+    model = _Model()
+    loss_fn = LOSSES[name]
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda x, t: loss_fn(model(x), t))(*_batch())
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), \
+        explanation.break_reasons
+
+
+def _eager_and_compiled(loss_fn, backend, reference=None):
+    """(loss, grads) of a model's step in eager mode (with ``reference`` as the loss
+    if given) and under torch.compile(fullgraph=True, backend=backend)."""
+    results = []
+    for compiled in (False, True):
+        model = _Model()
+        loss_of = reference if reference and not compiled else loss_fn
+
+        def step(x, t, model=model, loss_of=loss_of):
+            return loss_of(model(x), t)
+        if compiled:
+            torch._dynamo.reset()
+            step = torch.compile(step, fullgraph=True, backend=backend)
+        loss = step(*_batch())
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    return results
+
+
+FP32 = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("name", LOSSES)
+def test_compiled_training_step_matches_eager(compiler, name):
+    (want_loss, want_grads), (loss, grads) = _eager_and_compiled(LOSSES[name], compiler)
+    torch.testing.assert_close(loss, want_loss, **FP32)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, **FP32)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_step_matches_torch_cross_entropy(compiler):
+    ours = lambda z, t: fst.cross_entropy(z, t, label_smoothing=0.1)  # noqa: E731
+    theirs = lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1)  # noqa: E731
+    (want_loss, want_grads), (loss, grads) = _eager_and_compiled(ours, compiler, theirs)
+    torch.testing.assert_close(loss, want_loss, **FP32)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, **FP32)
+
+
+def test_compiled_backend_follows_use_backend():
+    """The backend is read when the kernel runs: use_backend around a compiled call applies."""
+    x = _logits((4, 6))
+    compiled = torch.compile(lambda z: fst.log_softmax(z, 1), fullgraph=True, backend="aot_eager")
+    for backend in fs.available_backends():
+        with fs.use_backend(backend):
+            torch.testing.assert_close(compiled(x), torch.log_softmax(x, 1))
+    with pytest.raises(ValueError, match="unknown backend"):
+        fst.softmax(x, 1, backend="fortran")
+
+
+# ------------------------------------------------------------------------- in place
+
+def _linear_logits(seed=0):
+    lin = torch.nn.Linear(4, 5).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(5, 4, generator=_gen(seed), dtype=F64))
+    h = torch.randn(8, 4, generator=_gen(seed + 1), dtype=F64)
+    return lin, h, torch.randint(0, 5, (8,), generator=_gen(seed + 2))
+
+
+def test_eager_inplace_writes_gradient_and_bumps_version():
+    lin, h, t = _linear_logits()
+    logits = lin(h)
+    want = torch.autograd.grad(F.cross_entropy(logits, t, reduction="sum"), logits)[0]
+    version = logits._version
+    loss = fst.cross_entropy(logits, t, reduction="sum", inplace=True)
+    assert logits._version > version
+    torch.testing.assert_close(logits.detach(), want)  # the buffer now holds the gradient
+    loss.backward()
+
+
+def test_inplace_second_backward_raises():
+    lin, h, t = _linear_logits()
+    loss = fst.cross_entropy(lin(h), t, inplace=True) * 2.0
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second time.*inplace=False"):
+        loss.backward()
+
+
+def test_out_of_place_second_backward_with_retain_graph_is_right():
+    lin, h, t = _linear_logits()
+    loss = fst.cross_entropy(lin(h), t) * 2.0
+    loss.backward(retain_graph=True)
+    first = lin.weight.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(lin.weight.grad, 2 * first)
+
+
+def test_inplace_learnt_probability_target():
+    lin, h, _ = _linear_logits()
+    t0 = _prob_target((8, 5))
+    grads = []
+    for inplace in (False, True):
+        t = t0.clone().requires_grad_()
+        lin.zero_grad()
+        (fst.cross_entropy(lin(h), t, label_smoothing=0.1, inplace=inplace) * 1.5).backward()
+        grads.append((t.grad, lin.weight.grad.clone()))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_inplace_falls_back_to_out_of_place(compiler):
+    results = [_eager_and_compiled(
+        lambda z, t, inplace=inplace: fst.cross_entropy(z, t, inplace=inplace) * 1.5,
+        compiler)[1]
+        for inplace in (False, True)]
+    (loss, grads), (loss_inplace, grads_inplace) = results
+    torch.testing.assert_close(loss_inplace, loss)
+    for got, want in zip(grads_inplace, grads):
+        torch.testing.assert_close(got, want)
+
+    model = _Model()
+    x, t = _batch()
+
+    def step(x, t):
+        logits = model(x)
+        return fst.cross_entropy(logits, t, inplace=True), logits
+    _, logits = torch.compile(step, fullgraph=True, backend=compiler)(x, t)
+    torch.testing.assert_close(logits, model(x))  # not overwritten under compile
