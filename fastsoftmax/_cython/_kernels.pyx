@@ -80,8 +80,10 @@ cdef extern from "rows.h" nogil:
                              double *sum_ed)
     double fs_entropy_sums_d(const double *row, Py_ssize_t n, double m, double *out,
                              double *sum_ed)
-    void fs_entropy_grad_f(float *out, Py_ssize_t n, float k, float mean_d)
-    void fs_entropy_grad_d(double *out, Py_ssize_t n, double k, double mean_d)
+    void fs_entropy_grad_f(const float *row, float m, float *out, Py_ssize_t n, float k,
+                           float mean_d)
+    void fs_entropy_grad_d(const double *row, double m, double *out, Py_ssize_t n, double k,
+                           double mean_d)
     double fs_short_entropy_dot_f(const float *e, const float *row, float m, Py_ssize_t n)
     double fs_short_entropy_dot_d(const double *e, const double *row, double m, Py_ssize_t n)
     void fs_short_entropy_grad_f(const float *e, const float *row, float m, float k,
@@ -784,7 +786,8 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
 
 cdef double _entropy_sums(const real *row, Py_ssize_t n, real m, real *out, double *sum_ed,
                           bint split) noexcept nogil:
-    """sum(e) and *sum_ed = sum(e d), d = max(row - m, floor), e = exp(d); with out, out = d."""
+    """sum(e) and *sum_ed = sum(e d), d = max(row - m, floor), e = exp(d); with out, out = e
+    (out = d when out is row)."""
     cdef double part[2][SPLIT_MAX_CHUNKS]
     cdef Py_ssize_t c, lo, size
     if split:
@@ -801,17 +804,19 @@ cdef double _entropy_sums(const real *row, Py_ssize_t n, real m, real *out, doub
         return fs_entropy_sums_d(row, n, m, out, sum_ed)
 
 
-cdef void _entropy_grad(real *out, Py_ssize_t n, real k, real mean_d, bint split) noexcept nogil:
-    """out = k * exp(out) * (mean_d - out), out holding d"""
+cdef void _entropy_grad(const real *row, real m, real *out, Py_ssize_t n, real k, real mean_d,
+                        bint split) noexcept nogil:
+    """out = k * e * (mean_d - d), out holding what _entropy_sums left there"""
     cdef Py_ssize_t c, size
     if split:
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
-            _entropy_grad(out + c * size, min(size, n - c * size), k, mean_d, False)
+            _entropy_grad(row + c * size, m, out + c * size, min(size, n - c * size), k, mean_d,
+                          False)
     elif real is float:
-        fs_entropy_grad_f(out, n, k, mean_d)
+        fs_entropy_grad_f(row, m, out, n, k, mean_d)
     else:
-        fs_entropy_grad_d(out, n, k, mean_d)
+        fs_entropy_grad_d(row, m, out, n, k, mean_d)
 
 
 cdef double _entropy_row(const real *x, Py_ssize_t n, double s, real *grad,
@@ -828,7 +833,7 @@ cdef double _entropy_row(const real *x, Py_ssize_t n, double s, real *grad,
     sum_e = _entropy_sums(x, n, m, grad, &sum_ed, split)
     mean_d = sum_ed / sum_e
     if grad != NULL:
-        _entropy_grad(grad, n, <real>(s / sum_e), <real>mean_d, split)
+        _entropy_grad(x, m, grad, n, <real>(s / sum_e), <real>mean_d, split)
     return log(sum_e) - mean_d
 
 

@@ -6,9 +6,10 @@ With m the row max, d = x - m (<= 0), e = exp(d) and S = sum(e):
 Both terms of H are >= 0, so nothing cancels at large logits (lse - sum(p x) would).
 A -inf logit has d = -inf; d is clamped to D_FLOOR, where e is 0, so that it adds 0
 (not 0 * -inf = NaN) to H and gets a 0 gradient, as in torch's Categorical.
-The exp pass writes d into grad, the write pass turns it into the gradient (a second
-exp of d there, so the pass needs neither x, which inplace=True has overwritten, nor
-an extra buffer for e).
+The exp pass writes e into grad and the write pass turns it into the gradient with d
+recomputed from x. In place (grad is x) the exp pass writes d instead, which the write
+pass needs once x is overwritten, and computes e again from it (see fs_entropy_grad in
+fastsoftmax/_cython/rows_typed.h for the measured cost of that second exp).
 """
 import math
 
@@ -26,7 +27,8 @@ D_FLOOR = -1e30  # below the exp's underflow threshold in both dtypes: e = 0 the
 @njit(**JIT_ROW_WRITER)
 def _sums_blocks(row, m, out, in_place):
     """(sum(e), sum(e d)) as float64 with d = max(row - m, D_FLOOR), e = exp(d); with
-    ``out`` (not None), also out = d. ``in_place``: as in _math._sumexp_blocks."""
+    ``out`` (not None), also out = e, or out = d in place. ``in_place``: as in
+    _math._sumexp_blocks."""
     sum_e = 0.0
     sum_ed = 0.0
     floor = scalar_like(row, D_FLOOR)
@@ -43,7 +45,7 @@ def _sums_blocks(row, m, out, in_place):
             d = d if d > floor else floor
             e = vexp_core(d)
             if out is not None:
-                dest[j] = d
+                dest[j] = d if in_place else e
             acc_e += e
             acc_ed += e * d
         sum_e += acc_e
@@ -62,13 +64,25 @@ def _row_sums(row, m, out):
 
 @splittable(0)
 @njit(**JIT)
-def _gradient_row(out, k, mean_d):
+def _gradient_in_place(out, k, mean_d):
     """out = k * exp(out) * (mean_d - out), out holding d."""
     kk = scalar_like(out, k)
     mean = scalar_like(out, mean_d)
     for j in range(out.size):
         d = out[j]
         out[j] = kk * vexp_core(d) * (mean - d)
+
+
+@splittable(0)
+@njit(**JIT)
+def _gradient_from_exp(row, m, out, k, mean_d):
+    """out = k * out * (mean_d - d), out holding e, d = max(row - m, D_FLOOR)."""
+    kk = scalar_like(out, k)
+    mean = scalar_like(out, mean_d)
+    floor = scalar_like(row, D_FLOOR)
+    for j in range(out.size):
+        d = row[j] - m
+        out[j] = kk * out[j] * (mean - (d if d > floor else floor))
 
 
 @njit(**JIT_ROW)
@@ -82,7 +96,10 @@ def _row_entropy(row, grad, s, chunks):
     sum_e, sum_ed = over_chunks("_row_sums", chunks, row, m, grad)
     mean_d = sum_ed / sum_e
     if grad is not None:
-        over_chunks("_gradient_row", chunks, grad, s / sum_e, mean_d)
+        if same_buffer(row, grad):
+            over_chunks("_gradient_in_place", chunks, grad, s / sum_e, mean_d)
+        else:
+            over_chunks("_gradient_from_exp", chunks, row, m, grad, s / sum_e, mean_d)
     return math.log(sum_e) - mean_d
 
 
