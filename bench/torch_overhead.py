@@ -4,8 +4,10 @@
 
 The other commit's ``fastsoftmax/torch.py`` (read with ``git show``) is imported as a
 second module of this checkout's package, so both run the same kernels and only the
-torch layer differs. Calls of the two are interleaved in one process; the report is the
-median time per call of each and their ratio (this checkout / the other).
+torch layer differs; its torch.library ops are registered under the namespace
+``fastsoftmax_other`` (under ``fastsoftmax`` they would replace this checkout's). Calls
+of the two are interleaved in one process; the report is the median time per call of
+each and their ratio (this checkout / the other).
 """
 import argparse
 import importlib.util
@@ -26,6 +28,8 @@ def load_torch_layer(ref):
     """``fastsoftmax/torch.py`` of git ``ref`` as module ``fastsoftmax._torch_at_ref``."""
     source = subprocess.run(["git", "show", f"{ref}:fastsoftmax/torch.py"], check=True,
                             capture_output=True, text=True).stdout
+    source = source.replace('"fastsoftmax::', '"fastsoftmax_other::').replace(
+        "torch.ops.fastsoftmax.", "torch.ops.fastsoftmax_other.")
     path = Path(tempfile.mkdtemp()) / "torch_at_ref.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("fastsoftmax._torch_at_ref", path)
@@ -57,7 +61,7 @@ def calls(module, n_rows, n_classes):
             "entropy fwd+bwd": entropy_forward_backward}
 
 
-def median_per_call(call, number):
+def mean_per_call(call, number):
     start = time.perf_counter()
     for _ in range(number):
         call()
@@ -81,15 +85,16 @@ def main(argv=None):
     ours, theirs = calls(current, n_rows, n_classes), calls(other, n_rows, n_classes)
     print(f"shape {args.shape}, torch {torch.__version__}, backend {fastsoftmax.get_backend()}, "
           f"{args.threads} threads; "
-          f"median us per call of {args.repeats} interleaved timings of {args.number} calls")
+          f"us per call: median over {args.repeats} interleaved timings of the mean of "
+          f"{args.number} calls")
     print(f"{'call':24} {'this checkout':>14} {args.ref:>14} {'ratio':>7}")
     for name in ours:
         for call in (ours[name], theirs[name]):
-            median_per_call(call, args.number)  # warm-up (first-call JIT, caches)
+            mean_per_call(call, args.number)  # warm-up (first-call JIT, caches)
         times = {"ours": [], "theirs": []}
         for _ in range(args.repeats):
-            times["ours"].append(median_per_call(ours[name], args.number))
-            times["theirs"].append(median_per_call(theirs[name], args.number))
+            times["ours"].append(mean_per_call(ours[name], args.number))
+            times["theirs"].append(mean_per_call(theirs[name], args.number))
         a, b = (statistics.median(times[k]) * 1e6 for k in ("ours", "theirs"))
         print(f"{name:24} {a:14.1f} {b:14.1f} {a / b:7.2f}")
 

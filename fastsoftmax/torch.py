@@ -84,21 +84,36 @@ def _is_plain_eager(t):
             and _get_current_dispatch_mode() is None)
 
 
-def _scaled(grad, scale):
+def _scaled(grad, scale, may_return_grad):
     """``grad * scale``; in eager mode ``grad`` itself when the scale is the number 1 (a
-    sweep over the (rows, classes) gradient saved, e.g. 0.1 s at 4096 x 32768)."""
-    if scale.dim() == 0 and _is_plain_eager(scale) and scale.item() == 1.0:
+    sweep over the (rows, classes) gradient saved, e.g. 0.1 s at 4096 x 32768) and
+    ``may_return_grad``. Not for a leaf input: its ``.grad`` would then be the saved
+    tensor, which the next backward accumulates into in place (a third backward with
+    retain_graph=True then failed PyTorch's version check)."""
+    if may_return_grad and scale.dim() == 0 and _is_plain_eager(scale) and scale.item() == 1.0:
         return grad
     return grad * scale
 
 
-def _register_autograd(op, vjp, setup_context):
+def _first_order_only(name, grad_output):
+    """The vjps below are first-order: the saved gradient is a constant to them, so a
+    backward through their result (create_graph=True: a gradient penalty, a Hessian-vector
+    product) would silently miss the second-derivative term. Raise instead, in eager mode
+    (AOT autograd traces the backward with create_graph=True, on tensors that are not
+    plain, and never differentiates it again)."""
+    if torch.is_grad_enabled() and grad_output is not None and _is_plain_eager(grad_output):
+        raise RuntimeError(f"fastsoftmax.torch.{name} has no second derivative, so its "
+                           "backward cannot run with create_graph=True; use "
+                           f"torch.nn.functional's {name} where you need one")
+
+
+def _register_autograd(name, op, vjp, setup_context):
     """Register ``vjp`` as ``op``'s autograd formula, and return a function calling ``op``
     with it: in eager mode through a plain autograd.Function with the same formula (the
     custom op's generated autograd wrapper cost 25 us more per call at 8 x 10), under
     ``torch.compile`` and without gradients the op itself."""
     op.register_autograd(vjp, setup_context=setup_context)
-    overload = op._opoverload
+    overload = getattr(torch.ops.fastsoftmax, name).default
 
     class EagerAutograd(torch.autograd.Function):
         @staticmethod
@@ -180,8 +195,8 @@ def _log_softmax_vjp(ctx, dy):
                                                       ctx.backend), None, None
 
 
-_softmax = _register_autograd(_softmax_op, _softmax_vjp, _save_output)
-_log_softmax = _register_autograd(_log_softmax_op, _log_softmax_vjp, _save_output)
+_softmax = _register_autograd("softmax", _softmax_op, _softmax_vjp, _save_output)
+_log_softmax = _register_autograd("log_softmax", _log_softmax_op, _log_softmax_vjp, _save_output)
 
 
 def _softmax_doc(name, formula):
@@ -333,6 +348,7 @@ def _cross_entropy_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.reduction, ctx.label_smoothing, ctx.backend = reduction, label_smoothing, backend
     ctx.class_dim = _class_dim(input)
+    ctx.input_is_leaf = input.is_leaf
     # the target's gradient needs the input (a learnt probability target)
     learnt_target = ctx.needs_input_grad[1]
     ctx.save_for_backward(output[1], input if learnt_target else None,
@@ -340,13 +356,14 @@ def _cross_entropy_setup(ctx, inputs, output):
 
 
 def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
+    _first_order_only("cross_entropy", grad_loss)
     grad, input, weight = ctx.saved_tensors
     grads = [None] * 8
     if grad_loss is None:
         return tuple(grads)
     scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
     if ctx.needs_input_grad[0]:
-        grads[0] = _scaled(grad, scale)
+        grads[0] = _scaled(grad, scale, may_return_grad=not ctx.input_is_leaf)
     if ctx.needs_input_grad[1]:
         log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, ctx.backend)
         grads[1] = _probability_target_grad(log_probs, weight, ctx.label_smoothing,
@@ -354,7 +371,7 @@ def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
     return tuple(grads)
 
 
-_cross_entropy = _register_autograd(_cross_entropy_op, _cross_entropy_vjp,
+_cross_entropy = _register_autograd("cross_entropy", _cross_entropy_op, _cross_entropy_vjp,
                                     _cross_entropy_setup)
 
 
@@ -371,16 +388,23 @@ class _CrossEntropyInPlace(torch.autograd.Function):
             ctx.log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, backend)
         loss = torch.ops.fastsoftmax.cross_entropy_.default(
             input, target, weight, ignore_index, reduction, label_smoothing, backend)
-        ctx.grad = input.detach()
+        ctx.grad = input.detach()  # shares the logits' version counter
+        ctx.grad_version = ctx.grad._version
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
+        _first_order_only("cross_entropy", grad_loss)
         if ctx.grad is None:
             raise RuntimeError(
                 "fastsoftmax.torch.cross_entropy(inplace=True): backward ran a second time, but "
                 "the first one scaled the stored gradient (the logits' buffer) in place; use "
                 "inplace=False to backpropagate through the loss more than once")
+        if ctx.grad._version != ctx.grad_version:
+            raise RuntimeError(
+                "fastsoftmax.torch.cross_entropy(inplace=True): the logits, which hold the "
+                "gradient, were modified after the loss was computed; use inplace=False, or "
+                "leave the logits untouched until backward")
         grad, ctx.grad = ctx.grad, None
         scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
         target_grad = None
@@ -441,6 +465,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         raise ValueError(f"target is on {target.device}; move it with .cpu()")
     if weight is not None:
         _check_tensor(weight, "weight")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError("fastsoftmax.torch.cross_entropy has no gradient for "
+                                      "weight (neither has torch's); pass weight.detach()")
     if inplace and input.requires_grad and input.is_leaf:
         raise ValueError("inplace=True would overwrite a leaf tensor that requires grad; "
                          "use it on the output of a layer (e.g. nn.Linear), or inplace=False")
@@ -512,13 +539,14 @@ def _entropy_setup(ctx, inputs, output):
 
 
 def _entropy_vjp(ctx, grad_h, _grad_of_grad):
+    _first_order_only("entropy", grad_h)
     (grad,) = ctx.saved_tensors
     if grad_h is None:
         return None, None, None
     return grad * grad_h.unsqueeze(-1), None, None
 
 
-_entropy = _register_autograd(_entropy_op, _entropy_vjp, _entropy_setup)
+_entropy = _register_autograd("entropy", _entropy_op, _entropy_vjp, _entropy_setup)
 
 
 def entropy(logits, *, backend=None):

@@ -84,3 +84,28 @@ def test_result_does_not_depend_on_thread_count(compiled_backend, shape):
     for got in results[1:]:
         for a, b in zip(got, results[0]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_split_rule_is_the_same_in_both_backends():
+    """Numba's row driver splits exactly where the Cython kernels do (fewer than 4 rows of
+    at least 65536 classes), into chunks of a multiple of 16384 classes."""
+    from fastsoftmax._numba._split import _chunk_length, row_chunks
+    assert row_chunks(3, 4 * 16384) == 4
+    assert row_chunks(1, 4 * 16384 + 1) == 5
+    assert row_chunks(4, 4 * 16384) == 1      # enough rows for the threads
+    assert row_chunks(3, 4 * 16384 - 1) == 1  # too short to split
+    assert row_chunks(1, 2 ** 30) == 64       # at most 64 chunks ...
+    assert _chunk_length(2 ** 30) % 16384 == 0  # ... of a multiple of 16384 classes
+
+
+def test_numba_split_kernel_runs_its_chunks_in_parallel():
+    """The chunk loop of a split row is a parallel region of the kernel itself (the row
+    function and over_chunks are inlined), not a loop run by one thread."""
+    import numba
+    from fastsoftmax._numba import _math, _softmax
+    options = {k: v for k, v in _math.JIT_PARALLEL.items() if k != "cache"}
+    kernel = numba.njit(**options)(_softmax.logsumexp.py_func)  # compiled here: not cached
+    kernel(np.zeros((1, 4 * 16384), np.float32), np.empty(1, np.float32))
+    llvm = next(iter(kernel.inspect_llvm().values()))
+    # one parallel launch for the whole-row prange and one per chunk loop (max, sum)
+    assert llvm.count("do_scheduling") >= 3, "the split path has no parallel chunk loop"

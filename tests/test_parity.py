@@ -19,6 +19,7 @@ Switch points crossed:
   the special classes and ignored rows.
 """
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -304,23 +305,27 @@ def _prob_terms(x, inputs, smoothing, grad_output):
 
 
 def _cross_entropy_calls(func, with_grad):
-    """Index and probability targets, label smoothing 0 and 0.1, class weights,
-    reduction "none"; with the gradient, smoothing 0.1 runs with a per-row grad_output."""
+    """Index and probability targets, label smoothing 0 and 0.1, class weights and
+    weight=None (the kernels' own uniform-weight path), reduction "none"; with the
+    gradient, smoothing 0.1 runs with a per-row grad_output."""
     def calls(x, inputs):
-        for target in ("index", "prob"):
-            for smoothing in (0.0, 0.1):
-                opts = dict(weight=inputs["weight"], reduction="none",
-                            label_smoothing=smoothing)
-                grad_output = np.ones(x.shape[0])
-                if with_grad and smoothing:
-                    opts["grad_output"] = grad_output = inputs["grad_output"]
-                terms = None
-                if with_grad:
-                    terms = (_one_hot_terms(inputs, smoothing, grad_output) if target == "index"
-                             else _prob_terms(x, inputs, smoothing, grad_output))
-                yield (f"{target} target, smoothing {smoothing}",
-                       functools.partial(lambda backend, t, opts: getattr(fs, func)(
-                           x, t, backend=backend, **opts), t=inputs[target], opts=opts), terms)
+        for target, smoothing, weighted in itertools.product(("index", "prob"), (0.0, 0.1),
+                                                             (True, False)):
+            weight = inputs["weight"] if weighted else None
+            opts = dict(weight=weight, reduction="none", label_smoothing=smoothing)
+            grad_output = np.ones(x.shape[0])
+            if with_grad and smoothing:
+                opts["grad_output"] = grad_output = inputs["grad_output"]
+            terms = None
+            if with_grad:
+                term_inputs = dict(inputs, weight=inputs["weight"] if weighted
+                                   else np.ones(x.shape[1], x.dtype))
+                terms = (_one_hot_terms(term_inputs, smoothing, grad_output)
+                         if target == "index"
+                         else _prob_terms(x, term_inputs, smoothing, grad_output))
+            yield (f"{target} target, smoothing {smoothing}, weight {weighted}",
+                   functools.partial(lambda backend, t, opts: getattr(fs, func)(
+                       x, t, backend=backend, **opts), t=inputs[target], opts=opts), terms)
     return calls
 
 

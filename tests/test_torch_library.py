@@ -1,5 +1,7 @@
 """The torch.library ops behind fastsoftmax.torch: opcheck, gradcheck, torch.compile,
 in-place semantics."""
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
@@ -282,6 +284,7 @@ def _linear_logits(seed=0):
 
 def test_eager_inplace_writes_gradient_and_bumps_version():
     lin, h, t = _linear_logits()
+    lin_ref = copy.deepcopy(lin)
     logits = lin(h)
     want = torch.autograd.grad(F.cross_entropy(logits, t, reduction="sum"), logits)[0]
     version = logits._version
@@ -289,6 +292,58 @@ def test_eager_inplace_writes_gradient_and_bumps_version():
     assert logits._version > version
     torch.testing.assert_close(logits.detach(), want)  # the buffer now holds the gradient
     loss.backward()
+    F.cross_entropy(lin_ref(h), t, reduction="sum").backward()
+    torch.testing.assert_close(lin.weight.grad, lin_ref.weight.grad)
+    torch.testing.assert_close(lin.bias.grad, lin_ref.bias.grad)
+
+
+def test_inplace_logits_changed_after_the_loss_raise():
+    """The logits hold the gradient: a change before backward would make it wrong
+    (before: all-zero gradients after logits.mul_(0), no error)."""
+    lin, h, t = _linear_logits()
+    logits = lin(h)
+    loss = fst.cross_entropy(logits, t, inplace=True)
+    logits.mul_(0)
+    with pytest.raises(RuntimeError, match="modified after the loss"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_weight_that_requires_grad_raises(inplace):
+    """No gradient for the class weight (torch has none either): an error, not a silent
+    None (before: inplace=True gave weight.grad None without a word)."""
+    lin, h, t = _linear_logits()
+    weight = torch.rand(lin.out_features, dtype=lin.weight.dtype, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="weight.detach"):
+        fst.cross_entropy(lin(h), t, weight=weight, inplace=inplace)
+
+
+def test_leaf_input_backward_three_times_with_retain_graph():
+    """grad_output 1 on a leaf: x.grad must not be the saved gradient itself (before: the
+    third backward failed the saved tensor's version check)."""
+    x = _logits((4, 7), requires_grad=True)
+    t = _index_target((4, 7), seed=3)
+    loss = fst.cross_entropy(x, t)
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+    x_ref = x.detach().clone().requires_grad_()
+    F.cross_entropy(x_ref, t).backward()
+    torch.testing.assert_close(x.grad, 3 * x_ref.grad)
+
+
+@pytest.mark.parametrize("function", ["cross_entropy", "cross_entropy-inplace", "entropy"])
+def test_create_graph_raises(function):
+    """The gradient is a first-order result: create_graph=True (a gradient penalty) raises
+    instead of silently dropping the second-derivative term (before: the penalty's
+    Hessian term was missing from x.grad, no error)."""
+    lin, h, t = _linear_logits()
+    logits = lin(h)
+    if function == "entropy":
+        loss = fst.entropy(logits).sum()
+    else:
+        loss = fst.cross_entropy(logits, t, inplace=function.endswith("inplace"))
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(loss, lin.weight, create_graph=True)
 
 
 def test_inplace_second_backward_raises():

@@ -227,7 +227,7 @@ cdef double _sumexp(const real *row, Py_ssize_t n, real m, real *out, bint split
 
 
 cdef double _dot(const real *a, const real *b, Py_ssize_t n, bint split) noexcept nogil:
-    """sum(a * b), b a weight vector (NULL: ones, so sum(a))"""
+    """sum(a * b); b NULL stands for ones (sum(a)), as for class weights"""
     cdef double part[SPLIT_MAX_CHUNKS]
     cdef Py_ssize_t c, size
     if split:
@@ -249,7 +249,8 @@ cdef double _shifted_dot(const real *w, const real *row, Py_ssize_t n, real m,
     if split:
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _shifted_dot(_weights_from(w, c * size), row + c * size, min(size, n - c * size), m,
+            part[c] = _shifted_dot(_weights_from(w, c * size), row + c * size,
+                                   min(size, n - c * size), m,
                                    False)
         return _total(part, _chunks(n))
     if real is float:
@@ -267,7 +268,8 @@ cdef double _prob_sums(const real *row, const real *t, const real *w, Py_ssize_t
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
-            part[0][c] = _prob_sums(row + lo, t + lo, _weights_from(w, lo), min(size, n - lo), m, keep, eps,
+            part[0][c] = _prob_sums(row + lo, t + lo, _weights_from(w, lo), min(size, n - lo), m,
+                                    keep, eps,
                                     out + lo if out != NULL else NULL, &part[1][c],
                                     &part[2][c], False)
         total_wt[0] = _total(part[1], _chunks(n))
@@ -300,7 +302,8 @@ cdef void _prob_rescale(real *out, const real *t, const real *w, real k, real f,
         size = _chunk(n)
         for c in prange(_chunks(n), num_threads=_threads):
             lo = c * size
-            _prob_rescale(out + lo, t + lo, _weights_from(w, lo), k, f, keep, eps, min(size, n - lo), False)
+            _prob_rescale(out + lo, t + lo, _weights_from(w, lo), k, f, keep, eps,
+                          min(size, n - lo), False)
     elif real is float:
         fs_prob_rescale_f(out, t, w, k, f, keep, eps, n)
     else:
@@ -355,7 +358,7 @@ cdef Py_ssize_t _block_rows(Py_ssize_t n_classes) noexcept nogil:
 
 
 cdef double _short_dot(const real *a, const real *b, Py_ssize_t n) noexcept nogil:
-    """sum(a * b), b a weight vector (NULL: ones, so sum(a))"""
+    """sum(a * b); b NULL stands for ones (sum(a)), as for class weights"""
     if real is float:
         return fs_short_dot_f(a, b, n)
     else:
@@ -557,8 +560,10 @@ cdef void _index_block(const real *x, const int64_t *target, const real *weight,
         if grad != NULL:
             s = scale * row_scale[r] if row_scale != NULL else scale
             onehot_coef = (1.0 - smoothing) * w_y
-            _short_rescale(e + r * n, <real>(s * (onehot_coef + eps_c * weight_sum) * sc.inv_sums[r]),
-                           <real>(s * eps_c), weight if smoothing != 0 else NULL, y,  # f = 0
+            # without smoothing f = s * eps_c = 0: the weights are not read (NULL)
+            _short_rescale(e + r * n,
+                           <real>(s * (onehot_coef + eps_c * weight_sum) * sc.inv_sums[r]),
+                           <real>(s * eps_c), weight if smoothing != 0 else NULL, y,
                            <real>(s * onehot_coef), grad + r * n, n)
     _release(sc)
 
@@ -711,8 +716,9 @@ cdef double _index_row(const real *x, int64_t y, const real *weight, double weig
     w_y = _weight(weight, y)
     if grad != NULL:
         onehot_coef = (1.0 - smoothing) * w_y
+        # without smoothing f = s * eps_c = 0: the weights are not read (NULL)
         _rescale(grad, <real>(s * (onehot_coef + eps_c * weight_sum) / sum_exp),
-                 <real>(s * eps_c), weight if smoothing != 0 else NULL, n, split)  # f = 0
+                 <real>(s * eps_c), weight if smoothing != 0 else NULL, n, split)
         grad[y] -= <real>(s * onehot_coef)
     return ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
             + eps_c * (weight_sum * log_sum - shifted_w))

@@ -87,7 +87,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_row_dot_loop)(
     return total;
 }
 
-/* sum(a * b), b a weight vector (NULL: ones, so sum(a)) */
+/* sum(a * b); b NULL stands for ones (sum(a)), as for class weights */
 static inline double FS_FN(fs_row_dot)(const FS_T *a, const FS_T *b, Py_ssize_t n) {
     return b ? FS_FN(fs_row_dot_loop)(a, b, n) : FS_FN(fs_row_dot_loop)(a, NULL, n);
 }
@@ -412,7 +412,7 @@ static inline void FS_FN(fs_exp_array)(FS_T *x, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) x[i] = FS_FN(fs_exp_core)(x[i]);
 }
 
-/* sum(a * b), b a weight vector (NULL: ones, so sum(a)) */
+/* sum(a * b); b NULL stands for ones (sum(a)), as for class weights */
 static inline double FS_FN(fs_short_dot)(const FS_T *a, const FS_T *b, Py_ssize_t n) {
     FS_VEC acc = {0};
     FS_FOR_EACH_VECTOR(n, acc += FS_FN(fs_vload)(a + j, n - j, 0)

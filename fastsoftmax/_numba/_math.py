@@ -52,11 +52,10 @@ JIT_REDUCTION = dict(JIT, fastmath=FASTMATH | {"reassoc"})
 # array as source and destination: LLVM then sees one pointer and vectorises the
 # loop, where two aliasing arrays fail its overlap check and run a scalar loop
 # (9.0 vs 1.6 ns/elem measured for an in-place exp-and-scale row).
-JIT_ROW_WRITER = dict(JIT, inline="always")
 # Row functions, which the kernels call once per row through the row driver
 # (fastsoftmax/_numba/_split.py), are inlined into their kernel as well: the parallel
 # loop over the chunks of a split row must be the kernel's own.
-JIT_ROW = dict(JIT, inline="always")
+JIT_ROW_WRITER = JIT_ROW = dict(JIT, inline="always")
 
 
 @intrinsic
