@@ -257,3 +257,6 @@ def entropy(logits):
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d "
                          "tensor")
     return _Entropy.apply(logits)
+
+from .torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
+__all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
