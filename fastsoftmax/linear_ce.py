@@ -23,9 +23,10 @@ from . import _backends, _validate, api
 NEEDS = ("h", "weight", "bias")
 
 # Default chunk budget (bytes of the logits chunk plus its row buffers). Measured
-# 2026-12, AMD EPYC 2 threads, fp32, 4096 x 1024 x 32768: 16/32/64/128/256 MiB chunks
-# (128..2048 rows) ran at 1.11/1.06/1.04/1.03/1.03 x the three GEMMs on the whole arrays;
-# 64 MiB is within 1% of the best while keeping the chunk small next to the gradients.
+# 2026-12-02, AMD EPYC 2 threads (shared, noisy machine), fp32, 2048 x 1024 x 32768, best
+# of 3 interleaved rounds against the three GEMMs on the whole arrays: 16/32/64/128/256 MiB
+# (128..2048 rows) ran at 1.28/1.13/1.05/1.07/1.06 x; 64 MiB is the knee (/tmp/sweep.py
+# in the report).
 DEFAULT_CHUNK_BYTES = 64 * 2 ** 20
 _chunk_bytes = DEFAULT_CHUNK_BYTES
 
