@@ -80,8 +80,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                          if flag)
         ctx.recompute = options["reduction"] == "none"
         saved = (h, linear_weight, linear_bias, target, weight, options)
-        if ctx.recompute:
-            ctx.saved = saved
+        if ctx.recompute:  # saved through autograd: an in-place change later is detected
+            ctx.save_for_backward(h, linear_weight, linear_bias, target, weight)
+            ctx.options = options
             return _tensor(_run(saved, 1.0, None)[0])
         loss, *grads = _run(saved, 1.0, ctx.need)
         ctx.grads = [_tensor(g) for g in grads]
@@ -91,7 +92,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         if ctx.recompute:
-            grads = [_tensor(g) for g in _run(ctx.saved, grad_output.numpy(), ctx.need)[1:]]
+            saved = (*ctx.saved_tensors, ctx.options)
+            grads = [_tensor(g) for g in _run(saved, grad_output.numpy(), ctx.need)[1:]]
         elif float(grad_output) == 1.0:
             grads = ctx.grads
         else:  # new tensors: the saved ones stay valid for another backward (retain_graph)

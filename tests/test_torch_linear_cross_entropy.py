@@ -186,3 +186,14 @@ def test_numpy_and_torch_gemms_agree():
     np.testing.assert_allclose(loss.item(), numpy_result[0], rtol=1e-12)
     for g, n in zip(grads, numpy_result[1:]):
         np.testing.assert_allclose(g.numpy(), n, rtol=1e-10, atol=1e-14)
+
+
+def test_in_place_change_before_a_recomputing_backward_is_caught():
+    """reduction="none" recomputes in backward from the saved inputs: changing one in
+    between raises instead of giving silently wrong gradients (Liger #343)."""
+    h, w, b, target = make()
+    loss = fst.linear_cross_entropy(h * 1.0, w, target, reduction="none")
+    with torch.no_grad():
+        w.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
