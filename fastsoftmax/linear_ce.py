@@ -25,8 +25,8 @@ NEEDS = ("h", "weight", "bias")
 # Default chunk budget (bytes of the logits chunk plus its row buffers). Measured
 # 2026-12-02, AMD EPYC 2 threads (shared, noisy machine), fp32, 2048 x 1024 x 32768, best
 # of 3 interleaved rounds against the three GEMMs on the whole arrays: 16/32/64/128/256 MiB
-# (128..2048 rows) ran at 1.28/1.13/1.05/1.07/1.06 x; 64 MiB is the knee (/tmp/sweep.py
-# in the report).
+# (128..2048 rows) ran at 1.28/1.13/1.05/1.07/1.06 x; 64 MiB is the knee (fs.linear_
+# cross_entropy_with_grad(chunk_bytes=...) against three np.matmul calls).
 DEFAULT_CHUNK_BYTES = 64 * 2 ** 20
 _chunk_bytes = DEFAULT_CHUNK_BYTES
 
