@@ -234,6 +234,39 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
     return _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
 
 
+def _class_weight(weight, n_classes, dtype):
+    """(weight, weight_sum) as a kernel takes them: the cached ones(C) for weight=None."""
+    if weight is None:
+        return _uniform_weight(n_classes, dtype), float(n_classes)
+    return weight, float(np.sum(weight, dtype=np.float64))
+
+
+def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index,
+                         label_smoothing, scale, row_scale, row_loss, inplace):
+    """Cross-entropy of one chunk of a validated problem, without validating again.
+
+    For callers that run many chunks of one problem (``fastsoftmax.linear_cross_entropy``):
+    ``rows`` is a C-contiguous (rows, C) float32/float64 array, ``target`` int64 indices
+    checked by ``_validate.cross_entropy_args``, ``weight``/``weight_sum`` from
+    ``_class_weight``, ``scale``/``row_scale`` as from ``_grad_scales``. Row losses go to
+    ``row_loss`` (float64); with ``inplace`` the gradient overwrites ``rows``. ``kernels``
+    None runs the reference.
+    """
+    if kernels is not None:
+        kernels.cross_entropy_index(rows, target, weight, weight_sum, ignore_index,
+                                    label_smoothing, scale, row_scale,
+                                    row_loss, rows if inplace else None)
+        return
+    options = dict(weight=weight, ignore_index=ignore_index, reduction="none",
+                   label_smoothing=label_smoothing)
+    if inplace:
+        grad_output = scale * row_scale if row_scale.size else scale
+        row_loss[:], _ = reference.cross_entropy_with_grad(rows, target, grad_output=grad_output,
+                                                           inplace=True, **options)
+    else:
+        row_loss[:] = reference.cross_entropy(rows, target, **options)
+
+
 @_dispatch
 @_doc("""Cross-entropy loss, as ``torch.nn.functional.cross_entropy`` with classes last.
 

@@ -577,3 +577,8 @@ def entropy(logits, *, backend=None):
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     h, _ = _entropy(logits, compute_grad, _backend_argument(backend))
     return h
+
+
+from .torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]

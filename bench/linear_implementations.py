@@ -1,0 +1,74 @@
+"""Implementations compared in the ``linear_cross_entropy|NxDxV|dtype`` benchmark group and by
+``bench.linear_memory``: each is a factory ``(h, weight, target) -> call`` whose call computes
+the loss and the gradients with respect to h and weight (forward + backward: a forward-only
+timing would flatter the methods that compute gradients in their forward pass).
+"""
+import importlib.util
+
+import numpy as np
+
+import fastsoftmax as fs
+
+GEMM_FLOOR = "gemm-floor"
+
+
+def problem(n, d, v, dtype="float32", ignored=0.0, seed=0):
+    """h (n, d), weight (v, d) and n targets (a fraction ``ignored`` set to -100), read-only."""
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((n, d)).astype(dtype)
+    weight = (rng.standard_normal((v, d)) / np.sqrt(d)).astype(dtype)
+    target = rng.integers(0, v, n)
+    target[rng.permutation(n)[:int(n * ignored)]] = -100
+    for array in (h, weight, target):
+        array.flags.writeable = False
+    return h, weight, target
+
+
+def _fastsoftmax(h, weight, target):
+    return lambda: fs.linear_cross_entropy_with_grad(h, weight, target, need=("h", "weight"))
+
+
+def _gemm_floor(h, weight, target):
+    """The three GEMMs of the op on the whole arrays (NumPy's BLAS, outputs preallocated):
+    h W^T, G W, G^T h with G the logits themselves. No loss, no chunking."""
+    logits = np.empty((h.shape[0], weight.shape[0]), h.dtype)
+    grad_h, grad_weight = np.empty_like(h), np.empty_like(weight)
+
+    def call():
+        np.matmul(h, weight.T, out=logits)
+        np.matmul(logits, weight, out=grad_h)
+        np.matmul(logits.T, h, out=grad_weight)
+    return call
+
+
+def _torch_factory(kind):
+    def factory(h, weight, target):
+        import torch
+        import torch.nn.functional as F
+
+        import fastsoftmax.torch as fst
+        th = torch.from_numpy(h.copy()).requires_grad_()
+        tw = torch.from_numpy(weight.copy()).requires_grad_()
+        tt = torch.from_numpy(target.copy())
+
+        def loss():
+            if kind == "unfused":
+                return F.cross_entropy(F.linear(th, tw), tt)
+            if kind == "chunked":
+                return F.linear_cross_entropy(th, tw, tt,
+                                              options=torch.nn.LinearCrossEntropyOptions())
+            return fst.linear_cross_entropy(th, tw, tt)
+        return lambda: torch.autograd.grad(loss(), [th, tw])
+    return factory
+
+
+def implementations():
+    """name -> factory, for what is installed, in report order."""
+    impls = {"fastsoftmax": _fastsoftmax, GEMM_FLOOR: _gemm_floor}
+    if importlib.util.find_spec("torch"):
+        import torch.nn.functional as F
+        impls["fastsoftmax-torch"] = _torch_factory("fastsoftmax")
+        impls["torch"] = _torch_factory("unfused")
+        if hasattr(F, "linear_cross_entropy"):
+            impls["torch-chunked"] = _torch_factory("chunked")
+    return impls

@@ -1,0 +1,208 @@
+"""PyTorch fused linear + cross-entropy: a drop-in for ``torch.nn.functional.linear_cross_entropy``.
+
+The chunk loop is :mod:`fastsoftmax.linear_ce`'s; here its GEMMs run as torch ops (torch's
+BLAS, on tensors sharing the NumPy buffers) and the cross-entropy kernel is
+fastsoftmax's. Re-exported by :mod:`fastsoftmax.torch`.
+
+Autograd: for "mean" and "sum" the forward pass computes every gradient (three GEMMs per
+chunk) and the backward pass scales them by ``grad_output``. For "none" the per-row
+``grad_output`` is unknown in the forward pass, so the forward pass computes the loss
+alone (one GEMM per chunk) and the backward pass runs the loop again with each row's
+``grad_output`` folded into its gradient before the GEMMs (Liger #968 scaled after them).
+"""
+import contextlib
+
+import numpy as np
+import torch
+
+from . import linear_ce
+
+__all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+
+class _TorchBlas(linear_ce._Blas):
+    """The chunk's GEMMs as torch ops on tensors that share the NumPy buffers."""
+
+    def logits(self, h, w, out):
+        torch.mm(torch.from_numpy(h), torch.from_numpy(w).T, out=torch.from_numpy(out))
+
+    def grad_h(self, g, w, out):
+        torch.mm(torch.from_numpy(g), torch.from_numpy(w), out=torch.from_numpy(out))
+
+    def grad_weight(self, g, h, out, accumulate):
+        g_t, h_t, out_t = torch.from_numpy(g).T, torch.from_numpy(h), torch.from_numpy(out)
+        if accumulate:
+            out_t.addmm_(g_t, h_t)  # beta = 1: no V x D temporary
+        else:
+            torch.mm(g_t, h_t, out=out_t)
+
+    @contextlib.contextmanager
+    def threads(self, n):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+
+def _check(x, name, floating=True):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it with "
+                         f".cpu(), or use torch.nn.functional.linear_cross_entropy there")
+    if floating and x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} has dtype {x.dtype}; fastsoftmax supports float32 and float64 "
+                        f"(convert with .float())")
+
+
+def _numpy(x):
+    return None if x is None else x.detach().numpy()
+
+
+def _run(saved, grad_output, need):
+    """linear_ce's loop on the tensors' NumPy views with torch GEMMs."""
+    h, linear_weight, linear_bias, target, weight, options = saved
+    return linear_ce._compute(_numpy(h), _numpy(linear_weight), _numpy(target),
+                              _numpy(linear_bias), _numpy(weight), grad_output=grad_output,
+                              need=need, backend=None, blas=_TorchBlas(), **options)
+
+
+def _tensor(array):
+    return None if array is None else torch.from_numpy(np.asarray(array))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, linear_weight, linear_bias, target, weight, options):
+        ctx.need = tuple(name for name, flag in zip(linear_ce.NEEDS, ctx.needs_input_grad[:3])
+                         if flag)
+        ctx.recompute = options["reduction"] == "none"
+        saved = (h, linear_weight, linear_bias, target, weight, options)
+        if ctx.recompute:  # saved through autograd: an in-place change later is detected
+            ctx.save_for_backward(h, linear_weight, linear_bias, target, weight)
+            ctx.options = options
+            return _tensor(_run(saved, 1.0, None)[0])
+        loss, *grads = _run(saved, 1.0, ctx.need)
+        ctx.grads = [_tensor(g) for g in grads]
+        return _tensor(loss)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        if ctx.recompute:
+            saved = (*ctx.saved_tensors, ctx.options)
+            grads = [_tensor(g) for g in _run(saved, grad_output.numpy(), ctx.need)[1:]]
+        elif float(grad_output) == 1.0:
+            grads = ctx.grads
+        else:  # new tensors: the saved ones stay valid for another backward (retain_graph)
+            grads = [None if g is None else g * grad_output for g in ctx.grads]
+        return (*grads, None, None, None)
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=-100, label_smoothing=0.0, options=None,
+                         chunk_bytes=None):
+    """``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` without the
+    logits: a drop-in for ``torch.nn.functional.linear_cross_entropy`` (torch 2.13) on CPU.
+
+    Rows run in chunks (see :func:`fastsoftmax.linear_cross_entropy_with_grad`); gradients
+    are those of autograd on the unfused computation.
+
+    Parameters
+    ----------
+    input : Tensor
+        float32 or float64 hidden states ``(..., D)`` on the CPU.
+    linear_weight : Tensor
+        ``(V, D)``, input's dtype.
+    target : Tensor
+        Integer class indices of shape ``input.shape[:-1]``.
+    linear_bias : Tensor, optional
+        ``(V,)``, input's dtype.
+    weight : Tensor, optional
+        Per-class weights of the loss, ``(V,)``.
+    reduction : {"mean", "sum", "none"}, optional
+    ignore_index : int or None, optional
+        Targets equal to it are ignored (None: -100, as torch). Default -100.
+    label_smoothing : float, optional
+        In [0, 1].
+    options : torch.nn.LinearCrossEntropyOptions, optional
+        Accepted for torch compatibility; its ``batch_chunk_size`` (rows per chunk) is
+        honoured, the other fields do not apply (the chunked path always runs).
+    chunk_bytes : int, optional
+        Chunk budget in bytes (default :func:`fastsoftmax.get_linear_cross_entropy_chunk_bytes`).
+
+    Returns
+    -------
+    Tensor
+        0-d for "mean"/"sum", ``input.shape[:-1]`` for "none"; input's dtype.
+
+    Examples
+    --------
+    >>> import torch, fastsoftmax.torch as fst
+    >>> h, w = torch.zeros(2, 3, requires_grad=True), torch.zeros(4, 3, requires_grad=True)
+    >>> loss = fst.linear_cross_entropy(h, w, torch.tensor([1, 3]))
+    >>> round(loss.item(), 4)  # log(4)
+    1.3863
+    >>> loss.backward()
+    """
+    _check(input, "input")
+    _check(linear_weight, "linear_weight")
+    _check(target, "target", floating=False)
+    for tensor, name in ((linear_bias, "linear_bias"), (weight, "weight")):
+        if tensor is not None:
+            _check(tensor, name)
+    if options is not None and getattr(options, "batch_chunk_size", None) is not None:
+        chunk_bytes = options.batch_chunk_size * linear_weight.shape[0] * input.element_size()
+    loss_options = dict(ignore_index=-100 if ignore_index is None else ignore_index,
+                        reduction=reduction, label_smoothing=label_smoothing,
+                        chunk_bytes=chunk_bytes)
+    tensors = (input, linear_weight, linear_bias)
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
+                                              for t in tensors):
+        return _tensor(_run((*tensors, target, weight, loss_options), 1.0, None)[0])
+    return _LinearCrossEntropy.apply(*tensors, target, weight, loss_options)
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """An output layer and its cross-entropy loss, fused: ``nn.LinearCrossEntropyLoss``'s
+    constructor (torch 2.13, without ``out_features``) backed by :func:`linear_cross_entropy`.
+
+    Parameters
+    ----------
+    in_features, num_classes : int
+        D and V: the layer is ``self.linear = nn.Linear(in_features, num_classes, bias)``.
+    bias : bool, optional
+        Whether the layer has a bias. Default False (as torch's).
+    device, dtype : optional
+        Of the layer's parameters.
+    reduction, weight, ignore_index, label_smoothing, options, chunk_bytes
+        As :func:`linear_cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch, fastsoftmax.torch as fst
+    >>> head = fst.LinearCrossEntropyLoss(8, 100)
+    >>> loss = head(torch.randn(4, 8), torch.tensor([1, 2, 3, 4]))
+    >>> loss.backward()
+    >>> head.linear.weight.grad.shape
+    torch.Size([100, 8])
+    """
+
+    def __init__(self, in_features, num_classes, *, bias=False, device=None, dtype=None,
+                 reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0,
+                 options=None, chunk_bytes=None):
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, num_classes, bias=bias, device=device,
+                                      dtype=dtype)
+        self.register_buffer("weight", weight)
+        self.reduction, self.ignore_index = reduction, ignore_index
+        self.label_smoothing, self.options, self.chunk_bytes = label_smoothing, options, chunk_bytes
+
+    def forward(self, input, target):
+        return linear_cross_entropy(input, self.linear.weight, target,
+                                    linear_bias=self.linear.bias, weight=self.weight,
+                                    reduction=self.reduction, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, options=self.options,
+                                    chunk_bytes=self.chunk_bytes)
