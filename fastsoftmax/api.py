@@ -217,27 +217,24 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     n_rows, n_classes = rows.shape
     denominator = _reduction_scale(args)
-    # weight=None reaches the kernels as None (every class weighs 1): no ones(C) array,
-    # which was 4 GiB at C = 2**30.
-    weight_sum = float(n_classes if args.weight is None
-                       else np.sum(args.weight, dtype=np.float64))
+    weight, weight_sum = _class_weight(args.weight, n_classes)
     scale, row_scale = _grad_scales(grad_output, denominator)
     row_loss = np.empty(n_rows, dtype=np.float64)
     if args.probabilities:
         kernels.cross_entropy_prob(rows, np.ascontiguousarray(args.target).reshape(rows.shape),
-                                   args.weight, args.label_smoothing, scale, row_scale, row_loss,
-                                   grad)
+                                   weight, args.label_smoothing, scale, row_scale, row_loss, grad)
     else:
         kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1),
-                                    args.weight, weight_sum, args.ignore_index,
+                                    weight, weight_sum, args.ignore_index,
                                     args.label_smoothing, scale, row_scale, row_loss, grad)
     return _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
 
 
-def _class_weight(weight, n_classes, dtype):
-    """(weight, weight_sum) as a kernel takes them: the cached ones(C) for weight=None."""
+def _class_weight(weight, n_classes):
+    """(weight, weight_sum) as a kernel takes them. weight=None stays None (every class
+    weighs 1): no ones(C) array, which was 4 GiB at C = 2**30."""
     if weight is None:
-        return _uniform_weight(n_classes, dtype), float(n_classes)
+        return None, float(n_classes)
     return weight, float(np.sum(weight, dtype=np.float64))
 
 

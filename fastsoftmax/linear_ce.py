@@ -239,7 +239,7 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
         valid = None
     n_valid = n_rows if valid is None else valid.size
     denominator = api._reduction_scale(ce)
-    class_weight, weight_sum = api._class_weight(ce.weight, n_classes, dtype)
+    class_weight, weight_sum = api._class_weight(ce.weight, n_classes)
     grad_needed = bool(needs)
     scale, row_scale = api._grad_scales(grad_output, denominator) if grad_needed \
         else (1.0, np.empty(0))
