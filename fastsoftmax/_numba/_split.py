@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._math import (JIT, maximum, row_dot, row_max, row_rescale, row_shifted_dot, row_sum,
+from ._math import (JIT, row_dot, row_max, row_rescale, row_shifted_dot, row_sum,
                     row_sumexp)
 
 SPLIT_ROWS = 4           # split the rows of an array with fewer rows than this ...
@@ -83,14 +83,6 @@ def sum_in_order(parts):
     return total
 
 
-@njit(**JIT)
-def max_in_order(parts):
-    m = parts[0]
-    for c in range(1, parts.size):
-        m = maximum(m, parts[c])
-    return m
-
-
 # Arguments of a split helper: at most this many. Fixed names, not *args: Numba cannot
 # lower an inlined overload that takes *args.
 _ARG_NAMES = tuple(f"a{k}" for k in range(7))
@@ -122,7 +114,7 @@ def _split_implementation(helper, merge, arg_types):
     row = names[columns[0]]
     if merge == "max":
         parts, store, result = f"np.empty(chunks, {row}.dtype)", "parts[c] = r", \
-            "max_in_order(parts)"
+            "row_max(parts)"
     elif merge == 0:
         parts, store, result = "None", "pass", "None"
     else:
@@ -146,6 +138,6 @@ def split_call(name, chunks, {", ".join(n + ("=None" if k else "")
     return {result}
 """
     scope = dict(helper=helper, np=np, prange=prange, _chunk_length=_chunk_length,
-                 sum_in_order=sum_in_order, max_in_order=max_in_order)
+                 sum_in_order=sum_in_order, row_max=row_max)
     exec(compile(source, f"<over_chunks {helper.py_func.__name__}>", "exec"), scope)
     return scope["split_call"]
