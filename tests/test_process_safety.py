@@ -87,7 +87,9 @@ def test_os_fork_child_marks_itself(backend, tmp_path):
     pid = os.fork()
     if pid == 0:
         ok = fs.show_config()["forked_child"] and fs.get_num_threads() == 1
-        ok = ok and np.array_equal(fs.softmax(x, backend={backend!r}), want)
+        # to rounding, not bit for bit: a Numba child runs a separate (serial) compilation
+        # of the kernel, whose inlined row functions LLVM may vectorise differently
+        ok = ok and np.allclose(fs.softmax(x, backend={backend!r}), want, rtol=1e-12, atol=0)
         os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, status
