@@ -13,6 +13,14 @@ from bench.ab import kernel_calls
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed")
 
 
+def test_whole_bench_directory_collects():
+    """README's main command runs ``pytest bench``, which (with --doctest-modules)
+    imports every module of bench/: a script with top-level code broke it once."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 def test_bench_suite_and_report(tmp_path):
     results = tmp_path / "results.json"
     run = subprocess.run(
