@@ -1,12 +1,14 @@
 """Numba cross-entropy kernels: loss per row and, fused in the same passes, the gradient.
 
-Per row (torch semantics, eps = label_smoothing, w = class weights, W = sum(w)):
-  index target y:  loss = (1-eps) w_y (lse - z_y) + eps/C * sum_c w_c (lse - z_c)
-                   grad = s * (((1-eps) w_y + eps/C W) p - (1-eps) w_y onehot(y) - eps/C w)
-  probabilities t: t' = (1-eps) t + eps/C,  T = sum_c w_c t'_c
-                   loss = sum_c w_c t'_c (lse - z_c),  grad = s * (T p - w t')
-with p = softmax(z), s = the caller's scale (grad_output / reduction denominator).
-Everything is computed relative to the row max m (lse - z_c = log(sum) - (z_c - m)).
+Per row (torch semantics, eps = label_smoothing, w = class weights, W = sum(w)), with
+probability targets t, t' = (1-eps) t + eps/C and T = sum_c w_c t'_c:
+    loss = sum_c w_c t'_c (lse - z_c) = T log(sum) - sum_c w_c t'_c (z_c - m)
+    grad = s * (T p - w t')
+with p = softmax(z), m the row max, sum = sum_c exp(z_c - m), and s the caller's scale
+(grad_output / reduction denominator). An index target y is the probability row
+onehot(y), so both kinds run one row function, ``_ce_row``, and one block function
+(``_small._ce_block``); an index target supplies T = (1-eps) w_y + eps/C W and its
+shifted sum by lookup (z_y, w_y) where a probability row is summed in the exp pass.
 The exp pass stores exp(z - m) in grad and the write pass rescales it in place (one
 exp per element); ``grad=None`` compiles the loss-only kernel, the same body without
 the stores and the write pass, and ``weight=None`` the one where every class weighs 1.
@@ -20,60 +22,6 @@ from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WR
                     class_weight, row_scale_at, same_buffer, scalar_like, vexp_core,
                     weight_block, weighted)
 from ._split import over_chunks, row_chunks, splittable
-
-
-@njit(**JIT_ROW)
-def _index_row(row, y, weight, weight_sum, ignore_index, smoothing, s, grad, chunks):
-    """Loss of one row; with grad (not None), also d(s * loss)/drow into grad (may be row)."""
-    if y == ignore_index:
-        if grad is not None:
-            grad[:] = 0
-        return 0.0
-    eps_c = smoothing / row.size
-    m = over_chunks("row_max", chunks, row)
-    # Both read the row before the exp pass overwrites it (inplace=True).
-    shifted_y = float(row[y] - m)
-    shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m) if smoothing != 0.0 \
-        else 0.0
-    sum_exp = over_chunks("row_sumexp", chunks, row, m, grad)
-    log_sum = math.log(sum_exp)
-    w_y = class_weight(weight, y)
-    if grad is not None:
-        onehot_coef = (1.0 - smoothing) * w_y
-        over_chunks("row_rescale", chunks, grad,
-                    s * (onehot_coef + eps_c * weight_sum) / sum_exp, s * eps_c, weight)
-        grad[y] -= scalar_like(row, s * onehot_coef)
-    return ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
-            + eps_c * (weight_sum * log_sum - shifted_w))
-
-
-# The kernels hand a row function grad[i] from a branch on ``grad is None`` (pruned at
-# compile time). Through a helper returning "grad[i] or None" instead (an overload),
-# Numba 0.62-0.68 dropped the row function's element writes such as grad[y] -= c as dead
-# code inside the prange (reproduced on a 3-line kernel).
-@njit(**JIT_ROW)
-def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, scale,
-                  row_scale, grad, chunks):
-    s = row_scale_at(scale, row_scale, i)
-    if grad is None:
-        return _index_row(x[i], target[i], weight, weight_sum, ignore_index, smoothing, s,
-                          None, chunks)
-    return _index_row(x[i], target[i], weight, weight_sum, ignore_index, smoothing, s,
-                      grad[i], chunks)
-
-
-@njit(**JIT_PARALLEL)
-def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
-                        scale, row_scale, row_loss, grad):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
-        for i in prange(x.shape[0]):
-            row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
-                                        smoothing, scale, row_scale, grad, 1)
-    else:
-        for i in range(x.shape[0]):
-            row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
-                                        smoothing, scale, row_scale, grad, chunks)
 
 
 @njit(**JIT_ROW_WRITER)
@@ -137,25 +85,83 @@ def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c):
 
 
 @njit(**JIT_ROW)
-def _prob_row(row, t, weight, smoothing, s, grad, chunks):
-    """Loss of one row; with grad (not None), also d(s * loss)/drow into grad (may be row)."""
-    keep = 1.0 - smoothing
-    eps_c = smoothing / row.size
-    m = over_chunks("row_max", chunks, row)
-    sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight, m,
-                                                keep, eps_c, grad)
-    if grad is not None:
-        over_chunks("_prob_rescale_row", chunks, grad, t, weight, s * total_wt / sum_exp, s,
-                    keep, eps_c)
-    return total_wt * math.log(sum_exp) - shifted_wt
+def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, grad, chunks):
+    """What _prob_row_sums returns, for t = onehot(y): sum(exp(row - m)) (kept in grad),
+    T = keep w_y + eps_c W and sum(w t' (row - m)), the target terms by lookup."""
+    # Both read the row before the exp pass overwrites it (inplace=True).
+    shifted_y = float(row[y] - m)
+    shifted_w = 0.0
+    if eps_c != 0.0:
+        shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m)
+    sum_exp = over_chunks("row_sumexp", chunks, row, m, grad)
+    w_y = class_weight(weight, y)
+    return sum_exp, keep * w_y + eps_c * weight_sum, keep * w_y * shifted_y + eps_c * shifted_w
 
 
 @njit(**JIT_ROW)
-def _prob_row_at(x, i, target, weight, smoothing, scale, row_scale, grad, chunks):
-    s = row_scale_at(scale, row_scale, i)  # grad[i] from a branch: see _index_row_at
+def _ce_row(row, y, t, weight, weight_sum, smoothing, s, grad, chunks):
+    """Loss of one row against the index target y (t None) or the probability row t (y
+    None); with grad (not None), also d(s * loss)/drow into grad (may be row)."""
+    keep = 1.0 - smoothing
+    eps_c = smoothing / row.size
+    m = over_chunks("row_max", chunks, row)
+    # The target kind is chosen at compile time. Numba prunes a branch on ``arg is None``
+    # only where arg is typed None: ``t is None`` is decided for index targets and the
+    # inner ``y is not None`` for probability targets, so each kernel compiles one kind.
+    if t is None:
+        if y is not None:
+            sum_exp, total_wt, shifted_wt = _index_sums(row, y, weight, weight_sum, m, keep,
+                                                        eps_c, grad, chunks)
+    else:
+        sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
+                                                    m, keep, eps_c, grad)
+    if grad is not None:
+        exp_scale = s * total_wt / sum_exp
+        if t is None:
+            if y is not None:
+                over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight)
+                grad[y] -= scalar_like(row, s * keep * class_weight(weight, y))
+        else:
+            over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
+                        eps_c)
+    return total_wt * math.log(sum_exp) - shifted_wt
+
+
+# The kernels hand the row function grad[i] from a branch on ``grad is None`` (pruned at
+# compile time). Through a helper returning "grad[i] or None" instead (an overload),
+# Numba 0.62-0.68 dropped the row function's element writes such as grad[y] -= c as dead
+# code inside the prange (reproduced on a 3-line kernel).
+@njit(**JIT_ROW)
+def _ce_row_at(x, i, y, t, weight, weight_sum, smoothing, scale, row_scale, grad, chunks):
+    s = row_scale_at(scale, row_scale, i)
     if grad is None:
-        return _prob_row(x[i], target[i], weight, smoothing, s, None, chunks)
-    return _prob_row(x[i], target[i], weight, smoothing, s, grad[i], chunks)
+        return _ce_row(x[i], y, t, weight, weight_sum, smoothing, s, None, chunks)
+    return _ce_row(x[i], y, t, weight, weight_sum, smoothing, s, grad[i], chunks)
+
+
+@njit(**JIT_ROW)
+def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, scale,
+                  row_scale, grad, chunks):
+    if target[i] == ignore_index:
+        if grad is not None:
+            grad[i, :] = 0
+        return 0.0
+    return _ce_row_at(x, i, target[i], None, weight, weight_sum, smoothing, scale, row_scale,
+                      grad, chunks)
+
+
+@njit(**JIT_PARALLEL)
+def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
+                        scale, row_scale, row_loss, grad):
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
+                                        smoothing, scale, row_scale, grad, 1)
+    else:
+        for i in range(x.shape[0]):
+            row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
+                                        smoothing, scale, row_scale, grad, chunks)
 
 
 @njit(**JIT_PARALLEL)
@@ -163,9 +169,9 @@ def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss,
     chunks = row_chunks(x.shape[0], x.shape[1])
     if chunks == 1:
         for i in prange(x.shape[0]):
-            row_loss[i] = _prob_row_at(x, i, target, weight, smoothing, scale, row_scale, grad,
-                                       1)
+            row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, scale,
+                                     row_scale, grad, 1)
     else:
         for i in range(x.shape[0]):
-            row_loss[i] = _prob_row_at(x, i, target, weight, smoothing, scale, row_scale, grad,
-                                       chunks)
+            row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, scale,
+                                     row_scale, grad, chunks)

@@ -115,90 +115,106 @@ def logsumexp_blocks(x, out):
 
 
 @njit(**JIT)
-def _index_block(x, target, weight, weight_sum, ignore_index, smoothing, scale, row_scale,
-                 row_loss, grad, lo, hi):
-    """Rows lo:hi of cross_entropy_index (x is read into the scratch before grad is written,
-    so grad may be x itself)."""
-    x, target = x[lo:hi], target[lo:hi]
-    n_rows, n_classes = x.shape
-    eps_c = smoothing / n_classes
-    e, _ = _columns(x)
-    shifted_y = np.zeros(n_rows)
+def _index_block_sums(e, y, weight, weight_sum, ignore_index, keep, eps_c):
+    """T and sum(w t' (x - m)) of each row for t = onehot(y[r]) (see _cross_entropy), by
+    lookup; e holds x - m as (classes, rows). Ignored rows get 0."""
+    n_classes, n_rows = e.shape
     shifted_w = np.zeros(n_rows)
-    for r in range(n_rows):
-        if target[r] != ignore_index:
-            shifted_y[r] = e[target[r], r]
-    if smoothing != 0.0:
+    if eps_c != 0.0:
         for j in range(n_classes):
             w = class_weight(weight, j)
             column = e[j]
             for r in range(n_rows):
                 shifted_w[r] += w * column[r]
-    sums = _exp_columns(e)
+    total_wt = np.zeros(n_rows)
+    shifted_wt = np.zeros(n_rows)
     for r in range(n_rows):
-        y = target[r]
-        if y == ignore_index:
-            row_loss[lo + r] = 0.0
-            if grad is not None:
-                grad[lo + r, :] = 0
-            continue
-        log_sum = math.log(sums[r])
-        w_y = class_weight(weight, y)
-        loss = (1.0 - smoothing) * w_y * (log_sum - shifted_y[r])
-        if smoothing != 0.0:
-            loss += eps_c * (weight_sum * log_sum - shifted_w[r])
-        row_loss[lo + r] = loss
-        if grad is not None:
-            s = row_scale_at(scale, row_scale, lo + r)
-            onehot_coef = (1.0 - smoothing) * w_y
-            k = scalar_like(x, s * (onehot_coef + eps_c * weight_sum) / sums[r])
-            f = scalar_like(x, s * eps_c)
-            out = grad[lo + r]
-            for j in range(n_classes):
-                out[j] = e[j, r] * k - weighted(f, weight, j)
-            out[y] -= scalar_like(x, s * onehot_coef)
-
-
-@njit(**JIT_PARALLEL)
-def cross_entropy_index_blocks(x, target, weight, weight_sum, ignore_index, smoothing,
-                        scale, row_scale, row_loss, grad):
-    rows, n_blocks = _blocks(x.shape[0], x.shape[1])
-    for b in prange(n_blocks):
-        _index_block(x, target, weight, weight_sum, ignore_index, smoothing, scale, row_scale,
-                     row_loss, grad, b * rows, min(x.shape[0], (b + 1) * rows))
+        if y[r] != ignore_index:
+            w_y = class_weight(weight, y[r])
+            total_wt[r] = keep * w_y + eps_c * weight_sum
+            shifted_wt[r] = keep * w_y * e[y[r], r] + eps_c * shifted_w[r]
+    return total_wt, shifted_wt
 
 
 @njit(**JIT)
-def _prob_block(x, target, weight, smoothing, scale, row_scale, row_loss, grad, lo, hi):
-    """Rows lo:hi of cross_entropy_prob (grad may be x itself, as in _index_block)."""
-    x, target = x[lo:hi], target[lo:hi]
-    n_rows, n_classes = x.shape
-    keep = scalar_like(x, 1.0 - smoothing)
-    eps_c = scalar_like(x, smoothing / n_classes)
-    e, _ = _columns(x)
+def _prob_block_sums(e, t, weight, keep, eps_c):
+    """T and sum(w t' (x - m)) of each row (see _cross_entropy); e holds x - m as
+    (classes, rows)."""
+    n_classes, n_rows = e.shape
+    k = scalar_like(e, keep)
+    c = scalar_like(e, eps_c)
     total_wt = np.zeros(n_rows)
     shifted_wt = np.zeros(n_rows)
     for j in range(n_classes):
         column = e[j]
         for r in range(n_rows):
-            wt = weighted(target[r, j] * keep + eps_c, weight, j)
+            wt = weighted(t[r, j] * k + c, weight, j)
             total_wt[r] += wt
             shifted_wt[r] += wt * column[r]
+    return total_wt, shifted_wt
+
+
+@njit(**JIT)
+def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, scale, row_scale,
+              row_loss, grad, lo, hi):
+    """Rows lo:hi of cross_entropy_index (index targets y, t None) or cross_entropy_prob
+    (probability rows t, y None); x is read into the scratch before grad is written, so
+    grad may be x itself."""
+    x = x[lo:hi]
+    n_rows, n_classes = x.shape
+    keep = 1.0 - smoothing
+    eps_c = smoothing / n_classes
+    e, _ = _columns(x)
+    # The target kind is chosen at compile time, as in _cross_entropy._ce_row.
+    if t is None:
+        if y is not None:
+            total_wt, shifted_wt = _index_block_sums(e, y, weight, weight_sum, ignore_index,
+                                                     keep, eps_c)
+    else:
+        total_wt, shifted_wt = _prob_block_sums(e, t, weight, keep, eps_c)
     sums = _exp_columns(e)
     for r in range(n_rows):
+        if t is None:
+            if y is not None:
+                if y[r] == ignore_index:  # 0, not 0 * log(sum) - 0 (NaN for a NaN row)
+                    row_loss[lo + r] = 0.0
+                    if grad is not None:
+                        grad[lo + r, :] = 0
+                    continue
         row_loss[lo + r] = total_wt[r] * math.log(sums[r]) - shifted_wt[r]
-        if grad is not None:
-            s = row_scale_at(scale, row_scale, lo + r)
-            k = scalar_like(x, s * total_wt[r] / sums[r])
+        if grad is None:
+            continue
+        out = grad[lo + r]
+        s = row_scale_at(scale, row_scale, lo + r)
+        k = scalar_like(x, s * total_wt[r] / sums[r])
+        if t is None:
+            if y is not None:
+                f = scalar_like(x, s * eps_c)
+                for j in range(n_classes):
+                    out[j] = e[j, r] * k - weighted(f, weight, j)
+                out[y[r]] -= scalar_like(x, s * keep * class_weight(weight, y[r]))
+        else:
+            kt = scalar_like(x, keep)
+            c = scalar_like(x, eps_c)
             f = scalar_like(x, s)
-            out = grad[lo + r]
             for j in range(n_classes):
-                out[j] = e[j, r] * k - f * weighted(target[r, j] * keep + eps_c, weight, j)
+                out[j] = e[j, r] * k - f * weighted(t[r, j] * kt + c, weight, j)
+
+
+@njit(**JIT_PARALLEL)
+def cross_entropy_index_blocks(x, target, weight, weight_sum, ignore_index, smoothing,
+                               scale, row_scale, row_loss, grad):
+    rows, n_blocks = _blocks(x.shape[0], x.shape[1])
+    for b in prange(n_blocks):
+        lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
+        _ce_block(x, target[lo:hi], None, weight, weight_sum, ignore_index, smoothing, scale,
+                  row_scale, row_loss, grad, lo, hi)
 
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_prob_blocks(x, target, weight, smoothing, scale, row_scale, row_loss, grad):
     rows, n_blocks = _blocks(x.shape[0], x.shape[1])
     for b in prange(n_blocks):
-        _prob_block(x, target, weight, smoothing, scale, row_scale, row_loss, grad,
-                    b * rows, min(x.shape[0], (b + 1) * rows))
+        lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
+        _ce_block(x, None, target[lo:hi], weight, 0.0, None, smoothing, scale, row_scale,
+                  row_loss, grad, lo, hi)
