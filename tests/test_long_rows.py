@@ -90,6 +90,12 @@ def test_split_rule_is_the_same_in_both_backends():
     """Numba's row driver splits exactly where the Cython kernels do (fewer than 4 rows of
     at least 65536 classes), into chunks of a multiple of 16384 classes."""
     from fastsoftmax._numba._split import _chunk_length, row_chunks
+    if "cython" in fs.available_backends():
+        from fastsoftmax._cython._kernels import _row_chunks
+        shapes = [(rows, n) for rows in (1, 3, 4, 100)
+                  for n in (1, 4 * 16384 - 1, 4 * 16384, 4 * 16384 + 1, 10 ** 6, 2 ** 30)]
+        assert [row_chunks(*shape) for shape in shapes] == [_row_chunks(*shape)
+                                                           for shape in shapes]
     assert row_chunks(3, 4 * 16384) == 4
     assert row_chunks(1, 4 * 16384 + 1) == 5
     assert row_chunks(4, 4 * 16384) == 1      # enough rows for the threads

@@ -10,40 +10,37 @@ import os
 
 from libc.math cimport log, isfinite, NAN
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
 cdef extern from "rows.h" nogil:
     void fs_log_array(const double *x, double *out, Py_ssize_t n)
-    float fs_row_max_f(const float *row, Py_ssize_t n)
-    double fs_row_max_d(const double *row, Py_ssize_t n)
-    double fs_row_sumexp_f(const float *row, Py_ssize_t n, float m, float *out)
-    double fs_row_sumexp_d(const double *row, Py_ssize_t n, double m, double *out)
-    double fs_row_dot_f(const float *a, const float *b, Py_ssize_t n)
-    double fs_row_dot_d(const double *a, const double *b, Py_ssize_t n)
-    double fs_row_shifted_dot_f(const float *w, const float *row, Py_ssize_t n, float m)
-    double fs_row_shifted_dot_d(const double *w, const double *row, Py_ssize_t n, double m)
-    double fs_prob_sums_f(const float *row, const float *t, const float *w, Py_ssize_t n,
-                          float m, float keep, float eps, float *out, double *total_wt,
-                          double *shifted_wt)
-    double fs_prob_sums_d(const double *row, const double *t, const double *w, Py_ssize_t n,
-                          double m, double keep, double eps, double *out, double *total_wt,
-                          double *shifted_wt)
-    void fs_rescale_f(float *out, float k, float f, const float *w, Py_ssize_t n)
-    void fs_rescale_d(double *out, double k, double f, const double *w, Py_ssize_t n)
-    void fs_prob_rescale_f(float *out, const float *t, const float *w, float k, float f,
-                           float keep, float eps, Py_ssize_t n)
-    void fs_prob_rescale_d(double *out, const double *t, const double *w, double k, double f,
-                           double keep, double eps, Py_ssize_t n)
-    void fs_shift_f(const float *row, float m, float log_sum, float *out, Py_ssize_t n)
-    void fs_shift_d(const double *row, double m, double log_sum, double *out, Py_ssize_t n)
-    void fs_softmax_bwd_f(const float *y, const float *dy, float dot, float *out, Py_ssize_t n)
-    void fs_softmax_bwd_d(const double *y, const double *dy, double dot, double *out,
-                          Py_ssize_t n)
-    void fs_log_softmax_bwd_f(const float *logp, const float *dy, float total, float *out,
-                              Py_ssize_t n)
-    void fs_log_softmax_bwd_d(const double *logp, const double *dy, double total, double *out,
-                              Py_ssize_t n)
+    int fs_split_rows(Py_ssize_t rows, Py_ssize_t n)
+    Py_ssize_t fs_chunk_length(Py_ssize_t n)
+    void fs_softmax_row_f(const float *x, float *out, Py_ssize_t n, int threads)
+    void fs_softmax_row_d(const double *x, double *out, Py_ssize_t n, int threads)
+    void fs_log_softmax_row_f(const float *x, float *out, Py_ssize_t n, int threads)
+    void fs_log_softmax_row_d(const double *x, double *out, Py_ssize_t n, int threads)
+    float fs_logsumexp_row_f(const float *x, Py_ssize_t n, int threads)
+    double fs_logsumexp_row_d(const double *x, Py_ssize_t n, int threads)
+    void fs_softmax_backward_row_f(const float *y, const float *dy, float *out, Py_ssize_t n,
+                                   int threads)
+    void fs_softmax_backward_row_d(const double *y, const double *dy, double *out,
+                                   Py_ssize_t n, int threads)
+    void fs_log_softmax_backward_row_f(const float *logp, const float *dy, float *out,
+                                       Py_ssize_t n, int threads)
+    void fs_log_softmax_backward_row_d(const double *logp, const double *dy, double *out,
+                                       Py_ssize_t n, int threads)
+    double fs_cross_entropy_row_f(const float *x, const int64_t *y, const float *t,
+                                  const float *w, double weight_sum, double smoothing,
+                                  double s, Py_ssize_t n, float *grad, int threads)
+    double fs_cross_entropy_row_d(const double *x, const int64_t *y, const double *t,
+                                  const double *w, double weight_sum, double smoothing,
+                                  double s, Py_ssize_t n, double *grad, int threads)
+    double fs_entropy_row_f(const float *x, double s, Py_ssize_t n, float *grad, int threads)
+    double fs_entropy_row_d(const double *x, double s, Py_ssize_t n, double *grad,
+                            int threads)
 
     float fs_short_shift_max_f(const float *row, Py_ssize_t n, float *out)
     double fs_short_shift_max_d(const double *row, Py_ssize_t n, double *out)
@@ -76,14 +73,6 @@ cdef extern from "rows.h" nogil:
     void fs_short_log_softmax_bwd_f(const float *logp, const float *dy, float *out, Py_ssize_t n)
     void fs_short_log_softmax_bwd_d(const double *logp, const double *dy, double *out,
                                     Py_ssize_t n)
-    double fs_entropy_sums_f(const float *row, Py_ssize_t n, float m, float *out,
-                             double *sum_ed)
-    double fs_entropy_sums_d(const double *row, Py_ssize_t n, double m, double *out,
-                             double *sum_ed)
-    void fs_entropy_grad_f(const float *row, float m, float *out, Py_ssize_t n, float k,
-                           float mean_d)
-    void fs_entropy_grad_d(const double *row, double m, double *out, Py_ssize_t n, double k,
-                           double mean_d)
     double fs_short_entropy_dot_f(const float *e, const float *row, float m, Py_ssize_t n)
     double fs_short_entropy_dot_d(const double *e, const double *row, double m, Py_ssize_t n)
     void fs_short_entropy_grad_f(const float *e, const float *row, float m, float k,
@@ -138,45 +127,32 @@ SMALL_C = 128 if FS_VEC_BYTES == 64 else 64
 cdef Py_ssize_t BLOCK_ELEMENTS = 4096
 
 
+def _row_chunks(Py_ssize_t rows, Py_ssize_t n):
+    """For tests: the chunks each row is split into (1: whole rows), as in
+    fastsoftmax._numba._split.row_chunks."""
+    cdef Py_ssize_t size = fs_chunk_length(n)
+    return (n + size - 1) // size if fs_split_rows(rows, n) else 1
+
+
 def set_num_threads(int n):
     """Threads for the next kernel calls (validated by fastsoftmax.set_num_threads)."""
     global _threads
     _threads = max(1, min(n, max_threads))
 
 
-# ---- row helpers: the float or double instance of a rows.h helper ----
-# split=True runs the helper on all threads over fixed chunks of the row: the kernels
-# do so for a few long rows (_split_rows), where one thread per row left cores idle
-# (CE + grad kernel at 1 x 2**20, 2 threads: 1.13 -> 0.59 ns/elem; softmax 1.13 -> 0.59,
-# logsumexp 0.86 -> 0.42). Partial results merge in chunk order.
+# ---- row functions (row_functions_typed.h): the float or double instance ----
+# `threads` 0: the whole row on the calling thread (the kernel's prange runs the rows in
+# parallel); > 0: the row split over that many threads, for a few long rows.
 
-cdef enum:
-    SPLIT_ROWS = 4           # split the rows of an array with fewer rows than this ...
-    SPLIT_MIN_CHUNK = 16384  # ... and at least 4 chunks of this many classes
-    SPLIT_MAX_CHUNKS = 64
+cdef inline int _split_threads(Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    """Threads that split each row: 0 unless the rows are few and long (rows.h)."""
+    return _threads if fs_split_rows(rows, n) else 0
 
 
-cdef inline bint _split_rows(Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
-    """Split each row over the threads? Decided by the shape alone, not by the thread
-    count, so that results do not change with set_num_threads."""
-    return rows < SPLIT_ROWS and n >= 4 * SPLIT_MIN_CHUNK
-
-
-cdef inline int _row_threads(bint split) noexcept nogil:
+cdef inline int _row_threads(int split_threads) noexcept nogil:
     """Threads of the prange over rows. With split rows it has one thread: a team of one
-    is not an active OpenMP region, so the helpers' own prange gets every thread."""
-    return 1 if split else _threads
-
-
-cdef inline Py_ssize_t _chunk(Py_ssize_t n) noexcept nogil:
-    """Chunk length for a split row: a multiple of SPLIT_MIN_CHUNK, <= SPLIT_MAX_CHUNKS chunks."""
-    cdef Py_ssize_t span = SPLIT_MAX_CHUNKS * SPLIT_MIN_CHUNK
-    return (n + span - 1) // span * SPLIT_MIN_CHUNK
-
-
-cdef inline Py_ssize_t _chunks(Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t size = _chunk(n)
-    return (n + size - 1) // size
+    is not an active OpenMP region, so the row driver's parallel loop gets every thread."""
+    return 1 if split_threads else _threads
 
 
 cdef inline double _weight(const real *w, int64_t j) noexcept nogil:
@@ -184,171 +160,61 @@ cdef inline double _weight(const real *w, int64_t j) noexcept nogil:
     return w[j] if w != NULL else 1
 
 
-cdef inline const real *_weights_from(const real *w, Py_ssize_t lo) noexcept nogil:
-    """w + lo, for a weight vector that may be NULL (all ones)."""
-    return w + lo if w != NULL else NULL
-
-
-cdef inline double _total(const double *part, Py_ssize_t count) noexcept nogil:
-    cdef double total = 0
-    cdef Py_ssize_t c
-    for c in range(count):
-        total += part[c]
-    return total
-
-
-cdef real _max(const real *row, Py_ssize_t n, bint split) noexcept nogil:
-    cdef real part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _max(row + c * size, min(size, n - c * size), False)
-        return _max(part, _chunks(n), False)
+cdef inline void _softmax_row(const real *x, real *out, Py_ssize_t n,
+                              int threads) noexcept nogil:
     if real is float:
-        return fs_row_max_f(row, n)
+        fs_softmax_row_f(x, out, n, threads)
     else:
-        return fs_row_max_d(row, n)
+        fs_softmax_row_d(x, out, n, threads)
 
 
-cdef double _sumexp(const real *row, Py_ssize_t n, real m, real *out, bint split) noexcept nogil:
-    cdef double part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _sumexp(row + c * size, min(size, n - c * size), m,
-                              out + c * size if out != NULL else NULL, False)
-        return _total(part, _chunks(n))
+cdef inline void _log_softmax_row(const real *x, real *out, Py_ssize_t n,
+                                  int threads) noexcept nogil:
     if real is float:
-        return fs_row_sumexp_f(row, n, m, out)
+        fs_log_softmax_row_f(x, out, n, threads)
     else:
-        return fs_row_sumexp_d(row, n, m, out)
+        fs_log_softmax_row_d(x, out, n, threads)
 
 
-cdef double _dot(const real *a, const real *b, Py_ssize_t n, bint split) noexcept nogil:
-    """sum(a * b); b NULL stands for ones (sum(a)), as for class weights"""
-    cdef double part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _dot(a + c * size, _weights_from(b, c * size),
-                           min(size, n - c * size), False)
-        return _total(part, _chunks(n))
+cdef inline real _logsumexp_row(const real *x, Py_ssize_t n, int threads) noexcept nogil:
     if real is float:
-        return fs_row_dot_f(a, b, n)
+        return fs_logsumexp_row_f(x, n, threads)
     else:
-        return fs_row_dot_d(a, b, n)
+        return fs_logsumexp_row_d(x, n, threads)
 
 
-cdef double _shifted_dot(const real *w, const real *row, Py_ssize_t n, real m,
-                         bint split) noexcept nogil:
-    cdef double part[SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            part[c] = _shifted_dot(_weights_from(w, c * size), row + c * size,
-                                   min(size, n - c * size), m,
-                                   False)
-        return _total(part, _chunks(n))
+cdef inline void _softmax_backward_row(const real *y, const real *dy, real *out, Py_ssize_t n,
+                                       int threads) noexcept nogil:
     if real is float:
-        return fs_row_shifted_dot_f(w, row, n, m)
+        fs_softmax_backward_row_f(y, dy, out, n, threads)
     else:
-        return fs_row_shifted_dot_d(w, row, n, m)
+        fs_softmax_backward_row_d(y, dy, out, n, threads)
 
 
-cdef double _prob_sums(const real *row, const real *t, const real *w, Py_ssize_t n, real m,
-                       real keep, real eps, real *out, double *total_wt, double *shifted_wt,
-                       bint split) noexcept nogil:
-    cdef double part[3][SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, lo, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            lo = c * size
-            part[0][c] = _prob_sums(row + lo, t + lo, _weights_from(w, lo), min(size, n - lo), m,
-                                    keep, eps,
-                                    out + lo if out != NULL else NULL, &part[1][c],
-                                    &part[2][c], False)
-        total_wt[0] = _total(part[1], _chunks(n))
-        shifted_wt[0] = _total(part[2], _chunks(n))
-        return _total(part[0], _chunks(n))
+cdef inline void _log_softmax_backward_row(const real *logp, const real *dy, real *out,
+                                           Py_ssize_t n, int threads) noexcept nogil:
     if real is float:
-        return fs_prob_sums_f(row, t, w, n, m, keep, eps, out, total_wt, shifted_wt)
+        fs_log_softmax_backward_row_f(logp, dy, out, n, threads)
     else:
-        return fs_prob_sums_d(row, t, w, n, m, keep, eps, out, total_wt, shifted_wt)
+        fs_log_softmax_backward_row_d(logp, dy, out, n, threads)
 
 
-cdef void _rescale(real *out, real k, real f, const real *w, Py_ssize_t n,
-                   bint split) noexcept nogil:
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            _rescale(out + c * size, k, f, _weights_from(w, c * size),
-                     min(size, n - c * size), False)
-    elif real is float:
-        fs_rescale_f(out, k, f, w, n)
+cdef inline double _cross_entropy_row(const real *x, const int64_t *y, const real *t,
+                                      const real *w, double weight_sum, double smoothing,
+                                      double s, Py_ssize_t n, real *grad,
+                                      int threads) noexcept nogil:
+    if real is float:
+        return fs_cross_entropy_row_f(x, y, t, w, weight_sum, smoothing, s, n, grad, threads)
     else:
-        fs_rescale_d(out, k, f, w, n)
+        return fs_cross_entropy_row_d(x, y, t, w, weight_sum, smoothing, s, n, grad, threads)
 
 
-cdef void _prob_rescale(real *out, const real *t, const real *w, real k, real f, real keep,
-                        real eps, Py_ssize_t n, bint split) noexcept nogil:
-    cdef Py_ssize_t c, lo, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            lo = c * size
-            _prob_rescale(out + lo, t + lo, _weights_from(w, lo), k, f, keep, eps,
-                          min(size, n - lo), False)
-    elif real is float:
-        fs_prob_rescale_f(out, t, w, k, f, keep, eps, n)
+cdef inline double _entropy_row(const real *x, double s, Py_ssize_t n, real *grad,
+                                int threads) noexcept nogil:
+    if real is float:
+        return fs_entropy_row_f(x, s, n, grad, threads)
     else:
-        fs_prob_rescale_d(out, t, w, k, f, keep, eps, n)
-
-
-cdef void _shift(const real *row, real m, real log_sum, real *out, Py_ssize_t n,
-                 bint split) noexcept nogil:
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            _shift(row + c * size, m, log_sum, out + c * size, min(size, n - c * size), False)
-    elif real is float:
-        fs_shift_f(row, m, log_sum, out, n)
-    else:
-        fs_shift_d(row, m, log_sum, out, n)
-
-
-cdef void _softmax_bwd(const real *y, const real *dy, real dot, real *out, Py_ssize_t n,
-                       bint split) noexcept nogil:
-    cdef Py_ssize_t c, lo, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            lo = c * size
-            _softmax_bwd(y + lo, dy + lo, dot, out + lo, min(size, n - lo), False)
-    elif real is float:
-        fs_softmax_bwd_f(y, dy, dot, out, n)
-    else:
-        fs_softmax_bwd_d(y, dy, dot, out, n)
-
-
-cdef void _log_softmax_bwd(const real *logp, const real *dy, real total, real *out,
-                           Py_ssize_t n, bint split) noexcept nogil:
-    cdef Py_ssize_t c, lo, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            lo = c * size
-            _log_softmax_bwd(logp + lo, dy + lo, total, out + lo, min(size, n - lo), False)
-    elif real is float:
-        fs_log_softmax_bwd_f(logp, dy, total, out, n)
-    else:
-        fs_log_softmax_bwd_d(logp, dy, total, out, n)
+        return fs_entropy_row_d(x, s, n, grad, threads)
 
 
 # ---- few classes: a task takes a block of rows, each row a few vectors (rows.h) ----
@@ -499,7 +365,7 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
     _exp_rows(x, rows, n, NULL, NULL, e, m, s.log_sums, s.inv_sums)
     for r in range(rows):
         if op == 0:
-            _short_rescale(e + r * n, <real>s.inv_sums[r], 0, NULL, -1, 0, out + r * n, n)
+            _short_rescale(e + r * n, <real>s.inv_sums[r], 0, NULL, 0, 0, out + r * n, n)
         elif op == 1:
             _short_shift(x + r * n, m[r], <real>s.log_sums[r], out + r * n, n)
         elif isfinite(m[r]):
@@ -522,99 +388,68 @@ cdef void _softmax_family_small(const real[:, ::1] x, real *out, int op,
                               out + lo * out_row)
 
 
-cdef void _index_block(const real *x, const int64_t *target, const real *weight,
-                       double weight_sum, int64_t ignore_index, double smoothing, double scale,
-                       const double *row_scale, Py_ssize_t rows, Py_ssize_t n,
-                       double *row_loss, real *grad) noexcept nogil:
-    """cross_entropy_index on one block; grad (NULL: loss only) may be x itself."""
+cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
+                               const real *weight, double weight_sum, int64_t ignore_index,
+                               double smoothing, double scale, const double *row_scale,
+                               Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+                               real *grad) noexcept nogil:
+    """Cross-entropy of the rows of one block against the index targets y or, with y
+    NULL, the probability rows t: the formulas of fs_cross_entropy_row, whose target
+    terms T (total_wt) and sum(w t' (x - m)) (shifted_wt) an index target gets by
+    lookup. grad (NULL: loss only) may be x itself."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
-    cdef double *shifted_w = sc.b
-    cdef double *shifted_y = sc.a
-    cdef double eps_c = smoothing / n, log_sum, w_y, s, onehot_coef
-    cdef Py_ssize_t r, j
-    cdef int64_t y
     cdef real *m = <real *> sc.m
-    if e == NULL:  # no scratch: flagged, raised after the parallel loop
-        return
-    _exp_rows(x, rows, n, weight, shifted_w if smoothing != 0 else NULL, e, m, sc.log_sums,
-              sc.inv_sums)
-    # All target logits are read before the first gradient row is written: with grad = x,
-    # a load after the masked store of the row before it (same cache line) waited for that
-    # store (30% of the C = 10 CE + grad loop in perf).
-    for r in range(rows):  # (an ignored row reads its first logit: no branch in the loop)
-        shifted_y[r] = x[r * n + (target[r] if target[r] != ignore_index else 0)] - m[r]
-    for r in range(rows):
-        y = target[r]
-        if y == ignore_index:
-            row_loss[r] = 0
-            if grad != NULL:
-                for j in range(n):
-                    grad[r * n + j] = 0
-            continue
-        log_sum = sc.log_sums[r]
-        w_y = _weight(weight, y)
-        row_loss[r] = (1.0 - smoothing) * w_y * (log_sum - shifted_y[r])
-        if smoothing != 0:
-            row_loss[r] += eps_c * (weight_sum * log_sum - shifted_w[r])
-        if grad != NULL:
-            s = scale * row_scale[r] if row_scale != NULL else scale
-            onehot_coef = (1.0 - smoothing) * w_y
-            # without smoothing f = s * eps_c = 0: the weights are not read (NULL)
-            _short_rescale(e + r * n,
-                           <real>(s * (onehot_coef + eps_c * weight_sum) * sc.inv_sums[r]),
-                           <real>(s * eps_c), weight if smoothing != 0 else NULL, y,
-                           <real>(s * onehot_coef), grad + r * n, n)
-    _release(sc)
-
-
-cdef void _prob_block(const real *x, const real *target, const real *weight, double smoothing,
-                      double scale, const double *row_scale, Py_ssize_t rows, Py_ssize_t n,
-                      double *row_loss, real *grad) noexcept nogil:
-    """cross_entropy_prob on one block; grad (NULL: loss only) may be x itself."""
-    cdef Scratch sc = _scratch(rows, n, sizeof(real))
-    cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef double *total_wt = sc.a
-    cdef double *shifted_wt = sc.b
-    cdef real *m = <real *> sc.m
-    cdef real keep = <real>(1.0 - smoothing), eps_c = <real>(smoothing / n)
-    cdef double s
+    cdef double *shifted_wt = sc.b  # an index target: first sum(w (x - m)), if smoothing
+    cdef double keep = 1.0 - smoothing, eps_c = smoothing / n, w_y, s
+    cdef int64_t y_r
     cdef Py_ssize_t r
     if e == NULL:  # no scratch: flagged, raised after the parallel loop
         return
-    _exp_rows(x, rows, n, NULL, NULL, e, m, sc.log_sums, sc.inv_sums)
+    if y != NULL:
+        _exp_rows(x, rows, n, weight, shifted_wt if smoothing != 0 else NULL, e, m,
+                  sc.log_sums, sc.inv_sums)
+        # All target logits are read before the first gradient row is written: with
+        # grad = x, a load after the masked store of the row before it (same cache line)
+        # waited for that store (30% of the C = 10 CE + grad loop in perf). An ignored row
+        # reads its first logit (no branch in the loop); its loss is set to 0 below.
+        for r in range(rows):
+            y_r = y[r] if y[r] != ignore_index else 0
+            w_y = _weight(weight, y_r)
+            total_wt[r] = keep * w_y + eps_c * weight_sum
+            shifted_wt[r] = (keep * w_y * (x[r * n + y_r] - m[r])
+                             + (eps_c * shifted_wt[r] if smoothing != 0 else 0))
+    else:
+        _exp_rows(x, rows, n, NULL, NULL, e, m, sc.log_sums, sc.inv_sums)
+        for r in range(rows):
+            _short_prob_sums(x + r * n, m[r], t + r * n, weight, n, <real>keep, <real>eps_c,
+                             &total_wt[r], &shifted_wt[r])
     for r in range(rows):
-        _short_prob_sums(x + r * n, m[r], target + r * n, weight, n, keep, eps_c, &total_wt[r],
-                         &shifted_wt[r])
-    for r in range(rows):
+        if y != NULL and y[r] == ignore_index:
+            row_loss[r] = 0
+            if grad != NULL:
+                memset(grad + r * n, 0, n * sizeof(real))
+            continue
         row_loss[r] = total_wt[r] * sc.log_sums[r] - shifted_wt[r]
-        if grad != NULL:
-            s = scale * row_scale[r] if row_scale != NULL else scale
-            _short_prob_rescale(e + r * n, target + r * n, weight,
-                                <real>(s * total_wt[r] * sc.inv_sums[r]),
-                                <real>s, keep, eps_c, grad + r * n, n)
+        if grad == NULL:
+            continue
+        s = scale * row_scale[r] if row_scale != NULL else scale
+        if y != NULL:
+            # without smoothing f = s * eps_c = 0: the weights are not read (NULL)
+            _short_rescale(e + r * n, <real>(s * total_wt[r] * sc.inv_sums[r]),
+                           <real>(s * eps_c), weight if smoothing != 0 else NULL, y[r],
+                           <real>(s * keep * _weight(weight, y[r])), grad + r * n, n)
+        else:
+            _short_prob_rescale(e + r * n, t + r * n, weight,
+                                <real>(s * total_wt[r] * sc.inv_sums[r]), <real>s,
+                                <real>keep, <real>eps_c, grad + r * n, n)
     _release(sc)
-
-
-cdef void _softmax_row(const real *x, real *out, Py_ssize_t n, bint split) noexcept nogil:
-    cdef real m = _max(x, n, split)
-    _rescale(out, <real>(1.0 / _sumexp(x, n, m, out, split)), 0, NULL, n, split)
-
-
-cdef void _log_softmax_row(const real *x, real *out, Py_ssize_t n, bint split) noexcept nogil:
-    cdef real m = _max(x, n, split)
-    _shift(x, m, <real>log(_sumexp(x, n, m, NULL, split)), out, n, split)
-
-
-cdef real _logsumexp_row(const real *x, Py_ssize_t n, bint split) noexcept nogil:
-    cdef real m = _max(x, n, split)
-    # as torch.logsumexp: a NaN, +inf or all -inf row gives its max (NaN, +inf, -inf)
-    return <real>(m + log(_sumexp(x, n, m, NULL, split))) if isfinite(m) else m
 
 
 def softmax(const real[:, ::1] x, real[:, ::1] out):
     cdef Py_ssize_t i, n = x.shape[1]
-    cdef bint split = _split_rows(x.shape[0], n)
+    cdef int split = _split_threads(x.shape[0], n)
     if n < SMALL_C:
         if x.shape[0]:
             with nogil:
@@ -627,7 +462,7 @@ def softmax(const real[:, ::1] x, real[:, ::1] out):
 
 def log_softmax(const real[:, ::1] x, real[:, ::1] out):
     cdef Py_ssize_t i, n = x.shape[1]
-    cdef bint split = _split_rows(x.shape[0], n)
+    cdef int split = _split_threads(x.shape[0], n)
     if n < SMALL_C:
         if x.shape[0]:
             with nogil:
@@ -640,7 +475,7 @@ def log_softmax(const real[:, ::1] x, real[:, ::1] out):
 
 def logsumexp(const real[:, ::1] x, real[::1] out):
     cdef Py_ssize_t i, n = x.shape[1]
-    cdef bint split = _split_rows(x.shape[0], n)
+    cdef int split = _split_threads(x.shape[0], n)
     if n < SMALL_C:
         if x.shape[0]:
             with nogil:
@@ -673,55 +508,24 @@ cdef void _short_log_softmax_bwd(const real *logp, const real *dy, real *out,
 
 def softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] out):
     cdef Py_ssize_t i, n = y.shape[1]
-    cdef bint split = _split_rows(y.shape[0], n)
+    cdef int split = _split_threads(y.shape[0], n)
     if n < SMALL_C:
         for i in prange(y.shape[0], nogil=True, num_threads=_threads):
             _short_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
         return
     for i in prange(y.shape[0], nogil=True, num_threads=_row_threads(split)):
-        _softmax_bwd(&y[i, 0], &dy[i, 0], <real>_dot(&y[i, 0], &dy[i, 0], n, split),
-                     &out[i, 0], n, split)
+        _softmax_backward_row(&y[i, 0], &dy[i, 0], &out[i, 0], n, split)
 
 
 def log_softmax_backward(const real[:, ::1] logp, const real[:, ::1] dy, real[:, ::1] out):
     cdef Py_ssize_t i, n = logp.shape[1]
-    cdef bint split = _split_rows(logp.shape[0], n)
+    cdef int split = _split_threads(logp.shape[0], n)
     if n < SMALL_C:
         for i in prange(logp.shape[0], nogil=True, num_threads=_threads):
             _short_log_softmax_bwd(&logp[i, 0], &dy[i, 0], &out[i, 0], n)
         return
     for i in prange(logp.shape[0], nogil=True, num_threads=_row_threads(split)):
-        _log_softmax_bwd(&logp[i, 0], &dy[i, 0], <real>_dot(&dy[i, 0], NULL, n, split),
-                         &out[i, 0], n, split)
-
-
-cdef double _index_row(const real *x, int64_t y, const real *weight, double weight_sum,
-                       int64_t ignore_index, double smoothing, double s, Py_ssize_t n,
-                       real *grad, bint split) noexcept nogil:
-    """Loss of one row; with grad (not NULL), also d(s * loss)/dx into grad (may be x)."""
-    cdef double eps_c = smoothing / n, sum_exp, log_sum, w_y, onehot_coef, shifted_y, shifted_w
-    cdef Py_ssize_t j
-    cdef real m
-    if y == ignore_index:
-        if grad != NULL:
-            for j in range(n):
-                grad[j] = 0
-        return 0
-    m = _max(x, n, split)
-    # Both read the row before the exp pass overwrites it (inplace=True).
-    shifted_y = x[y] - m
-    shifted_w = _shifted_dot(weight, x, n, m, split) if smoothing != 0 else 0
-    sum_exp = _sumexp(x, n, m, grad, split)
-    log_sum = log(sum_exp)
-    w_y = _weight(weight, y)
-    if grad != NULL:
-        onehot_coef = (1.0 - smoothing) * w_y
-        # without smoothing f = s * eps_c = 0: the weights are not read (NULL)
-        _rescale(grad, <real>(s * (onehot_coef + eps_c * weight_sum) / sum_exp),
-                 <real>(s * eps_c), weight if smoothing != 0 else NULL, n, split)
-        grad[y] -= <real>(s * onehot_coef)
-    return ((1.0 - smoothing) * w_y * (log_sum - shifted_y)
-            + eps_c * (weight_sum * log_sum - shifted_w))
+        _log_softmax_backward_row(&logp[i, 0], &dy[i, 0], &out[i, 0], n, split)
 
 
 def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
@@ -733,35 +537,27 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
     cdef const real *w = &weight[0] if weight is not None else NULL
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
-    cdef bint split = _split_rows(x.shape[0], n)
+    cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _index_block(&x[lo, 0], &target[lo], w, weight_sum, ignore_index,
-                         smoothing, scale, &row_scale[lo] if per_row else NULL,
-                         min(rows, x.shape[0] - lo), n, &row_loss[lo],
-                         &grad[lo, 0] if want_grad else NULL)
+            _cross_entropy_block(&x[lo, 0], &target[lo], NULL, w, weight_sum, ignore_index,
+                                 smoothing, scale, &row_scale[lo] if per_row else NULL,
+                                 min(rows, x.shape[0] - lo), n, &row_loss[lo],
+                                 &grad[lo, 0] if want_grad else NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
-        row_loss[i] = _index_row(&x[i, 0], target[i], w, weight_sum, ignore_index,
-                                 smoothing, scale * row_scale[i] if per_row else scale, n,
-                                 &grad[i, 0] if want_grad else NULL, split)
-
-
-cdef double _prob_row(const real *x, const real *t, const real *weight, double smoothing,
-                      double s, Py_ssize_t n, real *grad, bint split) noexcept nogil:
-    """Loss of one row; with grad (not NULL), also d(s * loss)/dx into grad (may be x)."""
-    cdef real keep = <real>(1.0 - smoothing), eps_c = <real>(smoothing / n)
-    cdef real m = _max(x, n, split)
-    cdef double total_wt, shifted_wt
-    cdef double sum_exp = _prob_sums(x, t, weight, n, m, keep, eps_c, grad, &total_wt,
-                                     &shifted_wt, split)
-    if grad != NULL:
-        _prob_rescale(grad, t, weight, <real>(s * total_wt / sum_exp), <real>s, keep, eps_c,
-                      n, split)
-    return total_wt * log(sum_exp) - shifted_wt
+        if target[i] == ignore_index:
+            row_loss[i] = 0
+            if want_grad:
+                memset(&grad[i, 0], 0, n * sizeof(real))
+        else:
+            row_loss[i] = _cross_entropy_row(&x[i, 0], &target[i], NULL, w, weight_sum,
+                                             smoothing,
+                                             scale * row_scale[i] if per_row else scale, n,
+                                             &grad[i, 0] if want_grad else NULL, split)
 
 
 def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const real[::1] weight,
@@ -772,76 +568,24 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
     cdef const real *w = &weight[0] if weight is not None else NULL
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
-    cdef bint split = _split_rows(x.shape[0], n)
+    cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _prob_block(&x[lo, 0], &target[lo, 0], w, smoothing, scale,
-                        &row_scale[lo] if per_row else NULL, min(rows, x.shape[0] - lo), n,
-                        &row_loss[lo], &grad[lo, 0] if want_grad else NULL)
+            _cross_entropy_block(&x[lo, 0], NULL, &target[lo, 0], w, 0, 0, smoothing, scale,
+                                 &row_scale[lo] if per_row else NULL,
+                                 min(rows, x.shape[0] - lo), n, &row_loss[lo],
+                                 &grad[lo, 0] if want_grad else NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
-        row_loss[i] = _prob_row(&x[i, 0], &target[i, 0], w, smoothing,
-                                scale * row_scale[i] if per_row else scale, n,
-                                &grad[i, 0] if want_grad else NULL, split)
+        row_loss[i] = _cross_entropy_row(&x[i, 0], NULL, &target[i, 0], w, 0, smoothing,
+                                         scale * row_scale[i] if per_row else scale, n,
+                                         &grad[i, 0] if want_grad else NULL, split)
 
 
 # ---- entropy: formulas in fastsoftmax/_numba/_entropy.py ----
-
-cdef double _entropy_sums(const real *row, Py_ssize_t n, real m, real *out, double *sum_ed,
-                          bint split) noexcept nogil:
-    """sum(e) and *sum_ed = sum(e d), d = max(row - m, floor), e = exp(d); with out, out = e
-    (out = d when out is row)."""
-    cdef double part[2][SPLIT_MAX_CHUNKS]
-    cdef Py_ssize_t c, lo, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            lo = c * size
-            part[0][c] = _entropy_sums(row + lo, min(size, n - lo), m,
-                                       out + lo if out != NULL else NULL, &part[1][c], False)
-        sum_ed[0] = _total(part[1], _chunks(n))
-        return _total(part[0], _chunks(n))
-    if real is float:
-        return fs_entropy_sums_f(row, n, m, out, sum_ed)
-    else:
-        return fs_entropy_sums_d(row, n, m, out, sum_ed)
-
-
-cdef void _entropy_grad(const real *row, real m, real *out, Py_ssize_t n, real k, real mean_d,
-                        bint split) noexcept nogil:
-    """out = k * e * (mean_d - d), out holding what _entropy_sums left there"""
-    cdef Py_ssize_t c, size
-    if split:
-        size = _chunk(n)
-        for c in prange(_chunks(n), num_threads=_threads):
-            _entropy_grad(row + c * size, m, out + c * size, min(size, n - c * size), k, mean_d,
-                          False)
-    elif real is float:
-        fs_entropy_grad_f(row, m, out, n, k, mean_d)
-    else:
-        fs_entropy_grad_d(row, m, out, n, k, mean_d)
-
-
-cdef double _entropy_row(const real *x, Py_ssize_t n, double s, real *grad,
-                         bint split) noexcept nogil:
-    """H of one row; with grad (not NULL), also s * dH/dx into grad (may be x)."""
-    cdef real m = _max(x, n, split)
-    cdef double sum_e, sum_ed, mean_d
-    cdef Py_ssize_t j
-    if not isfinite(m):  # a NaN, +inf or all -inf row: NaN, as torch
-        if grad != NULL:
-            for j in range(n):
-                grad[j] = NAN
-        return NAN
-    sum_e = _entropy_sums(x, n, m, grad, &sum_ed, split)
-    mean_d = sum_ed / sum_e
-    if grad != NULL:
-        _entropy_grad(x, m, grad, n, <real>(s / sum_e), <real>mean_d, split)
-    return log(sum_e) - mean_d
-
 
 cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double scale,
                          const double *row_scale, double *row_loss, real *h,
@@ -881,7 +625,7 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
 
 def entropy(const real[:, ::1] logits, real[::1] out):
     cdef Py_ssize_t i, b, lo, n = logits.shape[1], rows = _block_rows(n)
-    cdef bint split = _split_rows(logits.shape[0], n)
+    cdef int split = _split_threads(logits.shape[0], n)
     if n < SMALL_C:
         for b in prange((logits.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
@@ -890,14 +634,14 @@ def entropy(const real[:, ::1] logits, real[::1] out):
         _raise_if_scratch_failed()
         return
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
-        out[i] = <real>_entropy_row(&logits[i, 0], n, 1.0, NULL, split)
+        out[i] = <real>_entropy_row(&logits[i, 0], 1.0, n, NULL, split)
 
 
 def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1] row_scale,
                       double[::1] row_loss, real[:, ::1] grad):
     cdef Py_ssize_t i, b, lo, n = logits.shape[1], rows = _block_rows(n)
     cdef bint per_row = row_scale.shape[0] > 0
-    cdef bint split = _split_rows(logits.shape[0], n)
+    cdef int split = _split_threads(logits.shape[0], n)
     if n < SMALL_C:
         for b in prange((logits.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
@@ -907,5 +651,5 @@ def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1]
         _raise_if_scratch_failed()
         return
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
-        row_loss[i] = _entropy_row(&logits[i, 0], n, scale * row_scale[i] if per_row else scale,
-                                   &grad[i, 0], split)
+        row_loss[i] = _entropy_row(&logits[i, 0], scale * row_scale[i] if per_row else scale,
+                                   n, &grad[i, 0], split)

@@ -1,9 +1,10 @@
 /* Row helpers of the Cython backend: a vectorisable exp and the per-row loops.
  *
  * The same algorithms as fastsoftmax/_numba/_math.py. Each helper is written once, as
- * plain C in rows_typed.h, which the end of this header includes twice: for float
- * (suffix f) and for double (suffix d); FS_FN(fs_row_max) is fs_row_max_f in the float
- * instance. This header holds what does not depend on the type.
+ * plain C in rows_typed.h, and each row function (one op on one row, over the row
+ * driver) in row_functions_typed.h; the end of this header includes both twice: for
+ * float (suffix f) and for double (suffix d); FS_FN(fs_row_max) is fs_row_max_f in the
+ * float instance. This header holds what does not depend on the type.
  * Reductions use `#pragma omp simd reduction`, which lets GCC split them into vector
  * lanes under -fopenmp-simd without -ffast-math (which would break NaN/inf
  * semantics and re-round the two-step ln2 reduction in exp).
@@ -147,6 +148,30 @@ typedef double fs_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int32_t fs_index_vec_f __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int64_t fs_index_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 
+/* Long rows split over the threads (the row driver, row_functions_typed.h): an array of
+ * fewer than FS_SPLIT_ROWS rows of at least 4 * FS_SPLIT_MIN_CHUNK classes, where one
+ * thread per row left cores idle (CE + grad kernel at 1 x 2**20, 2 threads: 1.13 -> 0.59
+ * ns/elem; softmax 1.13 -> 0.59, logsumexp 0.86 -> 0.42). Decided by the shape alone,
+ * not the thread count, so that results do not change with set_num_threads. */
+enum {
+    FS_SPLIT_ROWS = 4,
+    FS_SPLIT_MIN_CHUNK = 16384,
+    FS_SPLIT_MAX_CHUNKS = 64,
+    FS_MAX_RESULTS = 3,  /* results of one chunk function */
+    FS_MERGE_MAX = -1,   /* fs_over_chunks: the result is the largest of the chunks' */
+};
+
+static inline int fs_split_rows(Py_ssize_t rows, Py_ssize_t n) {
+    return rows < FS_SPLIT_ROWS && n >= 4 * FS_SPLIT_MIN_CHUNK;
+}
+
+/* Chunk length of a split row: a multiple of FS_SPLIT_MIN_CHUNK, at most
+ * FS_SPLIT_MAX_CHUNKS chunks. */
+static inline Py_ssize_t fs_chunk_length(Py_ssize_t n) {
+    Py_ssize_t span = (Py_ssize_t)FS_SPLIT_MAX_CHUNKS * FS_SPLIT_MIN_CHUNK;
+    return (n + span - 1) / span * FS_SPLIT_MIN_CHUNK;
+}
+
 /* The names of an instance: FS_FN(fs_row_max) is fs_row_max_f where FS_S is f, and
  * FS_MM(_mm512_max_) is _mm512_max_ps where FS_P is ps (FS_CAT pastes through a second
  * macro, so that FS_S and FS_P are expanded before they are pasted). */
@@ -164,6 +189,7 @@ typedef int64_t fs_index_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 #define FS_I int32_t
 #define FS_EXP_HI (127.0f * 0.69314718f)
 #include "rows_typed.h"
+#include "row_functions_typed.h"
 #undef FS_T
 #undef FS_S
 #undef FS_P
@@ -176,6 +202,7 @@ typedef int64_t fs_index_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 #define FS_I int64_t
 #define FS_EXP_HI (1023.0 * 0.6931471805599453)
 #include "rows_typed.h"
+#include "row_functions_typed.h"
 #undef FS_T
 #undef FS_S
 #undef FS_P

@@ -435,7 +435,7 @@ static inline void FS_FN(fs_short_prob_sums)(const FS_T *row, FS_T m, const FS_T
     *shifted_wt = FS_FN(fs_vreduce_add)(shifted);
 }
 
-/* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k), then out[y] -= c if 0 <= y < n.
+/* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k), then out[y] -= c (c = 0: none).
  * The one-hot term is a lane compare (-1 or 0 per lane): a scalar read-modify-write
  * of the stored row stalls on store forwarding (prototype, C = 10 CE + grad, one
  * thread: 3.5 -> 2.6 ns/elem). */

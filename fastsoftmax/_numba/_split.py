@@ -6,7 +6,8 @@ rows (``prange`` over rows). With few long rows (fewer than SPLIT_ROWS rows of a
 the kernel then walks its rows in order and each row helper runs over chunks of the
 row on all threads, through ``over_chunks``. Partial results are merged in chunk
 order, so a result does not depend on the thread count; the rule and the chunk lengths
-are the Cython backend's (``_kernels.pyx``), so both backends add the same partials.
+are the Cython backend's (``rows.h``, ``row_functions_typed.h``), so both backends add
+the same partials.
 
 A kernel is written as::
 

@@ -1,0 +1,252 @@
+/* The row driver and the row functions of the Cython backend, written once and included
+ * by rows.h twice, after rows_typed.h, with the same FS_T / FS_S names (see there).
+ *
+ * A row function computes one op on one row from the helpers of rows_typed.h. It calls
+ * each helper through the row driver, fs_over_chunks: on the whole row in the calling
+ * thread (threads == 0: the kernel runs rows in parallel around it), or, for the few
+ * long rows that fs_split_rows picks, over chunks of the row on `threads` threads, the
+ * chunks' results merged in chunk order so that a result does not depend on the thread
+ * count. The chunk lengths and the rule are the Numba backend's (_numba/_split.py).
+ * A helper joins the driver through a chunk function (fs_..._chunk below): it calls the
+ * helper on the chunk [lo, lo + n) of the row arguments and stores its results. */
+#ifndef FASTSOFTMAX_ROWS_H
+#error "row_functions_typed.h is included by rows.h only"
+#endif
+
+#define FS_ARGS FS_FN(fs_row_args)
+
+/* The arguments of the helpers of one row: pointers to whole rows (a chunk function
+ * offsets them), NULL where unused; and scalars, whose meaning each chunk function
+ * states. */
+typedef struct {
+    const FS_T *x;    /* the row: logits, or softmax / log_softmax output */
+    const FS_T *t;    /* a second row: probability targets, or the upstream gradient */
+    const FS_T *w;    /* class weights (NULL: all ones) */
+    FS_T *out;        /* the output row, or NULL */
+    FS_T m, k, f, keep, eps;
+} FS_ARGS;
+
+typedef void (*FS_FN(fs_chunk_fn))(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                    double *results);
+
+/* p + lo, or NULL for NULL (an absent row, or weights that are all ones) */
+static inline const FS_T *FS_FN(fs_from)(const FS_T *p, Py_ssize_t lo) {
+    return p ? p + lo : NULL;
+}
+
+static inline FS_T *FS_FN(fs_out_from)(FS_T *p, Py_ssize_t lo) {
+    return p ? p + lo : NULL;
+}
+
+/* fn over the row (see the top of this file). `merge`: FS_MERGE_MAX (one result, the
+ * largest, NaN if any is NaN), or the number of results, each summed over the chunks
+ * (0: fn only writes). Returns the first result; `more` (if not NULL) gets the others. */
+static inline double FS_FN(fs_over_chunks)(FS_FN(fs_chunk_fn) fn, const FS_ARGS *a,
+                                           Py_ssize_t n, int threads, int merge,
+                                           double *more) {
+    double results[FS_MAX_RESULTS] = {0};
+    if (threads == 0) {
+        fn(a, 0, n, results);
+    } else {
+        Py_ssize_t size = fs_chunk_length(n), count = (n + size - 1) / size;
+        double part[FS_SPLIT_MAX_CHUNKS][FS_MAX_RESULTS];
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (Py_ssize_t c = 0; c < count; c++)
+            fn(a, c * size, FS_MIN(size, n - c * size), part[c]);
+        if (merge == FS_MERGE_MAX) {
+            FS_T maxima[FS_SPLIT_MAX_CHUNKS] = {0};  /* (GCC cannot see that count >= 1) */
+            for (Py_ssize_t c = 0; c < count; c++) maxima[c] = (FS_T)part[c][0];
+            results[0] = FS_FN(fs_row_max)(maxima, count);
+        } else {
+            for (Py_ssize_t c = 0; c < count; c++)
+                for (int r = 0; r < merge; r++) results[r] += part[c][r];
+        }
+    }
+    for (int r = 1; more && r < merge; r++) more[r - 1] = results[r];
+    return results[0];
+}
+
+/* ---- chunk functions: one per helper of rows_typed.h that a row function calls ---- */
+
+static void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+    r[0] = FS_FN(fs_row_max)(a->x + lo, n);
+}
+
+/* sum(exp(x - m)); exp(x - m) into out, if given */
+static void FS_FN(fs_sumexp_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                   double *r) {
+    r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, FS_FN(fs_out_from)(a->out, lo));
+}
+
+/* sum(t) */
+static void FS_FN(fs_sum_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+    r[0] = FS_FN(fs_row_dot)(a->t + lo, NULL, n);  /* NULL: ones */
+}
+
+/* sum(x * t) */
+static void FS_FN(fs_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+    r[0] = FS_FN(fs_row_dot)(a->x + lo, a->t + lo, n);
+}
+
+/* sum(w * (x - m)) */
+static void FS_FN(fs_shifted_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                        double *r) {
+    r[0] = FS_FN(fs_row_shifted_dot)(FS_FN(fs_from)(a->w, lo), a->x + lo, n, a->m);
+}
+
+/* sum(exp(x - m)), T and sum(w t' (x - m)) for t' = keep * t + eps; exp into out */
+static void FS_FN(fs_prob_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                      double *r) {
+    r[0] = FS_FN(fs_prob_sums)(a->x + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), n, a->m,
+                               a->keep, a->eps, FS_FN(fs_out_from)(a->out, lo), &r[1], &r[2]);
+}
+
+/* out = out * k - f * w */
+static void FS_FN(fs_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                    double *r) {
+    (void)r;
+    FS_FN(fs_rescale)(a->out + lo, a->k, a->f, FS_FN(fs_from)(a->w, lo), n);
+}
+
+/* out = out * k - f * w * (keep * t + eps) */
+static void FS_FN(fs_prob_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                         double *r) {
+    (void)r;
+    FS_FN(fs_prob_rescale)(a->out + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), a->k, a->f,
+                           a->keep, a->eps, n);
+}
+
+/* out = (x - m) - k, k the log of the exp sum */
+static void FS_FN(fs_shift_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+    (void)r;
+    FS_FN(fs_shift)(a->x + lo, a->m, a->k, a->out + lo, n);
+}
+
+/* out = x * (t - k): softmax output x, upstream gradient t, k = sum(x * t) */
+static void FS_FN(fs_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                        double *r) {
+    (void)r;
+    FS_FN(fs_softmax_bwd)(a->x + lo, a->t + lo, a->k, a->out + lo, n);
+}
+
+/* out = t - exp(x) * k: log_softmax output x, upstream gradient t, k = sum(t) */
+static void FS_FN(fs_log_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                            double *r) {
+    (void)r;
+    FS_FN(fs_log_softmax_bwd)(a->x + lo, a->t + lo, a->k, a->out + lo, n);
+}
+
+/* sum(e), sum(e d) of the entropy (fs_entropy_sums) */
+static void FS_FN(fs_entropy_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                         double *r) {
+    r[0] = FS_FN(fs_entropy_sums)(a->x + lo, n, a->m, FS_FN(fs_out_from)(a->out, lo), &r[1]);
+}
+
+/* the entropy gradient k * e * (f - d), f the mean of d (fs_entropy_grad) */
+static void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                         double *r) {
+    (void)r;
+    FS_FN(fs_entropy_grad)(a->x + lo, a->m, a->out + lo, n, a->k, a->f);
+}
+
+/* ---- row functions: `threads` as for fs_over_chunks ---- */
+
+/* A helper of the row function's arguments `a` over its row (n, threads). */
+#define FS_OVER(chunk, merge, more) FS_FN(fs_over_chunks)(FS_FN(chunk), &a, n, threads, merge, more)
+
+static void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
+    FS_ARGS a = {.x = x, .out = out};
+    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.k = (FS_T)(1.0 / FS_OVER(fs_sumexp_chunk, 1, NULL));
+    FS_OVER(fs_rescale_chunk, 0, NULL);  /* f = 0: out = exp(x - m) * k */
+}
+
+static void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
+    FS_ARGS a = {.x = x};
+    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.k = (FS_T)log(FS_OVER(fs_sumexp_chunk, 1, NULL));
+    a.out = out;
+    FS_OVER(fs_shift_chunk, 0, NULL);
+}
+
+static FS_T FS_FN(fs_logsumexp_row)(const FS_T *x, Py_ssize_t n, int threads) {
+    FS_ARGS a = {.x = x};
+    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    /* as torch.logsumexp: a NaN, +inf or all -inf row gives its max (NaN, +inf, -inf) */
+    return isfinite(a.m) ? (FS_T)(a.m + log(FS_OVER(fs_sumexp_chunk, 1, NULL))) : a.m;
+}
+
+static void FS_FN(fs_softmax_backward_row)(const FS_T *y, const FS_T *dy, FS_T *out,
+                                           Py_ssize_t n, int threads) {
+    FS_ARGS a = {.x = y, .t = dy, .out = out};
+    a.k = (FS_T)FS_OVER(fs_dot_chunk, 1, NULL);
+    FS_OVER(fs_softmax_bwd_chunk, 0, NULL);
+}
+
+static void FS_FN(fs_log_softmax_backward_row)(const FS_T *logp, const FS_T *dy, FS_T *out,
+                                               Py_ssize_t n, int threads) {
+    FS_ARGS a = {.x = logp, .t = dy, .out = out};
+    a.k = (FS_T)FS_OVER(fs_sum_chunk, 1, NULL);
+    FS_OVER(fs_log_softmax_bwd_chunk, 0, NULL);
+}
+
+/* Cross-entropy of one row (formulas in fastsoftmax/_numba/_cross_entropy.py) against
+ * the index target *y, or, with y NULL, the probability row t; w the class weights
+ * (NULL: ones), W their sum. With grad (not NULL), also d(s * loss)/dx into grad, which
+ * may be x. An index target is the probability row onehot(*y): its target terms T and
+ * sum(w t' (x - m)) are lookups, where a probability row is summed in the exp pass. */
+static double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const FS_T *t,
+                                          const FS_T *w, double weight_sum, double smoothing,
+                                          double s, Py_ssize_t n, FS_T *grad, int threads) {
+    double keep = 1.0 - smoothing, eps_c = smoothing / n, sum_exp, total_wt, shifted_wt;
+    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .keep = (FS_T)keep, .eps = (FS_T)eps_c};
+    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    if (y) {
+        double w_y = FS_FN(fs_weight)(w, *y);
+        double shifted_y = x[*y] - a.m;  /* both read x before the exp pass writes grad */
+        double shifted_w = smoothing != 0 ? FS_OVER(fs_shifted_dot_chunk, 1, NULL) : 0;
+        sum_exp = FS_OVER(fs_sumexp_chunk, 1, NULL);
+        total_wt = keep * w_y + eps_c * weight_sum;
+        shifted_wt = keep * w_y * shifted_y + eps_c * shifted_w;
+    } else {
+        double more[2];
+        sum_exp = FS_OVER(fs_prob_sums_chunk, 3, more);
+        total_wt = more[0];
+        shifted_wt = more[1];
+    }
+    if (grad) {
+        a.k = (FS_T)(s * total_wt / sum_exp);
+        if (y) {
+            a.f = (FS_T)(s * eps_c);
+            a.w = smoothing != 0 ? w : NULL;  /* f = 0: the weights need not be read */
+            FS_OVER(fs_rescale_chunk, 0, NULL);
+            grad[*y] -= (FS_T)(s * keep * FS_FN(fs_weight)(w, *y));
+        } else {
+            a.f = (FS_T)s;
+            FS_OVER(fs_prob_rescale_chunk, 0, NULL);
+        }
+    }
+    return total_wt * log(sum_exp) - shifted_wt;
+}
+
+/* Entropy of one row (formulas in fastsoftmax/_numba/_entropy.py); with grad (not NULL),
+ * also s * dH/dx into grad, which may be x. */
+static double FS_FN(fs_entropy_row)(const FS_T *x, double s, Py_ssize_t n, FS_T *grad,
+                                    int threads) {
+    FS_ARGS a = {.x = x, .out = grad};
+    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    if (!isfinite(a.m))  /* a NaN, +inf or all -inf row: NaN, as torch */
+        return FS_FN(fs_nan_row)(grad, n);
+    double sum_ed;
+    double sum_e = FS_OVER(fs_entropy_sums_chunk, 2, &sum_ed);
+    double mean_d = sum_ed / sum_e;
+    if (grad) {
+        a.k = (FS_T)(s / sum_e);
+        a.f = (FS_T)mean_d;
+        FS_OVER(fs_entropy_grad_chunk, 0, NULL);
+    }
+    return log(sum_e) - mean_d;
+}
+
+#undef FS_OVER
+#undef FS_ARGS
