@@ -41,7 +41,7 @@ static inline FS_T *FS_FN(fs_out_from)(FS_T *p, Py_ssize_t lo) {
 /* fn over the row (see the top of this file). `merge`: FS_MERGE_MAX (one result, the
  * largest, NaN if any is NaN), or the number of results, each summed over the chunks
  * (0: fn only writes). Returns the first result; `more` (if not NULL) gets the others. */
-static inline double FS_FN(fs_over_chunks)(FS_FN(fs_chunk_fn) fn, const FS_ARGS *a,
+static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(FS_FN(fs_chunk_fn) fn, const FS_ARGS *a,
                                            Py_ssize_t n, int threads, int merge,
                                            double *more) {
     double results[FS_MAX_RESULTS] = {0};
@@ -68,48 +68,48 @@ static inline double FS_FN(fs_over_chunks)(FS_FN(fs_chunk_fn) fn, const FS_ARGS 
 
 /* ---- chunk functions: one per helper of rows_typed.h that a row function calls ---- */
 
-static void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+static inline void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
     r[0] = FS_FN(fs_row_max)(a->x + lo, n);
 }
 
 /* sum(exp(x - m)); exp(x - m) into out, if given */
-static void FS_FN(fs_sumexp_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_sumexp_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                    double *r) {
     r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, FS_FN(fs_out_from)(a->out, lo));
 }
 
 /* sum(t) */
-static void FS_FN(fs_sum_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+static inline void FS_FN(fs_sum_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
     r[0] = FS_FN(fs_row_dot)(a->t + lo, NULL, n);  /* NULL: ones */
 }
 
 /* sum(x * t) */
-static void FS_FN(fs_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+static inline void FS_FN(fs_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
     r[0] = FS_FN(fs_row_dot)(a->x + lo, a->t + lo, n);
 }
 
 /* sum(w * (x - m)) */
-static void FS_FN(fs_shifted_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_shifted_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                         double *r) {
     r[0] = FS_FN(fs_row_shifted_dot)(FS_FN(fs_from)(a->w, lo), a->x + lo, n, a->m);
 }
 
 /* sum(exp(x - m)), T and sum(w t' (x - m)) for t' = keep * t + eps; exp into out */
-static void FS_FN(fs_prob_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_prob_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                       double *r) {
     r[0] = FS_FN(fs_prob_sums)(a->x + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), n, a->m,
                                a->keep, a->eps, FS_FN(fs_out_from)(a->out, lo), &r[1], &r[2]);
 }
 
 /* out = out * k - f * w */
-static void FS_FN(fs_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                     double *r) {
     (void)r;
     FS_FN(fs_rescale)(a->out + lo, a->k, a->f, FS_FN(fs_from)(a->w, lo), n);
 }
 
 /* out = out * k - f * w * (keep * t + eps) */
-static void FS_FN(fs_prob_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_prob_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
     (void)r;
     FS_FN(fs_prob_rescale)(a->out + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), a->k, a->f,
@@ -117,33 +117,33 @@ static void FS_FN(fs_prob_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssi
 }
 
 /* out = (x - m) - k, k the log of the exp sum */
-static void FS_FN(fs_shift_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+static inline void FS_FN(fs_shift_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
     (void)r;
     FS_FN(fs_shift)(a->x + lo, a->m, a->k, a->out + lo, n);
 }
 
 /* out = x * (t - k): softmax output x, upstream gradient t, k = sum(x * t) */
-static void FS_FN(fs_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                         double *r) {
     (void)r;
     FS_FN(fs_softmax_bwd)(a->x + lo, a->t + lo, a->k, a->out + lo, n);
 }
 
 /* out = t - exp(x) * k: log_softmax output x, upstream gradient t, k = sum(t) */
-static void FS_FN(fs_log_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_log_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                             double *r) {
     (void)r;
     FS_FN(fs_log_softmax_bwd)(a->x + lo, a->t + lo, a->k, a->out + lo, n);
 }
 
 /* sum(e), sum(e d) of the entropy (fs_entropy_sums) */
-static void FS_FN(fs_entropy_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_entropy_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
     r[0] = FS_FN(fs_entropy_sums)(a->x + lo, n, a->m, FS_FN(fs_out_from)(a->out, lo), &r[1]);
 }
 
 /* the entropy gradient k * e * (f - d), f the mean of d (fs_entropy_grad) */
-static void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+static inline void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
     (void)r;
     FS_FN(fs_entropy_grad)(a->x + lo, a->m, a->out + lo, n, a->k, a->f);
@@ -154,14 +154,14 @@ static void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssi
 /* A helper of the row function's arguments `a` over its row (n, threads). */
 #define FS_OVER(chunk, merge, more) FS_FN(fs_over_chunks)(FS_FN(chunk), &a, n, threads, merge, more)
 
-static void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
+static inline __attribute__((always_inline)) void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x, .out = out};
     a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     a.k = (FS_T)(1.0 / FS_OVER(fs_sumexp_chunk, 1, NULL));
     FS_OVER(fs_rescale_chunk, 0, NULL);  /* f = 0: out = exp(x - m) * k */
 }
 
-static void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
+static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x};
     a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     a.k = (FS_T)log(FS_OVER(fs_sumexp_chunk, 1, NULL));
@@ -169,21 +169,21 @@ static void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, in
     FS_OVER(fs_shift_chunk, 0, NULL);
 }
 
-static FS_T FS_FN(fs_logsumexp_row)(const FS_T *x, Py_ssize_t n, int threads) {
+static inline __attribute__((always_inline)) FS_T FS_FN(fs_logsumexp_row)(const FS_T *x, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x};
     a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     /* as torch.logsumexp: a NaN, +inf or all -inf row gives its max (NaN, +inf, -inf) */
     return isfinite(a.m) ? (FS_T)(a.m + log(FS_OVER(fs_sumexp_chunk, 1, NULL))) : a.m;
 }
 
-static void FS_FN(fs_softmax_backward_row)(const FS_T *y, const FS_T *dy, FS_T *out,
+static inline __attribute__((always_inline)) void FS_FN(fs_softmax_backward_row)(const FS_T *y, const FS_T *dy, FS_T *out,
                                            Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = y, .t = dy, .out = out};
     a.k = (FS_T)FS_OVER(fs_dot_chunk, 1, NULL);
     FS_OVER(fs_softmax_bwd_chunk, 0, NULL);
 }
 
-static void FS_FN(fs_log_softmax_backward_row)(const FS_T *logp, const FS_T *dy, FS_T *out,
+static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_backward_row)(const FS_T *logp, const FS_T *dy, FS_T *out,
                                                Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = logp, .t = dy, .out = out};
     a.k = (FS_T)FS_OVER(fs_sum_chunk, 1, NULL);
@@ -195,7 +195,7 @@ static void FS_FN(fs_log_softmax_backward_row)(const FS_T *logp, const FS_T *dy,
  * (NULL: ones), W their sum. With grad (not NULL), also d(s * loss)/dx into grad, which
  * may be x. An index target is the probability row onehot(*y): its target terms T and
  * sum(w t' (x - m)) are lookups, where a probability row is summed in the exp pass. */
-static double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const FS_T *t,
+static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const FS_T *t,
                                           const FS_T *w, double weight_sum, double smoothing,
                                           double s, Py_ssize_t n, FS_T *grad, int threads) {
     double keep = 1.0 - smoothing, eps_c = smoothing / n, sum_exp, total_wt, shifted_wt;
@@ -231,7 +231,7 @@ static double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const
 
 /* Entropy of one row (formulas in fastsoftmax/_numba/_entropy.py); with grad (not NULL),
  * also s * dH/dx into grad, which may be x. */
-static double FS_FN(fs_entropy_row)(const FS_T *x, double s, Py_ssize_t n, FS_T *grad,
+static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const FS_T *x, double s, Py_ssize_t n, FS_T *grad,
                                     int threads) {
     FS_ARGS a = {.x = x, .out = grad};
     a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);

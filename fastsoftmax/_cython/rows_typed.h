@@ -232,6 +232,9 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_sums_loop)(
  * read row). m is the row's finite max. */
 static inline double FS_FN(fs_entropy_sums)(const FS_T *row, Py_ssize_t n, FS_T m, FS_T *out,
                                             double *sum_ed) {
+    /* Each case a loop of its own: with the NULL test left inside, the entropy (no out)
+     * ran as scalar code, 1.2 ns/elem against 0.2 with out (float32, 2 threads). */
+    if (!out) return FS_FN(fs_entropy_sums_loop)(row, n, m, NULL, sum_ed, 1);
     return out == row ? FS_FN(fs_entropy_sums_loop)(row, n, m, out, sum_ed, 0)
                       : FS_FN(fs_entropy_sums_loop)(row, n, m, out, sum_ed, 1);
 }
