@@ -71,7 +71,8 @@ def _extensions():
     openmp = [] if _flag("FASTSOFTMAX_NO_OPENMP") else ["-fopenmp"]
     # Cython sees rows.h (the pyx's cdef extern) but not rows_typed.h, which rows.h
     # includes: listed here, an edit of either rebuilds the extension.
-    headers = ["fastsoftmax/_cython/rows.h", "fastsoftmax/_cython/rows_typed.h"]
+    headers = ["fastsoftmax/_cython/rows.h", "fastsoftmax/_cython/rows_typed.h",
+               "fastsoftmax/_cython/elementwise.h"]
     extension = Extension("fastsoftmax._cython._kernels", ["fastsoftmax/_cython/_kernels.pyx"],
                           include_dirs=["fastsoftmax/_cython"], depends=headers,
                           extra_compile_args=_compile_args(), extra_link_args=openmp)

@@ -909,3 +909,6 @@ def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1]
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _entropy_row(&logits[i, 0], n, scale * row_scale[i] if per_row else scale,
                                    &grad[i, 0], split)
+
+
+include "elementwise.pxi"
