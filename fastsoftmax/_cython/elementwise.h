@@ -17,6 +17,13 @@
 
 #include "rows.h"
 
+/* rows.h's exp and log, inlined into every loop here: in the whole extension GCC's
+ * inlining budget left them as scalar calls, which kept the loops scalar (kl_div + grad
+ * 9.7 -> 1.3 ns/elem, BCE 26 -> 2.2, one thread, float32). */
+static inline double fs_exp_core_d(double x) __attribute__((always_inline));
+static inline double fs_exp_d(double x) __attribute__((always_inline));
+static inline double fs_log_d(double x) __attribute__((always_inline));
+
 /* Elements per parallel task; chunk partial sums are added in chunk order, so a loss
  * does not depend on the thread count. */
 #define FS_EW_CHUNK 16384
@@ -129,11 +136,12 @@ FS_EW_INLINE void fs_sigmoid_body(const void *x, void *out, Py_ssize_t n, int si
 /* ---- the instances the Cython kernels call: the flags as literals, and the optional
  * outputs (loss, grad: NULL or not) as literal NULLs where absent, so that each inlined
  * copy is a plain vector loop. */
+#define FS_EW_SEGMENT static inline
 #define FS_EW_OUTPUTS(call_with)                                                     \
     (loss && grad ? call_with(loss, grad) : loss ? call_with(loss, NULL)             \
      : grad ? call_with(NULL, grad) : call_with(NULL, NULL))
 
-static inline double fs_kl_div_segment(const void *x, const void *t, const double *g,
+FS_EW_SEGMENT double fs_kl_div_segment(const void *x, const void *t, const double *g,
                                        double scale, void *loss, void *grad, Py_ssize_t n,
                                        int single, int log_target) {
 #define FS_KL(L, G) (single ? (log_target ? fs_kl_div_body(x, t, g, scale, L, G, n, 1, 1)    \
@@ -144,7 +152,7 @@ static inline double fs_kl_div_segment(const void *x, const void *t, const doubl
 #undef FS_KL
 }
 
-static inline double fs_bce_segment(const void *x, const void *t, const void *w,
+FS_EW_SEGMENT double fs_bce_segment(const void *x, const void *t, const void *w,
                                     const void *pw, const double *g, double scale, void *loss,
                                     void *grad, Py_ssize_t n, int single) {
 #define FS_BCE(L, G) (single ? fs_bce_body(x, t, w, pw, g, scale, L, G, n, 1)  \
@@ -153,7 +161,7 @@ static inline double fs_bce_segment(const void *x, const void *t, const void *w,
 #undef FS_BCE
 }
 
-static inline void fs_sigmoid_segment(const void *x, void *out, Py_ssize_t n, int single,
+FS_EW_SEGMENT void fs_sigmoid_segment(const void *x, void *out, Py_ssize_t n, int single,
                                       int log_sigmoid) {
     if (single) {
         if (log_sigmoid) fs_sigmoid_body(x, out, n, 1, 1); else fs_sigmoid_body(x, out, n, 1, 0);
