@@ -18,7 +18,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ._math import JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, vexp, vexp_core
+from ._math import JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, vexp
 
 CHUNK = 16384  # elements per parallel task (FS_EW_CHUNK in elementwise.h)
 JIT_ELEMENT = dict(JIT, inline="always")
@@ -90,7 +90,7 @@ def _bce(x, y, w, pw):
     w ((1 - y) softplus(x) + pw y softplus(-x)) and w ((1 - y) sigmoid(x) - pw y sigmoid(-x)).
     torch's (1 - y) x + (1 + (pw - 1) y) softplus(-x) rearranged: a term with a zero factor
     is 0 at x = +-inf (torch: inf - inf = NaN)."""
-    z = vexp_core(-abs(x))
+    z = vexp(-abs(x))
     soft = _log1p(z)
     sp_pos = (x if x > 0.0 else 0.0) + soft
     sp_neg = (-x if x < 0.0 else 0.0) + soft
@@ -103,14 +103,14 @@ def _bce(x, y, w, pw):
 
 @njit(**JIT_ELEMENT)
 def _sigmoid(x):
-    z = vexp_core(-abs(x))
+    z = vexp(-abs(x))
     r = 1.0 / (1.0 + z)
     return r if x >= 0.0 else z * r
 
 
 @njit(**JIT_ELEMENT)
 def _log_sigmoid(x):
-    return (x if x < 0.0 else 0.0) - _log1p(vexp_core(-abs(x)))
+    return (x if x < 0.0 else 0.0) - _log1p(vexp(-abs(x)))
 
 
 @njit(**JIT)
