@@ -463,8 +463,8 @@ def _run_elementwise_loss(kernel, args, operands, grad_output, grad):
     stream = per_element if per_element.size else _ones_stream(np.dtype(np.float64))
     loss = np.empty(x.size, x.dtype) if args.reduction == "none" else None
     total = kernel(_flat(x), _flat(args.target), *operands, stream, scale, loss, grad)
-    if loss is not None:
-        return loss.reshape(x.shape)
+    if loss is not None:  # a 0-d input's loss is a scalar, as the reference's
+        return loss.reshape(x.shape) if x.ndim else loss[0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
         return x.dtype.type(total / denominator)
 
