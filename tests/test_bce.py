@@ -20,6 +20,11 @@ def _inputs(shape, dtype, seed=0):
     return x, rng.random(shape).astype(dtype)
 
 
+def _as_tensor(a):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    return None if a is None else torch.from_numpy(np.asarray(a))
+
+
 def _weight(shape, seed):
     return None if shape is None else np.random.default_rng(seed).uniform(0.2, 3.0, shape)
 
@@ -48,13 +53,12 @@ def test_weights_broadcast_like_torch(backend, weight_shape, pos_weight_shape):
     torch = pytest.importorskip("torch", reason="torch is not installed")
     x, y = _inputs((3, 5, 6), np.float64, seed=2)
     w, pw = _weight(weight_shape, 3), _weight(pos_weight_shape, 4)
-    as_tensor = (lambda a: None if a is None else torch.from_numpy(np.asarray(a)))
     for reduction in REDUCTIONS:
         loss, grad = fs.binary_cross_entropy_with_logits_with_grad(
             x, y, weight=w, pos_weight=pw, reduction=reduction, backend=backend)
         xt = torch.from_numpy(x).requires_grad_()
         want = torch.nn.functional.binary_cross_entropy_with_logits(
-            xt, torch.from_numpy(y), weight=as_tensor(w), pos_weight=as_tensor(pw),
+            xt, torch.from_numpy(y), weight=_as_tensor(w), pos_weight=_as_tensor(pw),
             reduction=reduction)
         want.sum().backward()
         np.testing.assert_allclose(loss, want.detach().numpy(), rtol=1e-12, atol=1e-14)
@@ -181,8 +185,9 @@ def test_torch_wrapper_and_module():
     w, pw = torch.from_numpy(_weight((5,), 1)), torch.from_numpy(_weight((4, 1), 2))
     for reduction in REDUCTIONS:
         xt = torch.from_numpy(x).requires_grad_()
-        assert torch.autograd.gradcheck(lambda a: fst.binary_cross_entropy_with_logits(
-            a, torch.from_numpy(y), w, reduction, pw), (xt,))
+        assert torch.autograd.gradcheck(
+            lambda a, reduction=reduction: fst.binary_cross_entropy_with_logits(
+                a, torch.from_numpy(y), w, reduction, pw), (xt,))
         a, b = xt.detach().clone().requires_grad_(), xt.detach().clone().requires_grad_()
         ours = fst.BCEWithLogitsLoss(w, reduction, pw)(a, torch.from_numpy(y))
         theirs = torch.nn.BCEWithLogitsLoss(w, reduction=reduction, pos_weight=pw)(

@@ -177,7 +177,7 @@ def test_torch_wrapper_and_module():
     for reduction in REDUCTIONS:
         xt = torch.from_numpy(x).requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda a: fst.kl_div(a, torch.from_numpy(t), reduction), (xt,))
+            lambda a, reduction=reduction: fst.kl_div(a, torch.from_numpy(t), reduction), (xt,))
         a, b = xt.detach().clone().requires_grad_(), xt.detach().clone().requires_grad_()
         ours = fst.KLDivLoss(reduction=reduction)(a, torch.from_numpy(t))
         theirs = torch.nn.KLDivLoss(reduction=reduction)(b, torch.from_numpy(t))
