@@ -128,6 +128,29 @@ LOSS_CALLS = {"cross_entropy_index": _cross_entropy_index_calls,
               "entropy_with_grad": _entropy_calls}
 
 
+def _elementwise_operands(x, rng):
+    """Flat input, a target in [0, 1), ones (weights), grad_output 1, a gradient buffer."""
+    flat = x.reshape(-1)
+    return (flat, rng.random(flat.size).astype(x.dtype), np.ones(4096, x.dtype), np.ones(4096),
+            np.empty_like(flat))
+
+
+def _kl_div_calls(x, rng):
+    flat, target, _, g, grad = _elementwise_operands(x, rng)
+    return {"kl_div_with_grad": lambda k: k.kl_div(flat, target, False, g, 1.0 / flat.size,
+                                                   None, grad)}
+
+
+def _bce_calls(x, rng):
+    """reduction "mean" with the gradient; the label shortened to fit the report's column."""
+    flat, target, ones, g, grad = _elementwise_operands(x, rng)
+    return {"bce_with_logits_with_grad": lambda k: k.binary_cross_entropy_with_logits(
+        flat, target, ones, ones, g, 1.0 / flat.size, None, grad)}
+
+
+LOSS_CALLS.update({"kl_div": _kl_div_calls, "binary_cross_entropy_with_logits": _bce_calls})
+
+
 class OnesForNoWeight:
     """Kernels of a build whose cross-entropy kernels need a weight array: weight=None
     becomes a cached ones(C), as that build's API passed."""

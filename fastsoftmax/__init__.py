@@ -21,3 +21,11 @@ __all__ = [*_api.ROW_FUNCTIONS, "cross_entropy", "cross_entropy_with_grad", "ent
            "set_backend",
            "get_backend", "available_backends", "use_backend", "set_num_threads",
            "get_num_threads", "show_config", "__version__"]
+
+# the elementwise ops (issue 17)
+from .api import (binary_cross_entropy_with_logits,  # noqa: E402
+                  binary_cross_entropy_with_logits_with_grad, kl_div, kl_div_with_grad,
+                  log_sigmoid, sigmoid)
+
+__all__ += ["kl_div", "kl_div_with_grad", "binary_cross_entropy_with_logits",
+            "binary_cross_entropy_with_logits_with_grad", "sigmoid", "log_sigmoid"]

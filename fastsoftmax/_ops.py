@@ -211,3 +211,73 @@ def bench_cases():
         for suffix, make in op.bench_cases.items():
             cases[op.name + suffix] = (op, make)
     return cases
+
+
+# ---- elementwise ops (issue 17): KL divergence, binary cross-entropy with logits,
+# sigmoid, log-sigmoid. Their kernels take flat C-contiguous arrays (any shape). A
+# "stream" (weight, pos_weight, grad_output) is read periodically, element i using
+# stream[i % stream.size]; the loss kernels return the float64 sum of the element losses,
+# write each one into ``loss`` and d(loss_i * scale * grad_output_i) / d input_i into
+# ``grad`` (each None: not written; grad may be input itself).
+LOSS_KERNELS.update({
+    "kl_div": ("input", "target", "log_target", "grad_output", "scale", "loss", "grad"),
+    "binary_cross_entropy_with_logits": ("input", "target", "weight", "pos_weight",
+                                         "grad_output", "scale", "loss", "grad"),
+})
+# kind="elementwise": ``f(x, *, out=None, backend=None)``, result shaped like x; the kernel
+# takes the flat x and out.
+ELEMENTWISE_KERNELS = {"sigmoid": ("x", "out"), "log_sigmoid": ("x", "out")}
+KERNELS.update({**LOSS_KERNELS, **ELEMENTWISE_KERNELS})
+
+
+def _uniform_target(x, axis, rng):
+    return rng.random(x.shape).astype(x.dtype)
+
+
+def _torch_kl_div(torch, input, target):
+    return torch.nn.functional.kl_div(input, target, reduction="mean")
+
+
+def _jax_kl_div(jax, jnp, input, target):
+    terms = jax.scipy.special.xlogy(target, target) - target * input
+    return jnp.mean(terms)
+
+
+def _torch_bce(torch, input, target):
+    return torch.nn.functional.binary_cross_entropy_with_logits(input, target)
+
+
+def _jax_bce(jax, jnp, input, target):
+    return jnp.mean((1 - target) * input - jax.nn.log_sigmoid(input))
+
+
+# The benchmark inputs: kl_div gets log-probabilities and probabilities (a distillation
+# step; every implementation with the default reduction "mean"), binary cross-entropy
+# logits and soft labels in [0, 1).
+OPS.update({op.name: op for op in [
+    Op("kl_div", "loss", ("input", "target"),
+       lambda x, axis, rng: (_log_probs(x, axis), _prob_target(x, axis, rng)),
+       torch=_torch_kl_div, jax=_jax_kl_div,
+       torch_layer=lambda fst, x, t: fst.kl_div(x, t)),
+    Op("kl_div_with_grad", "loss", ("input", "target"),
+       lambda x, axis, rng: (_log_probs(x, axis), _prob_target(x, axis, rng)),
+       torch=_torch_with_grad(_torch_kl_div), jax=_jax_with_grad(_jax_kl_div),
+       torch_layer=_torch_with_grad(lambda fst, x, t: fst.kl_div(x, t)),
+       grad_of="kl_div", inplace=True),
+    Op("binary_cross_entropy_with_logits", "loss", ("input", "target"),
+       lambda x, axis, rng: (x, _uniform_target(x, axis, rng)),
+       torch=_torch_bce, jax=_jax_bce,
+       torch_layer=lambda fst, x, t: fst.binary_cross_entropy_with_logits(x, t)),
+    Op("binary_cross_entropy_with_logits_with_grad", "loss", ("input", "target"),
+       lambda x, axis, rng: (x, _uniform_target(x, axis, rng)),
+       torch=_torch_with_grad(_torch_bce), jax=_jax_with_grad(_jax_bce),
+       torch_layer=_torch_with_grad(
+           lambda fst, x, t: fst.binary_cross_entropy_with_logits(x, t)),
+       grad_of="binary_cross_entropy_with_logits", inplace=True),
+    Op("sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
+       torch=lambda torch, x: torch.sigmoid(x), jax=lambda jax, jnp, x: jax.nn.sigmoid(x),
+       out=True),
+    Op("log_sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
+       torch=lambda torch, x: torch.nn.functional.logsigmoid(x),
+       jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x), out=True),
+]})

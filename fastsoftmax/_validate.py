@@ -210,3 +210,106 @@ def inplace_buffer(args, out, original_logits):
                          "or use inplace=False")
     if args.target is not None and np.shares_memory(logits, args.target):
         raise ValueError("inplace=True but target shares memory with logits; pass a copy of target")
+
+
+# ---- elementwise losses (kl_div, binary_cross_entropy_with_logits) ----
+
+KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+
+
+@dataclass(frozen=True)
+class ElementwiseLossArgs:
+    """Normalised arguments of an elementwise loss; every array has ``input``'s dtype."""
+    input: np.ndarray        # float32/float64, any shape
+    target: np.ndarray       # input's shape (broadcast, read-only view when it was smaller)
+    reduction: str
+    weight: object = None    # None, or an array that broadcasts to input's shape
+    pos_weight: object = None
+
+    @property
+    def loss_shape(self):
+        return self.input.shape
+
+    @property
+    def denominator(self):
+        """What the sum is divided by: the element count ("mean"), input.shape[0]
+        ("batchmean", 1 for a 0-d input, as torch), else 1."""
+        if self.reduction == "mean":
+            return np.float64(self.input.size)
+        if self.reduction == "batchmean" and self.input.ndim:
+            return np.float64(self.input.shape[0])
+        return np.float64(1.0)
+
+
+def _reduction(reduction, allowed):
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+    return reduction
+
+
+def _broadcast_to_input(a, name, input, dtype):
+    """``a`` as a float array of ``dtype`` that broadcasts to input's shape (not a bigger one)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be real numbers, got dtype {a.dtype}")
+    try:
+        shape = np.broadcast_shapes(a.shape, input.shape)
+    except ValueError:
+        shape = None
+    if shape != input.shape:
+        raise ValueError(f"{name} has shape {a.shape} but input has shape {input.shape}; "
+                         f"{name} must broadcast to the input's shape")
+    return a.astype(dtype, copy=False)
+
+
+def kl_div_args(input, target, reduction, log_target):
+    """Check kl_div's arguments the way torch.nn.functional.kl_div does (target may
+    broadcast to input's shape; it is cast to input's dtype)."""
+    input = float_array(input, "input")
+    target = np.asarray(target)
+    if target.dtype.kind != "f":
+        raise TypeError(f"target must hold float probabilities (log-probabilities with "
+                        f"log_target=True), got dtype {target.dtype}")
+    target = _broadcast_to_input(target, "target", input, input.dtype)
+    if not isinstance(log_target, (bool, np.bool_)):
+        raise TypeError(f"log_target must be True or False, got {log_target!r}")
+    return ElementwiseLossArgs(input, np.broadcast_to(target, input.shape),
+                               _reduction(reduction, KL_REDUCTIONS))
+
+
+def bce_args(input, target, weight, pos_weight, reduction):
+    """Check binary_cross_entropy_with_logits' arguments as torch does: target of
+    input's shape, weight and pos_weight broadcasting to it."""
+    input = float_array(input, "input")
+    target = np.asarray(target)
+    if target.dtype.kind not in "biuf":
+        raise TypeError(f"target must hold numbers in [0, 1], got dtype {target.dtype}")
+    if target.shape != input.shape:
+        raise ValueError(f"target has shape {target.shape} but input has shape {input.shape}; "
+                         "they must be equal")
+    target = target.astype(input.dtype, copy=False)
+    if weight is not None:
+        weight = _broadcast_to_input(weight, "weight", input, input.dtype)
+    if pos_weight is not None:
+        pos_weight = _broadcast_to_input(pos_weight, "pos_weight", input, input.dtype)
+    return ElementwiseLossArgs(input, target, _reduction(reduction, REDUCTIONS), weight,
+                               pos_weight)
+
+
+def elementwise_inplace(args, out, original_input):
+    """Check that the caller's input buffer can take the gradient (inplace=True)."""
+    if args.input is not original_input:
+        raise ValueError("inplace=True needs input as a float32/float64 numpy array in native "
+                         "byte order (the gradient is written into that buffer)")
+    if out is not None:
+        raise ValueError("inplace=True writes the gradient into input; do not also pass out")
+    if not args.input.flags.writeable:
+        raise ValueError("inplace=True needs a writeable input, but input is read-only")
+    if not args.input.flags.c_contiguous:
+        raise ValueError("inplace=True needs a C-contiguous input; pass "
+                         "np.ascontiguousarray(input) or use inplace=False")
+    for name in ("target", "weight", "pos_weight"):
+        other = getattr(args, name)
+        if other is not None and np.shares_memory(args.input, other):
+            raise ValueError(f"inplace=True but {name} shares memory with input; pass a copy "
+                             f"of {name}")

@@ -400,3 +400,339 @@ def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, in
     kernels.entropy_with_grad(rows, scale, row_scale, row_loss, grad)
     _copy_back(result, grad)
     return _reduce(row_loss, reduction, denominator, args.loss_shape, x.dtype), result
+
+
+# ---- elementwise ops (issue 17): KL divergence, binary cross-entropy with logits,
+# sigmoid, log-sigmoid. The kernels see flat C-contiguous arrays (any shape); weights and
+# grad_output reach them as periodic "streams" (fastsoftmax._ops).
+
+# A stream shorter than this is tiled up to it, so that the kernels' segments of
+# constant stream offset stay long (a pos_weight of 3 classes would make them 3 long).
+_STREAM_PERIOD = 4096
+
+
+@functools.lru_cache(maxsize=4)
+def _ones_stream(dtype):
+    ones = np.ones(_STREAM_PERIOD, dtype)
+    ones.flags.writeable = False
+    return ones
+
+
+def _stream(a, shape, dtype):
+    """``a`` (None: ones), broadcast to ``shape``, as a periodic stream: the trailing block
+    of the broadcast that ``a`` varies over (a (C,) weight: C values, tiled), or the whole
+    broadcast when ``a`` varies along the first axis."""
+    if a is None or not np.prod(shape):
+        return _ones_stream(np.dtype(dtype))
+    padded = (1,) * (len(shape) - a.ndim) + a.shape
+    first = next((i for i, size in enumerate(padded) if size != 1), len(shape))
+    block = np.broadcast_to(a.reshape(padded[first:]), shape[first:])
+    block = np.ascontiguousarray(block, dtype=dtype).reshape(-1)
+    if block.size < _STREAM_PERIOD:
+        block = np.tile(block, -(-_STREAM_PERIOD // block.size))
+    return block
+
+
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def _elementwise_grad_buffer(args, input, out, inplace):
+    """(result, flat): the array returned as the gradient (``input`` itself for
+    inplace=True, ``out``, or a new array) and the flat C-contiguous array the kernel
+    writes (``result``'s memory unless it is not C-contiguous)."""
+    x = args.input
+    if inplace:
+        _validate.elementwise_inplace(args, out, input)
+        result = x
+    elif out is not None:
+        result = _validate.out_array(out, x.shape, x.dtype, {"input": x, "target": args.target})
+    else:
+        result = np.empty(x.shape, x.dtype)
+    if result.flags.c_contiguous:
+        return result, result.reshape(-1)
+    return result, np.empty(x.size, x.dtype)
+
+
+def _run_elementwise_loss(kernel, args, operands, grad_output, grad):
+    """Run a loss kernel (``operands``: its arguments between target and grad_output);
+    return the loss in the input's dtype."""
+    x = args.input
+    denominator = args.denominator
+    scale, per_element = _grad_scales(grad_output, denominator)
+    stream = per_element if per_element.size else _ones_stream(np.dtype(np.float64))
+    loss = np.empty(x.size, x.dtype) if args.reduction == "none" else None
+    total = kernel(_flat(x), _flat(args.target), *operands, stream, scale, loss, grad)
+    if loss is not None:  # a 0-d input's loss is a scalar, as the reference's
+        return loss.reshape(x.shape) if x.ndim else loss[0]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
+        return x.dtype.type(total / denominator)
+
+
+def _elementwise_loss_with_grad(kernel, args, operands, grad_output, input, out, inplace):
+    g = _validate.grad_output_array(grad_output, args.reduction, args.loss_shape)
+    result, grad = _elementwise_grad_buffer(args, input, out, inplace)
+    loss = _run_elementwise_loss(kernel, args, operands, g, grad)
+    if not result.flags.c_contiguous:
+        result[...] = grad.reshape(result.shape)
+    return loss, result
+
+
+_KL_DOC = """input : array_like
+        float32 or float64 log-probabilities, any shape.
+    target : array_like
+        Probabilities (log-probabilities with ``log_target=True``) of input's shape, or
+        broadcasting to it; cast to input's dtype. Values out of [0, 1] are data: as in
+        torch, a negative probability gives NaN.
+    reduction : {{"none", "mean", "sum", "batchmean"}}, optional
+        "mean" (default, as torch) divides the sum by the number of elements;
+        "batchmean" by ``input.shape[0]`` (the KL divergence per sample when the
+        distributions lie along the other axes); "none" gives every element's term.
+    log_target : bool, optional
+        The target holds log-probabilities."""
+
+
+@_dispatch
+@_doc("""KL divergence, as ``torch.nn.functional.kl_div``: the pointwise terms
+    ``target * (log(target) - input)`` of log-probabilities ``input``, reduced.
+
+    A term is ``xlogy(t, t) - t * x`` (a target of 0 adds 0 while ``input`` is finite;
+    as in torch, 0 times an infinite input is NaN), or ``exp(t) * (t - x)`` with
+    ``log_target=True``. Elementwise: any shape, no class axis. The sum runs in float64.
+
+    Parameters
+    ----------
+    """ + _KL_DOC + """
+    {backend}
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        A scalar of input's dtype, or for "none" an array of input's shape.
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> p = np.array([[0.25, 0.75]])
+    >>> float(fs.kl_div(np.log(p), p, reduction="batchmean"))  # KL(p || p)
+    0.0
+    """)
+def kl_div(input, target, *, reduction="mean", log_target=False, kernels):
+    args = _validate.kl_div_args(input, target, reduction, log_target)
+    return _run_elementwise_loss(kernels.kl_div, args, (bool(log_target),), np.float64(1.0),
+                                 None)
+
+
+@_dispatch
+@_doc("""KL divergence (as :func:`kl_div`) and its gradient with respect to ``input``,
+    from one sweep.
+
+    ``d(loss * grad_output) / d input`` is ``-target`` (``-exp(target)`` with
+    ``log_target=True``), divided as the reduction divides, times ``grad_output``.
+
+    Parameters
+    ----------
+    """ + _KL_DOC + """
+    grad_output : float or array_like, optional
+        Gradient flowing into the loss: a scalar, or for ``reduction="none"`` an array
+        of input's shape. Default 1.
+    out : ndarray, optional
+        Where to write the gradient: input's shape and dtype.
+    inplace : bool, optional
+        Write the gradient into ``input`` (a writeable C-contiguous float32/float64
+        array) and return it: no extra memory. The input is lost.
+    {backend}
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As :func:`kl_div`.
+    grad : ndarray
+        The gradient, input's shape and dtype (``input`` itself when ``inplace=True``,
+        ``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> loss, grad = fs.kl_div_with_grad(np.log([[0.5, 0.5]]), np.array([[0.25, 0.75]]),
+    ...                                  reduction="sum")
+    >>> grad
+    array([[-0.25, -0.75]])
+    """)
+def kl_div_with_grad(input, target, *, reduction="mean", log_target=False, grad_output=1.0,
+                     out=None, inplace=False, kernels):
+    args = _validate.kl_div_args(input, target, reduction, log_target)
+    return _elementwise_loss_with_grad(kernels.kl_div, args, (bool(log_target),), grad_output,
+                                       input, out, inplace)
+
+
+_BCE_DOC = """input : array_like
+        float32 or float64 logits, any shape.
+    target : array_like
+        Labels of input's shape, cast to input's dtype: 0 or 1, or soft labels in
+        [0, 1] (not checked: values outside are data, as in torch).
+    weight : array_like, optional
+        Weights of the element losses, broadcasting to input's shape.
+    pos_weight : array_like, optional
+        Weights of the positive term, broadcasting to input's shape: a (C,) array
+        weighs the classes of the last axis (``num_negatives / num_positives`` per class
+        balances them).
+    reduction : {{"none", "mean", "sum"}}, optional
+        "mean" (default) divides the sum by the number of elements, whatever the
+        weights (as torch)."""
+
+_BCE_FORMULA = """The element loss is ``w * ((1 - y) * softplus(x) + pw * y * softplus(-x))``,
+    which is torch's ``w * ((1 - y) * x - (1 + (pw - 1) * y) * log_sigmoid(x))``
+    rearranged so that it does not overflow or cancel. **One difference from torch:** a
+    term whose factor is 0 is 0 at an infinite logit, so ``x = +inf, y = 1`` and
+    ``x = -inf, y = 0`` give 0 (and ``x = -inf, y = 0.5`` gives inf) where torch gives
+    NaN (pytorch#49844, pytorch#102894): the limits of the loss. The gradient is finite
+    for every logit. NaN stays NaN."""
+
+
+@_dispatch
+@_doc("""Binary cross-entropy with logits, as
+    ``torch.nn.functional.binary_cross_entropy_with_logits`` (multi-label
+    classification, logistic regression).
+
+    """ + _BCE_FORMULA + """ The sum runs in float64.
+
+    Parameters
+    ----------
+    """ + _BCE_DOC + """
+    {backend}
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        A scalar of input's dtype, or for "none" an array of input's shape.
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> float(fs.binary_cross_entropy_with_logits(np.zeros(4), np.ones(4)))  # log(2)
+    0.6931471805599453
+    """)
+def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=None,
+                                     reduction="mean", kernels):
+    args = _validate.bce_args(input, target, weight, pos_weight, reduction)
+    return _run_elementwise_loss(kernels.binary_cross_entropy_with_logits, args,
+                                 _bce_streams(args), np.float64(1.0), None)
+
+
+def _bce_streams(args):
+    shape, dtype = args.input.shape, args.input.dtype
+    return _stream(args.weight, shape, dtype), _stream(args.pos_weight, shape, dtype)
+
+
+@_dispatch
+@_doc("""Binary cross-entropy with logits (as :func:`binary_cross_entropy_with_logits`)
+    and its gradient with respect to ``input``, from one sweep.
+
+    ``d loss / d x = w * ((1 - y) * sigmoid(x) - pw * y * sigmoid(-x))``, divided by the
+    element count for "mean", times ``grad_output``.
+
+    """ + _BCE_FORMULA + """
+
+    Parameters
+    ----------
+    """ + _BCE_DOC + """
+    grad_output : float or array_like, optional
+        Gradient flowing into the loss: a scalar, or for ``reduction="none"`` an array
+        of input's shape. Default 1.
+    inplace : bool, optional
+        Write the gradient into ``input`` (a writeable C-contiguous float32/float64
+        array) and return it: no extra memory. The logits are lost.
+    out : ndarray, optional
+        Where to write the gradient: input's shape and dtype.
+    {backend}
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As :func:`binary_cross_entropy_with_logits`.
+    grad : ndarray
+        The gradient, input's shape and dtype (``input`` itself when ``inplace=True``,
+        ``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> loss, grad = fs.binary_cross_entropy_with_logits_with_grad(
+    ...     np.zeros(2), np.array([0.0, 1.0]), reduction="sum")
+    >>> grad
+    array([ 0.5, -0.5])
+    """)
+def binary_cross_entropy_with_logits_with_grad(input, target, *, weight=None, pos_weight=None,
+                                               reduction="mean", grad_output=1.0,
+                                               inplace=False, out=None, kernels):
+    args = _validate.bce_args(input, target, weight, pos_weight, reduction)
+    return _elementwise_loss_with_grad(kernels.binary_cross_entropy_with_logits, args,
+                                       _bce_streams(args), grad_output, input, out, inplace)
+
+
+def _elementwise_output(kernel, x, out):
+    """Run an elementwise kernel into a result of x's shape (``out`` when given)."""
+    x = _validate.float_array(x, "x")
+    if out is not None:
+        _validate.out_array(out, x.shape, x.dtype, {"x": x})
+    direct = out is not None and out.flags.c_contiguous
+    result = out.reshape(-1) if direct else np.empty(x.size, x.dtype)
+    kernel(_flat(x), result)
+    if direct:
+        return out
+    if out is None:
+        return result.reshape(x.shape)
+    out[...] = result.reshape(x.shape)
+    return out
+
+
+_SIGMOID_PARAMETERS = """Parameters
+    ----------
+    x : array_like
+        float32 or float64 values, any shape.
+    out : ndarray, optional
+        Where to write the result: x's shape and dtype; may be ``x`` itself.
+    {backend}
+
+    Returns
+    -------
+    ndarray
+        x's shape and dtype."""
+
+
+@_dispatch
+@_doc("""Logistic sigmoid ``1 / (1 + exp(-x))``, elementwise, without overflow.
+
+    Computed as ``1 / (1 + exp(-|x|))`` or ``exp(-|x|) / (1 + exp(-|x|))`` by the sign
+    of x: 0 at -inf, 1 at +inf, NaN for NaN (as ``torch.sigmoid``).
+
+    """ + _SIGMOID_PARAMETERS + """
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> fs.sigmoid(np.array([0.0, np.inf]))
+    array([0.5, 1. ])
+    """)
+def sigmoid(x, *, out=None, kernels):
+    return _elementwise_output(kernels.sigmoid, x, out)
+
+
+@_dispatch
+@_doc("""Log of the logistic sigmoid, ``-log(1 + exp(-x))``, elementwise and accurate for
+    every x.
+
+    Computed as ``min(x, 0) - log1p(exp(-|x|))``: -inf at -inf, 0 at +inf, NaN for NaN
+    (as ``torch.nn.functional.logsigmoid``).
+
+    """ + _SIGMOID_PARAMETERS + """
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> fs.log_sigmoid(np.array([0.0]))  # -log(2)
+    array([-0.69314718])
+    """)
+def log_sigmoid(x, *, out=None, kernels):
+    return _elementwise_output(kernels.log_sigmoid, x, out)

@@ -180,3 +180,96 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     loss, grad = _cross_entropy64(args, g)
     inputs = {} if inplace else {"logits": args.logits, "target": args.target}
     return _loss_in_dtype(loss, args.logits.dtype), _finish(grad, args.logits, out, inputs)
+
+
+# ---- elementwise losses (issue 17) ----
+
+def _elementwise_result(terms, d_terms, args, grad_output, out, inplace, original_input):
+    """(loss, grad) from the float64 element losses and their derivatives."""
+    denominator = args.denominator
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        loss = terms if args.reduction == "none" else np.sum(terms) / denominator
+        grad = d_terms * (grad_output / denominator)
+    inputs = {"input": args.input, "target": args.target}
+    if inplace:
+        _validate.elementwise_inplace(args, out, original_input)
+        out, inputs = args.input, {}
+    return _loss_in_dtype(loss, args.input.dtype), _finish(grad, args.input, out, inputs)
+
+
+def _kl_div64(args, log_target):
+    """torch.nn.functional.kl_div's element losses and d/d input, float64."""
+    x, t = args.input.astype(np.float64), args.target.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if log_target:
+            p = np.exp(t)
+            return p * (t - x), -p
+        xlogy = np.where(t == 0, 0.0, t * np.log(t))  # 0 log 0 = 0
+        return xlogy - t * x, -t
+
+
+def kl_div(input, target, *, reduction="mean", log_target=False):
+    """Reference :func:`fastsoftmax.kl_div`: torch's definition, float64 math."""
+    args = _validate.kl_div_args(input, target, reduction, log_target)
+    terms, _ = _kl_div64(args, log_target)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = terms if reduction == "none" else np.sum(terms) / args.denominator
+    return _loss_in_dtype(loss, args.input.dtype)
+
+
+def kl_div_with_grad(input, target, *, reduction="mean", log_target=False, grad_output=1.0,
+                     out=None, inplace=False):
+    """Reference :func:`fastsoftmax.kl_div_with_grad`: d loss / d input is -target
+    (-exp(target) for log targets), scaled by the reduction and grad_output."""
+    args = _validate.kl_div_args(input, target, reduction, log_target)
+    g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    terms, d_terms = _kl_div64(args, log_target)
+    return _elementwise_result(terms, d_terms, args, g, out, inplace, input)
+
+
+def _bce64(args):
+    """Element losses and d/d input of binary cross-entropy with logits, float64:
+    w ((1 - y) softplus(x) + pw y softplus(-x)), a term with a zero factor being 0."""
+    x, y = args.input.astype(np.float64), args.target.astype(np.float64)
+    w = 1.0 if args.weight is None else args.weight.astype(np.float64)
+    pw = 1.0 if args.pos_weight is None else args.pos_weight.astype(np.float64)
+    neg, pos = 1.0 - y, pw * y
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = w * (np.where(neg == 0, 0.0, neg * np.logaddexp(0.0, x))
+                     + np.where(pos == 0, 0.0, pos * np.logaddexp(0.0, -x)))
+        d_terms = w * (neg / (1.0 + np.exp(-x)) - pos / (1.0 + np.exp(x)))
+    return terms, d_terms
+
+
+def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=None,
+                                     reduction="mean"):
+    """Reference :func:`fastsoftmax.binary_cross_entropy_with_logits`, float64 math."""
+    args = _validate.bce_args(input, target, weight, pos_weight, reduction)
+    terms, _ = _bce64(args)
+    with np.errstate(invalid="ignore"):
+        loss = terms if reduction == "none" else np.sum(terms) / args.denominator
+    return _loss_in_dtype(loss, args.input.dtype)
+
+
+def binary_cross_entropy_with_logits_with_grad(input, target, *, weight=None, pos_weight=None,
+                                               reduction="mean", grad_output=1.0, out=None,
+                                               inplace=False):
+    """Reference :func:`fastsoftmax.binary_cross_entropy_with_logits_with_grad`:
+    d loss / d input = w ((1 - y) sigmoid(x) - pw y sigmoid(-x)), float64 math."""
+    args = _validate.bce_args(input, target, weight, pos_weight, reduction)
+    g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    terms, d_terms = _bce64(args)
+    return _elementwise_result(terms, d_terms, args, g, out, inplace, input)
+
+
+def sigmoid(x, *, out=None):
+    """Reference :func:`fastsoftmax.sigmoid`: ``1 / (1 + exp(-x))``, float64 math."""
+    x = _validate.float_array(x, "x")
+    with np.errstate(over="ignore"):
+        return _finish(1.0 / (1.0 + np.exp(-x.astype(np.float64))), x, out, {"x": x})
+
+
+def log_sigmoid(x, *, out=None):
+    """Reference :func:`fastsoftmax.log_sigmoid`: ``-log(1 + exp(-x))``, float64 math."""
+    x = _validate.float_array(x, "x")
+    return _finish(-np.logaddexp(0.0, -x.astype(np.float64)), x, out, {"x": x})

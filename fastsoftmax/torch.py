@@ -582,3 +582,226 @@ def entropy(logits, *, backend=None):
 from .torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
 
 __all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+
+# ------------------------------------------------- elementwise losses (issue 17)
+# kl_div and binary_cross_entropy_with_logits: one op each returning (loss, d loss / d input)
+# from one sweep; the backward pass only scales the kept gradient. Gradients for target,
+# weight and pos_weight are not provided (an error says so).
+
+def _elementwise_loss_shape(input, reduction, allowed):
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+    return input.shape if reduction == "none" else ()
+
+
+def _no_grad_for(tensor, name, function):
+    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError(f"fastsoftmax.torch.{function} has no gradient for {name}; "
+                                  f"pass {name}.detach(), or use torch.nn.functional's "
+                                  f"{function} where {name} is learnt")
+
+
+@torch.library.custom_op("fastsoftmax::kl_div", mutates_args=(), device_types="cpu")
+def _kl_div_op(input: torch.Tensor, target: torch.Tensor, reduction: str, log_target: bool,
+               compute_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
+    options = dict(reduction=reduction, log_target=log_target, backend=_kernel_backend(backend))
+    if not compute_grad:
+        return _loss_tensor(api.kl_div(_numpy(input), _numpy(target), **options)), \
+            input.new_empty(0)
+    loss, grad = api.kl_div_with_grad(_numpy(input), _numpy(target), **options)
+    return _loss_tensor(loss), torch.from_numpy(grad)
+
+
+@_kl_div_op.register_fake
+def _kl_div_fake(input, target, reduction, log_target, compute_grad, backend):
+    loss = input.new_empty(_elementwise_loss_shape(input, reduction, _validate.KL_REDUCTIONS))
+    return loss, torch.empty(input.shape, dtype=input.dtype) if compute_grad else \
+        input.new_empty(0)
+
+
+@torch.library.custom_op("fastsoftmax::binary_cross_entropy_with_logits", mutates_args=(),
+                         device_types="cpu")
+def _bce_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+            pos_weight: Optional[torch.Tensor], reduction: str, compute_grad: bool,
+            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
+    options = dict(weight=None if weight is None else _numpy(weight),
+                   pos_weight=None if pos_weight is None else _numpy(pos_weight),
+                   reduction=reduction, backend=_kernel_backend(backend))
+    if not compute_grad:
+        return _loss_tensor(api.binary_cross_entropy_with_logits(
+            _numpy(input), _numpy(target), **options)), input.new_empty(0)
+    loss, grad = api.binary_cross_entropy_with_logits_with_grad(_numpy(input), _numpy(target),
+                                                                **options)
+    return _loss_tensor(loss), torch.from_numpy(grad)
+
+
+@_bce_op.register_fake
+def _bce_fake(input, target, weight, pos_weight, reduction, compute_grad, backend):
+    loss = input.new_empty(_elementwise_loss_shape(input, reduction, _validate.REDUCTIONS))
+    return loss, torch.empty(input.shape, dtype=input.dtype) if compute_grad else \
+        input.new_empty(0)
+
+
+def _elementwise_setup(name, n_inputs):
+    def setup_context(ctx, inputs, output):
+        input, compute_grad = inputs[0], inputs[n_inputs - 2]
+        if ctx.needs_input_grad[0] and not compute_grad:
+            raise RuntimeError(f"fastsoftmax::{name} was called with compute_grad=False on an "
+                               "input that requires grad; pass compute_grad=True")
+        if any(ctx.needs_input_grad[1:]):
+            raise NotImplementedError(f"fastsoftmax.torch.{name} has no gradient for its "
+                                      "target or weights; pass them detached")
+        ctx.set_materialize_grads(False)
+        ctx.n_inputs = n_inputs
+        ctx.input_is_leaf = input.is_leaf
+        ctx.save_for_backward(output[1])
+    return setup_context
+
+
+def _elementwise_vjp(name):
+    def vjp(ctx, grad_loss, _grad_of_grad):
+        _first_order_only(name, grad_loss)
+        (grad,) = ctx.saved_tensors
+        grads = [None] * ctx.n_inputs
+        if grad_loss is not None and ctx.needs_input_grad[0]:
+            grads[0] = _scaled(grad, grad_loss, may_return_grad=not ctx.input_is_leaf)
+        return tuple(grads)
+    return vjp
+
+
+_kl_div = _register_autograd("kl_div", _kl_div_op, _elementwise_vjp("kl_div"),
+                             _elementwise_setup("kl_div", 6))
+_bce = _register_autograd("binary_cross_entropy_with_logits", _bce_op,
+                          _elementwise_vjp("binary_cross_entropy_with_logits"),
+                          _elementwise_setup("binary_cross_entropy_with_logits", 7))
+
+
+def _check_target(target):
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.device.type != "cpu":
+        raise ValueError(f"target is on {target.device}; move it with .cpu()")
+
+
+def kl_div(input, target, reduction="mean", log_target=False, *, backend=None):
+    """KL divergence with ``torch.nn.functional.kl_div``'s semantics (without the
+    deprecated ``size_average`` / ``reduce``), autograd-aware.
+
+    With a gradient required, the forward pass computes it too (one sweep) and the
+    backward pass only scales it. Backed by ``torch.ops.fastsoftmax.kl_div``; see
+    :func:`fastsoftmax.kl_div` for the formula. ``target`` gets no gradient.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Log-probabilities, CPU float32/float64, any shape.
+    target : torch.Tensor
+        Probabilities (log-probabilities with ``log_target=True``), input's shape or
+        broadcasting to it.
+    reduction : {"mean", "batchmean", "sum", "none"}, optional
+    log_target : bool, optional
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
+
+    Returns
+    -------
+    torch.Tensor
+        0-d, or input's shape for "none".
+    """
+    _check_tensor(input, "input")
+    _check_target(target)
+    _no_grad_for(target, "target", "kl_div")
+    _elementwise_loss_shape(input, reduction, _validate.KL_REDUCTIONS)
+    compute_grad = torch.is_grad_enabled() and input.requires_grad
+    loss, _ = _kl_div(input, target, reduction, bool(log_target), compute_grad,
+                      _backend_argument(backend))
+    return loss
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
+                                     pos_weight=None, *, backend=None):
+    """Binary cross-entropy with logits, ``torch.nn.functional.
+    binary_cross_entropy_with_logits``' signature (without ``size_average`` /
+    ``reduce``), autograd-aware.
+
+    Finite where torch gives NaN at an infinite logit (see
+    :func:`fastsoftmax.binary_cross_entropy_with_logits`). Backed by
+    ``torch.ops.fastsoftmax.binary_cross_entropy_with_logits``; the forward pass computes
+    the gradient too. ``target``, ``weight`` and ``pos_weight`` get no gradient.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Logits, CPU float32/float64, any shape.
+    target : torch.Tensor
+        Labels in [0, 1], input's shape.
+    weight : torch.Tensor, optional
+        Broadcasts to input's shape.
+    reduction : {"mean", "sum", "none"}, optional
+    pos_weight : torch.Tensor, optional
+        Broadcasts to input's shape (a (C,) tensor: per class of the last dim).
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
+
+    Returns
+    -------
+    torch.Tensor
+        0-d, or input's shape for "none".
+    """
+    name = "binary_cross_entropy_with_logits"
+    _check_tensor(input, "input")
+    _check_target(target)
+    for tensor, label in ((target, "target"), (weight, "weight"), (pos_weight, "pos_weight")):
+        if tensor is not None and label != "target":
+            _check_tensor(tensor, label)
+        _no_grad_for(tensor, label, name)
+    _elementwise_loss_shape(input, reduction, _validate.REDUCTIONS)
+    compute_grad = torch.is_grad_enabled() and input.requires_grad
+    loss, _ = _bce(input, target, weight, pos_weight, reduction, compute_grad,
+                   _backend_argument(backend))
+    return loss
+
+
+class KLDivLoss(torch.nn.Module):
+    """``torch.nn.KLDivLoss`` backed by :func:`kl_div`.
+
+    Parameters
+    ----------
+    reduction : {"mean", "batchmean", "sum", "none"}, optional
+    log_target : bool, optional
+    """
+
+    def __init__(self, reduction="mean", log_target=False):
+        super().__init__()
+        self.reduction = reduction
+        self.log_target = log_target
+
+    def forward(self, input, target):
+        return kl_div(input, target, self.reduction, self.log_target)
+
+
+class BCEWithLogitsLoss(torch.nn.Module):
+    """``torch.nn.BCEWithLogitsLoss`` backed by :func:`binary_cross_entropy_with_logits`.
+
+    Parameters
+    ----------
+    weight : torch.Tensor, optional
+    reduction : {"mean", "sum", "none"}, optional
+    pos_weight : torch.Tensor, optional
+    """
+
+    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return binary_cross_entropy_with_logits(input, target, self.weight, self.reduction,
+                                                self.pos_weight)
+
+
+__all__ += ["kl_div", "KLDivLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]

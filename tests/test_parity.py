@@ -353,6 +353,35 @@ LOSS_CALLERS = {
     "cross_entropy_with_grad": _cross_entropy_calls("cross_entropy_with_grad", with_grad=True),
     "entropy_with_grad": _entropy_with_grad_calls,
 }
+
+
+def _elementwise_calls(func, options):
+    """The elementwise losses (issue 17), reduction "none": the logits as input and the
+    probability target; ``options(inputs)``: label -> keyword arguments."""
+    def calls(x, inputs):
+        for label, opts in options(inputs).items():
+            yield label, functools.partial(lambda backend, opts: getattr(fs, func)(
+                x, inputs["prob"], reduction="none", backend=backend, **opts), opts=opts), None
+    return calls
+
+
+def _kl_options(inputs):
+    return {"probability target": {}, "log-probability target": dict(log_target=True)}
+
+
+def _bce_options(inputs):
+    return {"no weights": {}, "weight and pos_weight": dict(
+        weight=inputs["weight"], pos_weight=inputs["weight"][::-1].copy())}
+
+
+LOSS_CALLERS.update({
+    "kl_div": _elementwise_calls("kl_div", _kl_options),
+    "kl_div_with_grad": _elementwise_calls("kl_div_with_grad", _kl_options),
+    "binary_cross_entropy_with_logits": _elementwise_calls("binary_cross_entropy_with_logits",
+                                                           _bce_options),
+    "binary_cross_entropy_with_logits_with_grad": _elementwise_calls(
+        "binary_cross_entropy_with_logits_with_grad", _bce_options),
+})
 LOSS_OPS = [op for op in _ops.OPS.values() if op.kind == "loss"]
 
 

@@ -145,7 +145,7 @@ def test_opcheck_entropy(name):
 def test_every_op_has_opcheck_samples():
     """A registered op without an opcheck test above fails here."""
     tested = {"cross_entropy", "cross_entropy_", "softmax", "log_softmax", "softmax_backward",
-              "log_softmax_backward", "entropy"}
+              "log_softmax_backward", "entropy", "kl_div", "binary_cross_entropy_with_logits"}
     registered = {name for name in dir(OPS) if not name.startswith("_")
                   and isinstance(getattr(OPS, name), torch._ops.OpOverloadPacket)}
     assert registered == tested
@@ -394,3 +394,53 @@ def test_compiled_inplace_falls_back_to_out_of_place(compiler):
         return fst.cross_entropy(logits, t, inplace=True), logits
     _, logits = torch.compile(step, fullgraph=True, backend=compiler)(x, t)
     torch.testing.assert_close(logits, model(x))  # not overwritten under compile
+
+
+# ------------------------------------------------- elementwise losses (issue 17)
+
+def _kl_sample(shape, reduction="mean", log_target=False, dtype=F64, target_shape=None):
+    x = torch.log_softmax(_logits(shape, dtype), -1).requires_grad_()
+    t = _prob_target(target_shape or shape, dtype)
+    return (x, t.log() if log_target else t, reduction, log_target, True)
+
+
+KL_SAMPLES = {
+    "2d-mean": _kl_sample((4, 6)),
+    "2d-batchmean": _kl_sample((4, 6), "batchmean"),
+    "3d-sum-log-target": _kl_sample((2, 3, 5), "sum", log_target=True),
+    "2d-none": _kl_sample((4, 6), "none"),
+    "1d": _kl_sample((7,)),
+    "broadcast-target": _kl_sample((4, 6), "sum", target_shape=(6,)),
+    "float32": _kl_sample((4, 6), dtype=torch.float32),
+}
+
+
+def _bce_sample(shape, reduction="mean", weight=None, pos_weight=None, dtype=F64):
+    x = _logits(shape, dtype, requires_grad=True)
+    y = torch.rand(shape, generator=_gen(4), dtype=dtype)
+    return (x, y, _random_weight(weight, dtype), _random_weight(pos_weight, dtype), reduction,
+            True)
+
+
+def _random_weight(shape, dtype):
+    return None if shape is None else torch.rand(shape, generator=_gen(5), dtype=dtype)
+
+
+BCE_SAMPLES = {
+    "2d-mean": _bce_sample((4, 6)),
+    "2d-sum-weights": _bce_sample((4, 6), "sum", weight=(6,), pos_weight=(6,)),
+    "3d-none-pos-weight": _bce_sample((2, 3, 5), "none", pos_weight=(3, 1)),
+    "1d": _bce_sample((7,)),
+    "0d": _bce_sample(()),
+    "float32": _bce_sample((4, 6), dtype=torch.float32),
+}
+
+
+@pytest.mark.parametrize("name", KL_SAMPLES)
+def test_opcheck_kl_div(name):
+    _opcheck(OPS.kl_div.default, (*KL_SAMPLES[name], ""))
+
+
+@pytest.mark.parametrize("name", BCE_SAMPLES)
+def test_opcheck_binary_cross_entropy_with_logits(name):
+    _opcheck(OPS.binary_cross_entropy_with_logits.default, (*BCE_SAMPLES[name], ""))

@@ -653,3 +653,6 @@ def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1]
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _entropy_row(&logits[i, 0], scale * row_scale[i] if per_row else scale,
                                    n, &grad[i, 0], split)
+
+
+include "elementwise.pxi"
