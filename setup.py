@@ -72,7 +72,8 @@ def _extensions():
     # Cython sees rows.h (the pyx's cdef extern) but not the typed headers, which rows.h
     # includes: listed here, an edit of any rebuilds the extension.
     headers = ["fastsoftmax/_cython/rows.h", "fastsoftmax/_cython/rows_typed.h",
-               "fastsoftmax/_cython/row_functions_typed.h", "fastsoftmax/_cython/elementwise.h"]
+               "fastsoftmax/_cython/row_functions_typed.h", "fastsoftmax/_cython/elementwise.h",
+               "fastsoftmax/_cython/elementwise_typed.h"]
     extension = Extension("fastsoftmax._cython._kernels", ["fastsoftmax/_cython/_kernels.pyx"],
                           include_dirs=["fastsoftmax/_cython"], depends=headers,
                           extra_compile_args=_compile_args(), extra_link_args=openmp)

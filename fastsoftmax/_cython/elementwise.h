@@ -1,16 +1,18 @@
 /* Elementwise losses of the Cython backend: KL divergence, binary cross-entropy with
  * logits, sigmoid and log-sigmoid, on flat arrays (any shape, no rows).
  *
- * The same formulas as fastsoftmax/_numba/_elementwise.py. Each element is computed in
- * double whatever its storage type: one body serves float and double (the `single`
- * flag, a literal in every caller, is folded away by the always_inline), the per-element
- * losses are summed in double, and float32 results are rounded once. exp and log are
- * the vectorisable ones of rows.h.
+ * The same formulas as fastsoftmax/_numba/_elementwise.py. Each loop is written once, in
+ * elementwise_typed.h, which this header includes twice: for float (suffix f) and double
+ * (suffix d). An element is computed in its storage type, so that float32 runs at twice
+ * the vector lanes of double (kl_div + grad 16777x1000 float32, bench.ab, two threads:
+ * see the commit message), and the losses are summed in that type over blocks of
+ * FS_BLOCK elements, the block sums in double. exp is rows.h's; log is rows.h's for
+ * double and fs_ew_log_normal_f below for float.
  *
  * A "stream" is a small array read periodically: element i of the flat input uses
  * stream[i % period]. Weights that broadcast over the last axis, a scalar grad_output
- * and a full-size one are all streams (the caller tiles short ones to >= FS_EW_PERIOD
- * elements so that a segment of constant offset is long).
+ * and a full-size one are all streams (the caller tiles short ones to >= 4096 elements so
+ * that a segment of constant offset is long). grad_output is double in both instances.
  */
 #ifndef FASTSOFTMAX_ELEMENTWISE_H
 #define FASTSOFTMAX_ELEMENTWISE_H
@@ -20,6 +22,8 @@
 /* rows.h's exp and log, inlined into every loop here: in the whole extension GCC's
  * inlining budget left them as scalar calls, which kept the loops scalar (kl_div + grad
  * 9.7 -> 1.3 ns/elem, BCE 26 -> 2.2, one thread, float32). */
+static inline float fs_exp_core_f(float x) __attribute__((always_inline));
+static inline float fs_exp_f(float x) __attribute__((always_inline));
 static inline double fs_exp_core_d(double x) __attribute__((always_inline));
 static inline double fs_exp_d(double x) __attribute__((always_inline));
 static inline double fs_log_d(double x) __attribute__((always_inline));
@@ -30,144 +34,80 @@ static inline double fs_log_d(double x) __attribute__((always_inline));
 
 #define FS_EW_INLINE static inline __attribute__((always_inline))
 
-FS_EW_INLINE double fs_ew_load(const void *p, Py_ssize_t i, int single) {
-    return single ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-
-FS_EW_INLINE void fs_ew_store(void *p, Py_ssize_t i, int single, double v) {
-    if (single) ((float *)p)[i] = (float)v;
-    else ((double *)p)[i] = v;
-}
-
-/* log(x) for every double: rows.h's fs_log_d takes normal numbers, so a subnormal x is
- * scaled by 2^54 first. */
-FS_EW_INLINE double fs_ew_log(double x) {
-    int tiny = x < 2.2250738585072014e-308;
-    double y = fs_log_d(tiny ? x * 18014398509481984.0 : x);
-    return tiny ? y - 54.0 * 0.6931471805599453 : y;
-}
-
-/* log(1 + z) for z in [0, 1] or NaN: log(u) z / (u - 1) with u = 1 + z rounded, which
- * cancels the rounding of u (z itself when u rounds to 1). */
-FS_EW_INLINE double fs_ew_log1p(double z) {
-    double u = 1.0 + z;
-    return u == 1.0 ? z : fs_log_d(u) * (z / (u - 1.0));
-}
-
-/* a * v with a = 0 giving 0 even for an infinite v (the limit of the loss terms below) */
-FS_EW_INLINE double fs_ew_times(double a, double v) {
-    return a == 0.0 ? 0.0 : a * v;
-}
-
-/* ---- KL divergence, torch.nn.functional.kl_div's pointwise term ----
- * log_target=0: xlogy(t, t) - t x, gradient -t;  log_target=1: exp(t) (t - x), -exp(t). */
-FS_EW_INLINE double fs_kl_div_body(const void *x, const void *t, const double *g,
-                                   double scale, void *loss, void *grad, Py_ssize_t n,
-                                   int single, int log_target) {
-    double total = 0.0;
-    #pragma omp simd reduction(+:total)
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double xi = fs_ew_load(x, i, single), ti = fs_ew_load(t, i, single);
-        double l, d;
-        if (log_target) {
-            double e = fs_exp_d(ti);
-            l = e * (ti - xi);
-            d = -e;
-        } else {
-            l = (ti == 0.0 ? 0.0 : ti * fs_ew_log(ti)) - ti * xi;
-            d = -ti;
-        }
-        total += l;
-        if (loss) fs_ew_store(loss, i, single, l);
-        if (grad) fs_ew_store(grad, i, single, d * (scale * g[i]));
-    }
-    return total;
-}
-
-/* ---- binary cross-entropy with logits ----
- * (1 - y) softplus(x) + pw y softplus(-x), times w: torch's (1 - y) x + (1 + (pw - 1) y)
- * softplus(-x) rearranged so that every term is >= 0 for y in [0, 1], and a term with a
- * zero factor is 0 at x = +-inf (where torch's form gives inf - inf = NaN). Gradient
- * w ((1 - y) sigmoid(x) - pw y sigmoid(-x)), finite for every x. One exp, one log. */
-FS_EW_INLINE double fs_bce_body(const void *x, const void *t, const void *w, const void *pw,
-                                const double *g, double scale, void *loss, void *grad,
-                                Py_ssize_t n, int single) {
-    double total = 0.0;
-    #pragma omp simd reduction(+:total)
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double xi = fs_ew_load(x, i, single), yi = fs_ew_load(t, i, single);
-        double wi = fs_ew_load(w, i, single), pwi = fs_ew_load(pw, i, single);
-        double z = fs_exp_core_d(-fabs(xi));           /* exp(-|x|), NaN for NaN */
-        double soft = fs_ew_log1p(z);                  /* softplus(-|x|) */
-        double sp_pos = (xi > 0.0 ? xi : 0.0) + soft;  /* softplus(x) */
-        double sp_neg = (xi < 0.0 ? -xi : 0.0) + soft; /* softplus(-x) */
-        double neg = 1.0 - yi, pos = pwi * yi;
-        double l = wi * (fs_ew_times(neg, sp_pos) + fs_ew_times(pos, sp_neg));
-        total += l;
-        if (loss) fs_ew_store(loss, i, single, l);
-        if (grad) {
-            double r = 1.0 / (1.0 + z);
-            double sig = xi >= 0.0 ? r : z * r;        /* sigmoid(x) */
-            double sig_neg = xi >= 0.0 ? z * r : r;    /* sigmoid(-x) */
-            fs_ew_store(grad, i, single, wi * (neg * sig - pos * sig_neg) * (scale * g[i]));
-        }
-    }
-    return total;
-}
-
-/* ---- sigmoid and log-sigmoid (log_sigmoid=1) ---- */
-FS_EW_INLINE void fs_sigmoid_body(const void *x, void *out, Py_ssize_t n, int single,
-                                  int log_sigmoid) {
-    #pragma omp simd
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double xi = fs_ew_load(x, i, single);
-        double z = fs_exp_core_d(-fabs(xi));
-        double v;
-        if (log_sigmoid) {
-            v = (xi < 0.0 ? xi : 0.0) - fs_ew_log1p(z);
-        } else {
-            double r = 1.0 / (1.0 + z);
-            v = xi >= 0.0 ? r : z * r;
-        }
-        fs_ew_store(out, i, single, v);
-    }
-}
-
-/* ---- the instances the Cython kernels call: the flags as literals, and the optional
- * outputs (loss, grad: NULL or not) as literal NULLs where absent, so that each inlined
- * copy is a plain vector loop. */
-#define FS_EW_SEGMENT static inline
+/* call_with(loss, grad) with each optional output as a literal NULL where it is absent:
+ * every inlined copy of a body is then a loop without a per-element test. */
 #define FS_EW_OUTPUTS(call_with)                                                     \
     (loss && grad ? call_with(loss, grad) : loss ? call_with(loss, NULL)             \
      : grad ? call_with(NULL, grad) : call_with(NULL, NULL))
 
-FS_EW_SEGMENT double fs_kl_div_segment(const void *x, const void *t, const double *g,
+/* log(x) for a normal float x, 0 (-inf), +inf and NaN: fs_log_d's method in float.
+ * x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) = 2 (t + t^3/3 + ... +
+ * t^9/9), t = (f - 1) / (f + 1), |t| <= 0.172: truncation < 2e-9 relative (float's
+ * half ulp is 6e-8); k ln2 in two parts (k * 0.693359375 is exact). */
+FS_EW_INLINE float fs_ew_log_normal_f(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    float k = (float)(int32_t)(bits >> 23) - 127.0f;
+    uint32_t mantissa_bits = (bits & 0x007fffffU) | 0x3f800000U;
+    float f;
+    memcpy(&f, &mantissa_bits, sizeof f);  /* f in [1, 2) */
+    int high = f > 1.41421356f;
+    f = high ? 0.5f * f : f;
+    k = high ? k + 1.0f : k;
+    float t = (f - 1.0f) / (f + 1.0f), t2 = t * t;
+    float p = 1.0f / 9;
+    p = p * t2 + 1.0f / 7;
+    p = p * t2 + 1.0f / 5;
+    p = p * t2 + 1.0f / 3;
+    float y = k * 0.693359375f + (2.0f * t + (2.0f * t * t2 * p + k * -2.12194440e-4f));
+    y = x > 0.0f ? y : (x == 0.0f ? -INFINITY : NAN);
+    return x == INFINITY ? x : y;  /* NaN stays NaN through the compare-selects */
+}
+
+#define FS_T float
+#define FS_S f
+#define FS_EW_LOG_NORMAL fs_ew_log_normal_f
+#define FS_EW_MIN_NORMAL 1.17549435e-38f
+#define FS_EW_SUBNORMAL_BITS 24
+#include "elementwise_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_EW_LOG_NORMAL
+#undef FS_EW_MIN_NORMAL
+#undef FS_EW_SUBNORMAL_BITS
+
+#define FS_T double
+#define FS_S d
+#define FS_EW_LOG_NORMAL fs_log_d
+#define FS_EW_MIN_NORMAL 2.2250738585072014e-308
+#define FS_EW_SUBNORMAL_BITS 54
+#include "elementwise_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_EW_LOG_NORMAL
+#undef FS_EW_MIN_NORMAL
+#undef FS_EW_SUBNORMAL_BITS
+
+/* The entry points of elementwise.pxi, for either type: `single` (a literal in each
+ * fused-type specialisation there) picks the float or double instance. */
+static inline double fs_kl_div_segment(const void *x, const void *t, const double *g,
                                        double scale, void *loss, void *grad, Py_ssize_t n,
                                        int single, int log_target) {
-#define FS_KL(L, G) (single ? (log_target ? fs_kl_div_body(x, t, g, scale, L, G, n, 1, 1)    \
-                                          : fs_kl_div_body(x, t, g, scale, L, G, n, 1, 0))   \
-                            : (log_target ? fs_kl_div_body(x, t, g, scale, L, G, n, 0, 1)    \
-                                          : fs_kl_div_body(x, t, g, scale, L, G, n, 0, 0)))
-    return FS_EW_OUTPUTS(FS_KL);
-#undef FS_KL
+    return single ? fs_kl_div_segment_f(x, t, g, scale, loss, grad, n, log_target)
+                  : fs_kl_div_segment_d(x, t, g, scale, loss, grad, n, log_target);
 }
 
-FS_EW_SEGMENT double fs_bce_segment(const void *x, const void *t, const void *w,
+static inline double fs_bce_segment(const void *x, const void *t, const void *w,
                                     const void *pw, const double *g, double scale, void *loss,
                                     void *grad, Py_ssize_t n, int single) {
-#define FS_BCE(L, G) (single ? fs_bce_body(x, t, w, pw, g, scale, L, G, n, 1)  \
-                             : fs_bce_body(x, t, w, pw, g, scale, L, G, n, 0))
-    return FS_EW_OUTPUTS(FS_BCE);
-#undef FS_BCE
+    return single ? fs_bce_segment_f(x, t, w, pw, g, scale, loss, grad, n)
+                  : fs_bce_segment_d(x, t, w, pw, g, scale, loss, grad, n);
 }
 
-FS_EW_SEGMENT void fs_sigmoid_segment(const void *x, void *out, Py_ssize_t n, int single,
+static inline void fs_sigmoid_segment(const void *x, void *out, Py_ssize_t n, int single,
                                       int log_sigmoid) {
-    if (single) {
-        if (log_sigmoid) fs_sigmoid_body(x, out, n, 1, 1); else fs_sigmoid_body(x, out, n, 1, 0);
-    } else {
-        if (log_sigmoid) fs_sigmoid_body(x, out, n, 0, 1); else fs_sigmoid_body(x, out, n, 0, 0);
-    }
+    if (single) fs_sigmoid_segment_f(x, out, n, log_sigmoid);
+    else fs_sigmoid_segment_d(x, out, n, log_sigmoid);
 }
 
 #endif
