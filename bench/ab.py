@@ -21,6 +21,7 @@ The kernels are called directly with preallocated outputs (no validation, no
 allocation): this measures the kernels, the benchmark suite measures the API.
 """
 import argparse
+import inspect
 import functools
 import glob
 import importlib
@@ -95,9 +96,10 @@ def _cross_entropy_index_calls(x, rng):
     x_inplace = x.copy()
 
     def index(smoothing, grad, logits=x):
-        return lambda k: k.cross_entropy_index(logits, target, None, float(n_classes), -100,
-                                               smoothing, 1.0 / n_rows, no_row_scale, row_loss,
-                                               grad)
+        return _by_name("cross_entropy_index", x=logits, target=target, weight=None,
+                        weight_sum=float(n_classes), ignore_index=-100, smoothing=smoothing,
+                        z_loss=0.0, scale=1.0 / n_rows, z_scale=0.0, row_scale=no_row_scale,
+                        row_loss=row_loss, row_z_loss=no_row_scale, grad=grad)
 
     return {"cross_entropy": index(0.0, None),
             "cross_entropy_with_grad": index(0.0, out),
@@ -109,8 +111,21 @@ def _cross_entropy_prob_calls(x, rng):
     n_rows, n_classes = x.shape
     probs = np.full_like(x, 1.0 / n_classes)
     out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
-    return {"cross_entropy_with_grad_prob": lambda k: k.cross_entropy_prob(
-        x, probs, None, 0.0, 1.0 / n_rows, no_row_scale, row_loss, out)}
+    return {"cross_entropy_with_grad_prob": _by_name(
+        "cross_entropy_prob", x=x, target=probs, weight=None, smoothing=0.0, z_loss=0.0,
+        scale=1.0 / n_rows, z_scale=0.0, row_scale=no_row_scale, row_loss=row_loss,
+        row_z_loss=no_row_scale, grad=out)}
+
+
+def _by_name(kernel, **arguments):
+    """f(kernels): a call of a loss kernel with its arguments given by name (the kernels
+    take them by position, in the order of _ops.LOSS_KERNELS, or of an older build's)."""
+    def call(kernels):
+        if isinstance(kernels, OlderBuild):
+            return kernels.call(kernel, arguments)
+        return getattr(kernels, kernel)(*(arguments[name]
+                                          for name in _ops.LOSS_KERNELS[kernel]))
+    return call
 
 
 def _entropy_calls(x, rng):
@@ -151,22 +166,25 @@ def _bce_calls(x, rng):
 LOSS_CALLS.update({"kl_div": _kl_div_calls, "binary_cross_entropy_with_logits": _bce_calls})
 
 
-class OnesForNoWeight:
-    """Kernels of a build whose cross-entropy kernels need a weight array: weight=None
-    becomes a cached ones(C), as that build's API passed."""
+class OlderBuild:
+    """The kernels of an older build. A loss kernel is called with this build's arguments
+    by name (``call``): those its kernel does not take (z_loss, z_scale and row_z_loss
+    before the z-loss) are dropped, and with ``ones_for_no_weight``, weight=None becomes a
+    cached ones(C), as the API of builds before weight=None reached the kernels passed."""
 
-    def __init__(self, kernels):
+    def __init__(self, kernels, ones_for_no_weight):
         self.kernels = kernels
+        self.ones_for_no_weight = ones_for_no_weight
 
     def __getattr__(self, name):
-        kernel = getattr(self.kernels, name)
-        if name not in ("cross_entropy_index", "cross_entropy_prob"):
-            return kernel
+        return getattr(self.kernels, name)
 
-        def call(x, target, weight, *rest):
-            weight = _ones(x.shape[1], x.dtype) if weight is None else weight
-            return kernel(x, target, weight, *rest)
-        return call
+    def call(self, kernel, arguments):
+        function = getattr(self.kernels, kernel)
+        if self.ones_for_no_weight and arguments.get("weight", 0) is None:
+            x = arguments["x"]
+            arguments = dict(arguments, weight=_ones(x.shape[1], x.dtype))
+        return function(*(arguments[name] for name in inspect.signature(function).parameters))
 
 
 @functools.lru_cache(maxsize=4)
@@ -213,8 +231,7 @@ def main(argv=None):
         other = load_kernels(args.other, "fastsoftmax._cython._kernels")
     for kernels in (this, other):
         kernels.set_num_threads(args.threads or kernels.max_threads)
-    if args.other_weight == "ones":
-        other = OnesForNoWeight(other)
+    other = OlderBuild(other, ones_for_no_weight=args.other_weight == "ones")
     for shape in args.shapes:
         n_rows, n_classes = map(int, shape.lower().split("x"))
         compare(this, other, n_rows, n_classes, np.dtype(args.dtype), args.repeats)

@@ -54,11 +54,14 @@ class Op:
 # The loss kernels: name -> argument names. row_loss gets each row's loss (float64);
 # grad, when not None, d(sum_rows(scale_r * loss_r)) / d x with
 # scale_r = scale * row_scale[r] (row_scale empty: scale alone); grad may be x itself.
+# Cross-entropy also has a z-loss, z_loss * logsumexp(row)**2 per row: into row_z_loss
+# (when not empty), and into the gradient with its own scale z_scale * row_scale[r].
 LOSS_KERNELS = {
     "cross_entropy_index": ("x", "target", "weight", "weight_sum", "ignore_index",
-                            "smoothing", "scale", "row_scale", "row_loss", "grad"),
-    "cross_entropy_prob": ("x", "target", "weight", "smoothing", "scale", "row_scale",
-                           "row_loss", "grad"),
+                            "smoothing", "z_loss", "scale", "z_scale", "row_scale", "row_loss",
+                            "row_z_loss", "grad"),
+    "cross_entropy_prob": ("x", "target", "weight", "smoothing", "z_loss", "scale", "z_scale",
+                           "row_scale", "row_loss", "row_z_loss", "grad"),
     "entropy_with_grad": ("logits", "scale", "row_scale", "row_loss", "grad"),
 }
 

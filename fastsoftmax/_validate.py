@@ -90,14 +90,17 @@ class CrossEntropyArgs:
     may_ignore: bool         # False: no target equals ignore_index
     reduction: str
     label_smoothing: float
+    z_loss: float = 0.0      # weight of the z-loss, z_loss * logsumexp(row)**2 per row
 
     @property
     def loss_shape(self):
         return self.logits.shape[:-1]
 
 
-def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing):
-    """Check every cross-entropy option the way torch.nn.functional.cross_entropy does."""
+def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing,
+                       z_loss=0.0):
+    """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
+    (and z_loss: a finite number >= 0)."""
     logits = float_array(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
@@ -112,6 +115,12 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
         raise TypeError(f"label_smoothing must be a float, got {label_smoothing!r}") from None
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    try:
+        z_loss = float(z_loss)
+    except (TypeError, ValueError):
+        raise TypeError(f"z_loss must be a float, got {z_loss!r}") from None
+    if not 0.0 <= z_loss < np.inf:
+        raise ValueError(f"z_loss must be a finite number >= 0 (PaLM uses 1e-4), got {z_loss}")
     try:
         ignore_index = operator.index(ignore_index)
     except TypeError:
@@ -156,7 +165,7 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
                              f"{logits.shape}; weight must have shape ({n_classes},)")
         weight = np.ascontiguousarray(weight, dtype=logits.dtype)
     return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, may_ignore,
-                            reduction, label_smoothing)
+                            reduction, label_smoothing, z_loss)
 
 
 @dataclass(frozen=True)

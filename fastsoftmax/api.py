@@ -150,21 +150,32 @@ _CE_DOC = """logits : array_like
         "mean" divides by the summed weight of the non-ignored targets (by the
         number of rows for probability targets); a mean over no target is NaN.
     label_smoothing : float, optional
-        In [0, 1]: the target is mixed with the uniform distribution."""
+        In [0, 1]: the target is mixed with the uniform distribution.
+    z_loss : float, optional
+        Weight s >= 0 of the z-loss (PaLM): ``s * logsumexp(row)**2`` is added to each
+        non-ignored row's loss, which keeps the softmax normaliser near 1 (PaLM used
+        1e-4). As Liger's ``lse_square_scale``: not multiplied by class weights, and its
+        "mean" divides by the number of non-ignored rows. Default 0 (none).
+    return_z_loss : bool, optional
+        Also return the z-loss term (reduced as the loss), which the returned loss
+        already includes: for logging."""
 
 
 def _reduction_scale(args):
     """Denominator of the "mean" reduction (1 for "none" and "sum")."""
     if args.reduction != "mean":
         return np.float64(1.0)
-    if args.probabilities:
-        return np.float64(np.prod(args.loss_shape))
-    if args.weight is None:
-        valid = np.count_nonzero(args.target != args.ignore_index) if args.may_ignore else \
-            args.target.size
-        return np.float64(valid)
+    if args.probabilities or args.weight is None:
+        return _counted_rows(args)
     target = args.target[args.target != args.ignore_index] if args.may_ignore else args.target
     return np.sum(args.weight[target], dtype=np.float64)
+
+
+def _counted_rows(args):
+    """The rows with a target (not ignored), as float64."""
+    if args.probabilities or not args.may_ignore:
+        return np.float64(np.prod(args.loss_shape))
+    return np.float64(np.count_nonzero(args.target != args.ignore_index))
 
 
 def _grad_scales(grad_output, denominator):
@@ -212,7 +223,8 @@ def _copy_back(result, rows):
 
 
 def _run_cross_entropy(kernels, args, grad, grad_output):
-    """Run the backend's cross-entropy kernel; return the loss in the logits' dtype."""
+    """Run the backend's cross-entropy kernel; return (loss, z-loss term) in the logits'
+    dtype, the loss including the z-loss term."""
     x = args.logits
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     n_rows, n_classes = rows.shape
@@ -220,14 +232,29 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
     weight, weight_sum = _class_weight(args.weight, n_classes)
     scale, row_scale = _grad_scales(grad_output, denominator)
     row_loss = np.empty(n_rows, dtype=np.float64)
+    # the z-loss's mean counts rows, whatever the class weights (Liger's semantics)
+    z_denominator = _counted_rows(args) if args.z_loss and args.reduction == "mean" else \
+        np.float64(1.0)
+    z_scale, _ = _grad_scales(grad_output, z_denominator)
+    row_z_loss = np.empty(n_rows if args.z_loss else 0, dtype=np.float64)
     if args.probabilities:
         kernels.cross_entropy_prob(rows, np.ascontiguousarray(args.target).reshape(rows.shape),
-                                   weight, args.label_smoothing, scale, row_scale, row_loss, grad)
+                                   weight, args.label_smoothing, args.z_loss, scale, z_scale,
+                                   row_scale, row_loss, row_z_loss, grad)
     else:
         kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1),
                                     weight, weight_sum, args.ignore_index,
-                                    args.label_smoothing, scale, row_scale, row_loss, grad)
-    return _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
+                                    args.label_smoothing, args.z_loss, scale, z_scale,
+                                    row_scale, row_loss, row_z_loss, grad)
+    if not args.z_loss:
+        loss = _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
+        return loss, np.zeros(np.shape(loss), x.dtype)[()]
+    float64 = np.dtype(np.float64)
+    loss = _reduce(row_loss, args.reduction, denominator, args.loss_shape, float64)
+    z_term = _reduce(row_z_loss, args.reduction, z_denominator, args.loss_shape, float64)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf
+        return (np.asarray(loss + z_term).astype(x.dtype)[()],
+                np.asarray(z_term).astype(x.dtype)[()])
 
 
 def _class_weight(weight, n_classes):
@@ -251,8 +278,8 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     """
     if kernels is not None:
         kernels.cross_entropy_index(rows, target, weight, weight_sum, ignore_index,
-                                    label_smoothing, scale, row_scale,
-                                    row_loss, rows if inplace else None)
+                                    label_smoothing, 0.0, scale, 0.0, row_scale,
+                                    row_loss, np.empty(0), rows if inplace else None)
         return
     options = dict(weight=weight, ignore_index=ignore_index, reduction="none",
                    label_smoothing=label_smoothing)
@@ -276,21 +303,28 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
 
     Returns
     -------
-    numpy scalar or ndarray
+    loss : numpy scalar or ndarray
         A scalar of the logits' dtype for "mean"/"sum" (accumulated in float64),
-        an array of shape ``logits.shape[:-1]`` for "none".
+        an array of shape ``logits.shape[:-1]`` for "none". It includes the z-loss.
+    z_loss_term : numpy scalar or ndarray
+        Only with ``return_z_loss=True``: the z-loss part of ``loss``, alike.
 
     Examples
     --------
     >>> import numpy as np, fastsoftmax as fs
     >>> float(fs.cross_entropy(np.zeros((2, 4)), np.array([1, 3])))  # log(4)
     1.3862943611198906
+    >>> loss, z = fs.cross_entropy(np.zeros((2, 4)), np.array([1, 3]), z_loss=0.5,
+    ...                            return_z_loss=True)
+    >>> float(z)  # 0.5 * log(4)**2
+    0.9609060278364028
     """)
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, kernels):
+                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False, kernels):
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing)
-    return _run_cross_entropy(kernels, args, None, np.float64(1.0))
+                                        label_smoothing, z_loss)
+    loss, z_term = _run_cross_entropy(kernels, args, None, np.float64(1.0))
+    return (loss, z_term) if return_z_loss else loss
 
 
 @_dispatch
@@ -320,6 +354,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     grad : ndarray
         Gradient, shape and dtype of ``logits`` (``logits`` itself when
         ``inplace=True``, ``out`` when given).
+    z_loss_term : numpy scalar or ndarray
+        Only with ``return_z_loss=True``: as :func:`cross_entropy`.
 
     Examples
     --------
@@ -329,16 +365,16 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     array([[ 0.25, -0.75,  0.25,  0.25]])
     """)
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, grad_output=1.0, inplace=False, out=None,
-                            kernels):
+                            label_smoothing=0.0, z_loss=0.0, return_z_loss=False,
+                            grad_output=1.0, inplace=False, out=None, kernels):
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing)
+                                        label_smoothing, z_loss)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
     result, grad = _gradient_buffer(args, logits, out, inplace,
                                     {"logits": args.logits, "target": args.target})
-    loss = _run_cross_entropy(kernels, args, grad, g)
+    loss, z_term = _run_cross_entropy(kernels, args, grad, g)
     _copy_back(result, grad)
-    return loss, result
+    return (loss, result, z_term) if return_z_loss else (loss, result)
 
 
 @_dispatch

@@ -49,12 +49,16 @@ def log_softmax(x, axis=-1, *, out=None):
 def logsumexp(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.logsumexp`: same parameters and result, float64 math."""
     (x,), axis = _rows_inputs(axis, x=x)
+    return _finish(_logsumexp64(x, axis), x, out, {"x": x})
+
+
+def _logsumexp64(x, axis):
     x64 = x.astype(np.float64)
     m = np.max(x64, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # torch.logsumexp: -inf rows give -inf, not NaN
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         lse = np.log(np.sum(np.exp(x64 - m), axis=axis, keepdims=True)) + m
-    return _finish(np.squeeze(lse, axis), x, out, {"x": x})
+    return np.squeeze(lse, axis)
 
 
 def softmax_backward(y, dy, axis=-1, *, out=None):
@@ -112,7 +116,9 @@ def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, in
 
 
 def _cross_entropy64(args, grad_output):
-    """Row losses, the reduced loss and the gradient in float64, from torch's definitions."""
+    """(loss, gradient, z-loss term) in float64, from torch's definitions; the loss
+    includes the z-loss, z_loss * lse**2 per row (PaLM), whose "mean" divides by the
+    number of non-ignored rows whatever the class weights (Liger's semantics)."""
     x = args.logits
     n_classes = x.shape[-1]
     eps = args.label_smoothing
@@ -140,17 +146,26 @@ def _cross_entropy64(args, grad_output):
             unscaled_grad = (coef + eps / n_classes * w.sum()) * p - coef * onehot \
                 - eps / n_classes * w
             denominator = np.sum(np.where(valid, w_y, 0.0))
-        if args.reduction == "none":
-            loss, scale = row_loss, grad_output
-        elif args.reduction == "sum":
-            loss, scale = np.sum(row_loss), grad_output
-        else:
-            loss = np.sum(row_loss) / np.float64(denominator)
-            scale = grad_output / np.float64(denominator)
+        valid_rows = np.ones(x.shape[:-1], bool) if args.probabilities else valid
+        lse = _logsumexp64(x, -1) if args.z_loss else np.zeros(x.shape[:-1])
+        row_z = np.where(valid_rows, args.z_loss * lse ** 2, 0.0)
+        loss, scale = _reduced(row_loss, args.reduction, denominator, grad_output)
+        z_term, z_scale = _reduced(row_z, args.reduction, np.sum(valid_rows), grad_output)
         grad = unscaled_grad * np.asarray(scale)[..., None]
+        if args.z_loss:  # d(lse**2)/dx = 2 lse p
+            grad = grad + 2.0 * args.z_loss * lse[..., None] * p * np.asarray(z_scale)[..., None]
     if not args.probabilities:  # ignored rows get exactly 0, even when the scale is inf
         grad = np.where((args.target != args.ignore_index)[..., None], grad, 0.0)
-    return loss, grad
+    return loss + z_term, grad, z_term
+
+
+def _reduced(row_values, reduction, denominator, grad_output):
+    """(the reduced values, the gradient scale of each row) for a reduction."""
+    if reduction == "none":
+        return row_values, grad_output
+    if reduction == "sum":
+        return np.sum(row_values), grad_output
+    return np.sum(row_values) / np.float64(denominator), grad_output / np.float64(denominator)
 
 
 def _loss_in_dtype(loss, dtype):
@@ -159,27 +174,33 @@ def _loss_in_dtype(loss, dtype):
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0):
+                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False):
     """Reference :func:`fastsoftmax.cross_entropy`: torch's definitions, float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing)
-    loss, _ = _cross_entropy64(args, np.float64(1.0))
-    return _loss_in_dtype(loss, args.logits.dtype)
+                                        label_smoothing, z_loss)
+    loss, _, z_term = _cross_entropy64(args, np.float64(1.0))
+    dtype = args.logits.dtype
+    if return_z_loss:
+        return _loss_in_dtype(loss, dtype), _loss_in_dtype(z_term, dtype)
+    return _loss_in_dtype(loss, dtype)
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, grad_output=1.0, inplace=False, out=None):
+                            label_smoothing=0.0, z_loss=0.0, return_z_loss=False,
+                            grad_output=1.0, inplace=False, out=None):
     """Reference :func:`fastsoftmax.cross_entropy_with_grad`: the analytic gradient of
     torch's loss (checked against torch autograd and finite differences), float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing)
+                                        label_smoothing, z_loss)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
     if inplace:
         _validate.inplace_buffer(args, out, logits)
         out = args.logits
-    loss, grad = _cross_entropy64(args, g)
+    loss, grad, z_term = _cross_entropy64(args, g)
     inputs = {} if inplace else {"logits": args.logits, "target": args.target}
-    return _loss_in_dtype(loss, args.logits.dtype), _finish(grad, args.logits, out, inputs)
+    dtype = args.logits.dtype
+    result = _loss_in_dtype(loss, dtype), _finish(grad, args.logits, out, inputs)
+    return (*result, _loss_in_dtype(z_term, dtype)) if return_z_loss else result
 
 
 # ---- elementwise losses (issue 17) ----

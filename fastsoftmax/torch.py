@@ -264,23 +264,25 @@ def _loss_shape(input, reduction):
     return _classes_last(input).shape[:-1]
 
 
-def _cross_entropy_arrays(input, target, weight, ignore_index, reduction, label_smoothing):
+def _cross_entropy_arrays(input, target, weight, ignore_index, reduction, label_smoothing,
+                          z_loss):
     """(classes-last logits view, keyword arguments of api.cross_entropy*)."""
     if target.is_floating_point():
         target = _classes_last(target)
     options = dict(target=_numpy(target), weight=None if weight is None else _numpy(weight),
                    ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing)
+                   label_smoothing=label_smoothing, z_loss=z_loss)
     return _classes_last(input), options
 
 
 @torch.library.custom_op("fastsoftmax::cross_entropy", mutates_args=(), device_types="cpu")
 def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                       ignore_index: int, reduction: str, label_smoothing: float,
-                      compute_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                      z_loss: float, compute_grad: bool,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
-                                            label_smoothing)
+                                            label_smoothing, z_loss)
     backend = _kernel_backend(backend)
     if not compute_grad:
         return _loss_tensor(api.cross_entropy(_numpy(logits), **options, backend=backend)), \
@@ -291,7 +293,7 @@ def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optiona
 
 @_cross_entropy_op.register_fake
 def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_smoothing,
-                        compute_grad, backend):
+                        z_loss, compute_grad, backend):
     loss = input.new_empty(_loss_shape(input, reduction))
     # the kernel's layout: C-contiguous with classes last
     grad = _classes_back(_classes_last(input).new_empty(_classes_last(input).shape), input)
@@ -302,10 +304,11 @@ def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_sm
                          device_types="cpu")
 def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
-                              label_smoothing: float, backend: str) -> torch.Tensor:
+                              label_smoothing: float, z_loss: float,
+                              backend: str) -> torch.Tensor:
     """The loss; ``input`` is overwritten with d loss / d input."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
-                                            label_smoothing)
+                                            label_smoothing, z_loss)
     # out= the logits themselves: the kernel writes the gradient over the row it has read
     # (a copy and a copy back when the class dim is not contiguous)
     loss, _ = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
@@ -315,7 +318,7 @@ def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
 
 @_cross_entropy_inplace_op.register_fake
 def _cross_entropy_inplace_fake(input, target, weight, ignore_index, reduction, label_smoothing,
-                                backend):
+                                z_loss, backend):
     return input.new_empty(_loss_shape(input, reduction))
 
 
@@ -338,7 +341,7 @@ def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scal
 
 
 def _cross_entropy_setup(ctx, inputs, output):
-    input, target, weight, _, reduction, label_smoothing, compute_grad, backend = inputs
+    input, target, weight, _, reduction, label_smoothing, _, compute_grad, backend = inputs
     if ctx.needs_input_grad[0] and not compute_grad:
         raise RuntimeError("fastsoftmax::cross_entropy was called with compute_grad=False on an "
                            "input that requires grad; pass compute_grad=True")
@@ -358,7 +361,7 @@ def _cross_entropy_setup(ctx, inputs, output):
 def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
     _first_order_only("cross_entropy", grad_loss)
     grad, input, weight = ctx.saved_tensors
-    grads = [None] * 8
+    grads = [None] * 9
     if grad_loss is None:
         return tuple(grads)
     scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
@@ -380,14 +383,15 @@ class _CrossEntropyInPlace(torch.autograd.Function):
     (which bumps their version) and scaled in place by the backward pass, once."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, backend):
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                backend):
         ctx.class_dim = _class_dim(input)
         ctx.reduction, ctx.label_smoothing, ctx.weight = reduction, label_smoothing, weight
         ctx.log_probs = None
         if ctx.needs_input_grad[1]:  # read the logits before they are overwritten
             ctx.log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, backend)
         loss = torch.ops.fastsoftmax.cross_entropy_.default(
-            input, target, weight, ignore_index, reduction, label_smoothing, backend)
+            input, target, weight, ignore_index, reduction, label_smoothing, z_loss, backend)
         ctx.grad = input.detach()  # shares the logits' version counter
         ctx.grad_version = ctx.grad._version
         return loss
@@ -413,11 +417,11 @@ class _CrossEntropyInPlace(torch.autograd.Function):
                                                    ctx.label_smoothing, ctx.reduction, scale)
         if not (scale.dim() == 0 and scale.item() == 1.0):
             grad.mul_(scale)
-        return grad, target_grad, None, None, None, None, None
+        return grad, target_grad, None, None, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False, *, backend=None):
+                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, backend=None):
     """Cross-entropy with ``torch.nn.functional.cross_entropy``'s signature and semantics.
 
     Backed by ``torch.ops.fastsoftmax.cross_entropy``, which returns the loss and the
@@ -438,6 +442,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     reduction : {"mean", "sum", "none"}, optional
     label_smoothing : float, optional
         In [0, 1].
+    z_loss : float, optional
+        Weight of the z-loss added to the loss, ``z_loss * logsumexp(row)**2`` per row
+        (see :func:`fastsoftmax.cross_entropy`); keyword only. Default 0.
     inplace : bool, optional
         Store the gradient in ``input``'s buffer instead of a new tensor (no extra
         N x C memory; ``torch.ops.fastsoftmax.cross_entropy_``). ``input`` then holds the
@@ -473,14 +480,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                          "use it on the output of a layer (e.g. nn.Linear), or inplace=False")
     _loss_shape(input, reduction)
     backend = _backend_argument(backend)
-    label_smoothing = float(label_smoothing)
+    label_smoothing, z_loss = float(label_smoothing), float(z_loss)
     compute_grad = torch.is_grad_enabled() and input.requires_grad
     if (inplace and compute_grad and not torch.compiler.is_compiling()
             and _classes_last(input).is_contiguous()):
         return _CrossEntropyInPlace.apply(input, target, weight, ignore_index, reduction,
-                                          label_smoothing, backend)
-    loss, _ = _cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing, compute_grad, backend)
+                                          label_smoothing, z_loss, backend)
+    loss, _ = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                             z_loss, compute_grad, backend)
     return loss
 
 
@@ -494,21 +501,23 @@ class CrossEntropyLoss(torch.nn.Module):
     reduction : {"mean", "sum", "none"}, optional
     label_smoothing : float, optional
     inplace : bool, optional
+    z_loss : float, optional
         See :func:`cross_entropy`.
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 inplace=False):
+                 inplace=False, *, z_loss=0.0):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.inplace = inplace
+        self.z_loss = z_loss
 
     def forward(self, input, target):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
-                             self.label_smoothing, self.inplace)
+                             self.label_smoothing, self.inplace, z_loss=self.z_loss)
 
 
 # --------------------------------------------------------------------------- entropy

@@ -34,10 +34,12 @@ cdef extern from "rows.h" nogil:
                                        Py_ssize_t n, int threads)
     double fs_cross_entropy_row_f(const float *x, const int64_t *y, const float *t,
                                   const float *w, double weight_sum, double smoothing,
-                                  double s, Py_ssize_t n, float *grad, int threads)
+                                  double z_loss, double s, double s_z, Py_ssize_t n,
+                                  float *grad, double *z_term, int threads)
     double fs_cross_entropy_row_d(const double *x, const int64_t *y, const double *t,
                                   const double *w, double weight_sum, double smoothing,
-                                  double s, Py_ssize_t n, double *grad, int threads)
+                                  double z_loss, double s, double s_z, Py_ssize_t n,
+                                  double *grad, double *z_term, int threads)
     double fs_entropy_row_f(const float *x, double s, Py_ssize_t n, float *grad, int threads)
     double fs_entropy_row_d(const double *x, double s, Py_ssize_t n, double *grad,
                             int threads)
@@ -201,12 +203,14 @@ cdef inline void _log_softmax_backward_row(const real *logp, const real *dy, rea
 
 cdef inline double _cross_entropy_row(const real *x, const int64_t *y, const real *t,
                                       const real *w, double weight_sum, double smoothing,
-                                      double s, Py_ssize_t n, real *grad,
-                                      int threads) noexcept nogil:
+                                      double z_loss, double s, double s_z, Py_ssize_t n,
+                                      real *grad, double *z_term, int threads) noexcept nogil:
     if real is float:
-        return fs_cross_entropy_row_f(x, y, t, w, weight_sum, smoothing, s, n, grad, threads)
+        return fs_cross_entropy_row_f(x, y, t, w, weight_sum, smoothing, z_loss, s, s_z, n,
+                                      grad, z_term, threads)
     else:
-        return fs_cross_entropy_row_d(x, y, t, w, weight_sum, smoothing, s, n, grad, threads)
+        return fs_cross_entropy_row_d(x, y, t, w, weight_sum, smoothing, z_loss, s, s_z, n,
+                                      grad, z_term, threads)
 
 
 cdef inline double _entropy_row(const real *x, double s, Py_ssize_t n, real *grad,
@@ -390,19 +394,21 @@ cdef void _softmax_family_small(const real[:, ::1] x, real *out, int op,
 
 cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
                                const real *weight, double weight_sum, int64_t ignore_index,
-                               double smoothing, double scale, const double *row_scale,
-                               Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+                               double smoothing, double z_loss, double scale, double z_scale,
+                               const double *row_scale, Py_ssize_t rows, Py_ssize_t n,
+                               double *row_loss, double *row_z_loss,
                                real *grad) noexcept nogil:
     """Cross-entropy of the rows of one block against the index targets y or, with y
     NULL, the probability rows t: the formulas of fs_cross_entropy_row, whose target
     terms T (total_wt) and sum(w t' (x - m)) (shifted_wt) an index target gets by
-    lookup. grad (NULL: loss only) may be x itself."""
+    lookup. row_z_loss (if not NULL) gets each row's z-loss. grad (NULL: loss only) may
+    be x itself."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef real *m = <real *> sc.m
     cdef double *total_wt = sc.a
     cdef double *shifted_wt = sc.b  # an index target: first sum(w (x - m)), if smoothing
-    cdef double keep = 1.0 - smoothing, eps_c = smoothing / n, w_y, s
+    cdef double keep = 1.0 - smoothing, eps_c = smoothing / n, w_y, s, lse, exp_scale
     cdef int64_t y_r
     cdef Py_ssize_t r
     if e == NULL:  # no scratch: flagged, raised after the parallel loop
@@ -428,21 +434,30 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
     for r in range(rows):
         if y != NULL and y[r] == ignore_index:
             row_loss[r] = 0
+            if row_z_loss != NULL:
+                row_z_loss[r] = 0
             if grad != NULL:
                 memset(grad + r * n, 0, n * sizeof(real))
             continue
         row_loss[r] = total_wt[r] * sc.log_sums[r] - shifted_wt[r]
+        lse = m[r] + sc.log_sums[r]
+        if row_z_loss != NULL:
+            row_z_loss[r] = z_loss * lse * lse
         if grad == NULL:
             continue
         s = scale * row_scale[r] if row_scale != NULL else scale
+        exp_scale = s * total_wt[r]
+        if z_loss != 0:  # d(lse**2)/dx = 2 lse p
+            exp_scale += 2 * z_loss * lse * (z_scale * row_scale[r] if row_scale != NULL
+                                             else z_scale)
         if y != NULL:
             # without smoothing f = s * eps_c = 0: the weights are not read (NULL)
-            _short_rescale(e + r * n, <real>(s * total_wt[r] * sc.inv_sums[r]),
+            _short_rescale(e + r * n, <real>(exp_scale * sc.inv_sums[r]),
                            <real>(s * eps_c), weight if smoothing != 0 else NULL, y[r],
                            <real>(s * keep * _weight(weight, y[r])), grad + r * n, n)
         else:
             _short_prob_rescale(e + r * n, t + r * n, weight,
-                                <real>(s * total_wt[r] * sc.inv_sums[r]), <real>s,
+                                <real>(exp_scale * sc.inv_sums[r]), <real>s,
                                 <real>keep, <real>eps_c, grad + r * n, n)
     _release(sc)
 
@@ -530,59 +545,71 @@ def log_softmax_backward(const real[:, ::1] logp, const real[:, ::1] dy, real[:,
 
 def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                         const real[::1] weight, double weight_sum, int64_t ignore_index,
-                        double smoothing, double scale, const double[::1] row_scale,
-                        double[::1] row_loss, real[:, ::1] grad):
-    """Per-row loss and (when grad is not None) the gradient; formulas in _numba.
-    weight=None: every class weighs 1."""
+                        double smoothing, double z_loss, double scale, double z_scale,
+                        const double[::1] row_scale, double[::1] row_loss,
+                        double[::1] row_z_loss, real[:, ::1] grad):
+    """Per-row loss, z-loss (when row_z_loss is not empty) and, when grad is not None, the
+    gradient; formulas in _numba. weight=None: every class weighs 1."""
     cdef const real *w = &weight[0] if weight is not None else NULL
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
+    cdef bint want_z = row_z_loss.shape[0] > 0
     cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
             _cross_entropy_block(&x[lo, 0], &target[lo], NULL, w, weight_sum, ignore_index,
-                                 smoothing, scale, &row_scale[lo] if per_row else NULL,
+                                 smoothing, z_loss, scale, z_scale,
+                                 &row_scale[lo] if per_row else NULL,
                                  min(rows, x.shape[0] - lo), n, &row_loss[lo],
+                                 &row_z_loss[lo] if want_z else NULL,
                                  &grad[lo, 0] if want_grad else NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         if target[i] == ignore_index:
             row_loss[i] = 0
+            if want_z:
+                row_z_loss[i] = 0
             if want_grad:
                 memset(&grad[i, 0], 0, n * sizeof(real))
         else:
             row_loss[i] = _cross_entropy_row(&x[i, 0], &target[i], NULL, w, weight_sum,
-                                             smoothing,
-                                             scale * row_scale[i] if per_row else scale, n,
-                                             &grad[i, 0] if want_grad else NULL, split)
+                                             smoothing, z_loss,
+                                             scale * row_scale[i] if per_row else scale,
+                                             z_scale * row_scale[i] if per_row else z_scale, n,
+                                             &grad[i, 0] if want_grad else NULL,
+                                             &row_z_loss[i] if want_z else NULL, split)
 
 
 def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const real[::1] weight,
-                       double smoothing, double scale, const double[::1] row_scale,
-                       double[::1] row_loss, real[:, ::1] grad):
-    """Per-row loss and (when grad is not None) the gradient for probability targets.
-    weight=None: every class weighs 1."""
+                       double smoothing, double z_loss, double scale, double z_scale,
+                       const double[::1] row_scale, double[::1] row_loss,
+                       double[::1] row_z_loss, real[:, ::1] grad):
+    """cross_entropy_index for probability targets."""
     cdef const real *w = &weight[0] if weight is not None else NULL
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
+    cdef bint want_z = row_z_loss.shape[0] > 0
     cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _cross_entropy_block(&x[lo, 0], NULL, &target[lo, 0], w, 0, 0, smoothing, scale,
-                                 &row_scale[lo] if per_row else NULL,
+            _cross_entropy_block(&x[lo, 0], NULL, &target[lo, 0], w, 0, 0, smoothing, z_loss,
+                                 scale, z_scale, &row_scale[lo] if per_row else NULL,
                                  min(rows, x.shape[0] - lo), n, &row_loss[lo],
+                                 &row_z_loss[lo] if want_z else NULL,
                                  &grad[lo, 0] if want_grad else NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
-        row_loss[i] = _cross_entropy_row(&x[i, 0], NULL, &target[i, 0], w, 0, smoothing,
-                                         scale * row_scale[i] if per_row else scale, n,
-                                         &grad[i, 0] if want_grad else NULL, split)
+        row_loss[i] = _cross_entropy_row(&x[i, 0], NULL, &target[i, 0], w, 0, smoothing, z_loss,
+                                         scale * row_scale[i] if per_row else scale,
+                                         z_scale * row_scale[i] if per_row else z_scale, n,
+                                         &grad[i, 0] if want_grad else NULL,
+                                         &row_z_loss[i] if want_z else NULL, split)
 
 
 # ---- entropy: formulas in fastsoftmax/_numba/_entropy.py ----

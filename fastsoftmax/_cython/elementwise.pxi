@@ -58,6 +58,15 @@ cdef double _bce_chunk(const real *x, const real *t, const real *w, Py_ssize_t w
     return total
 
 
+cdef inline double _total(const double *part, Py_ssize_t count) noexcept nogil:
+    """part[0] + part[1] + ... in chunk order (a loss independent of the thread count)"""
+    cdef double total = 0
+    cdef Py_ssize_t c
+    for c in range(count):
+        total += part[c]
+    return total
+
+
 cdef double *_partials(Py_ssize_t n_chunks) except NULL:
     cdef double *part = <double *>malloc(max(n_chunks, 1) * sizeof(double))
     if part == NULL:

@@ -192,12 +192,14 @@ static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_backward_
 
 /* Cross-entropy of one row (formulas in fastsoftmax/_numba/_cross_entropy.py) against
  * the index target *y, or, with y NULL, the probability row t; w the class weights
- * (NULL: ones), W their sum. With grad (not NULL), also d(s * loss)/dx into grad, which
- * may be x. An index target is the probability row onehot(*y): its target terms T and
+ * (NULL: ones), W their sum. With z_term (not NULL), the row's z-loss z_loss * lse**2
+ * into *z_term. With grad (not NULL), also d(s * loss + s_z * z_loss * lse**2)/dx into
+ * grad, which may be x. An index target is the probability row onehot(*y): its target terms T and
  * sum(w t' (x - m)) are lookups, where a probability row is summed in the exp pass. */
 static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const FS_T *t,
                                           const FS_T *w, double weight_sum, double smoothing,
-                                          double s, Py_ssize_t n, FS_T *grad, int threads) {
+                                          double z_loss, double s, double s_z, Py_ssize_t n,
+                                          FS_T *grad, double *z_term, int threads) {
     double keep = 1.0 - smoothing, eps_c = smoothing / n, sum_exp, total_wt, shifted_wt;
     FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .keep = (FS_T)keep, .eps = (FS_T)eps_c};
     a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
@@ -214,8 +216,12 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
         total_wt = more[0];
         shifted_wt = more[1];
     }
+    double log_sum = log(sum_exp), lse = a.m + log_sum;
+    if (z_term) *z_term = z_loss * lse * lse;
     if (grad) {
-        a.k = (FS_T)(s * total_wt / sum_exp);
+        double exp_scale = s * total_wt;
+        if (z_loss != 0) exp_scale += 2.0 * z_loss * s_z * lse;  /* d(lse**2)/dx = 2 lse p */
+        a.k = (FS_T)(exp_scale / sum_exp);
         if (y) {
             a.f = (FS_T)(s * eps_c);
             a.w = smoothing != 0 ? w : NULL;  /* f = 0: the weights need not be read */
@@ -226,7 +232,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
             FS_OVER(fs_prob_rescale_chunk, 0, NULL);
         }
     }
-    return total_wt * log(sum_exp) - shifted_wt;
+    return total_wt * log_sum - shifted_wt;
 }
 
 /* Entropy of one row (formulas in fastsoftmax/_numba/_entropy.py); with grad (not NULL),

@@ -99,9 +99,10 @@ def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, grad, chunks):
 
 
 @njit(**JIT_ROW)
-def _ce_row(row, y, t, weight, weight_sum, smoothing, s, grad, chunks):
-    """Loss of one row against the index target y (t None) or the probability row t (y
-    None); with grad (not None), also d(s * loss)/drow into grad (may be row)."""
+def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, s, s_z, grad, chunks):
+    """(loss, lse) of one row against the index target y (t None) or the probability row
+    t (y None); with grad (not None), also d(s * loss + s_z * z_loss * lse**2)/drow into
+    grad (may be row)."""
     keep = 1.0 - smoothing
     eps_c = smoothing / row.size
     m = over_chunks("row_max", chunks, row)
@@ -115,8 +116,12 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, s, grad, chunks):
     else:
         sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
                                                     m, keep, eps_c, grad)
+    log_sum = math.log(sum_exp)
+    lse = m + log_sum
     if grad is not None:
         exp_scale = s * total_wt / sum_exp
+        if z_loss != 0.0:  # d(lse**2)/dx = 2 lse p
+            exp_scale += 2.0 * z_loss * s_z * lse / sum_exp
         if t is None:
             if y is not None:
                 over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight)
@@ -124,7 +129,7 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, s, grad, chunks):
         else:
             over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
                         eps_c)
-    return total_wt * math.log(sum_exp) - shifted_wt
+    return total_wt * log_sum - shifted_wt, lse
 
 
 # The kernels hand the row function grad[i] from a branch on ``grad is None`` (pruned at
@@ -132,46 +137,60 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, s, grad, chunks):
 # Numba 0.62-0.68 dropped the row function's element writes such as grad[y] -= c as dead
 # code inside the prange (reproduced on a 3-line kernel).
 @njit(**JIT_ROW)
-def _ce_row_at(x, i, y, t, weight, weight_sum, smoothing, scale, row_scale, grad, chunks):
+def _ce_row_at(x, i, y, t, weight, weight_sum, smoothing, z_loss, scale, z_scale, row_scale,
+               row_z_loss, grad, chunks):
+    """The loss of row i; its z-loss into row_z_loss[i] (when given, not empty)."""
     s = row_scale_at(scale, row_scale, i)
+    s_z = row_scale_at(z_scale, row_scale, i)
     if grad is None:
-        return _ce_row(x[i], y, t, weight, weight_sum, smoothing, s, None, chunks)
-    return _ce_row(x[i], y, t, weight, weight_sum, smoothing, s, grad[i], chunks)
+        loss, lse = _ce_row(x[i], y, t, weight, weight_sum, smoothing, z_loss, s, s_z, None,
+                            chunks)
+    else:
+        loss, lse = _ce_row(x[i], y, t, weight, weight_sum, smoothing, z_loss, s, s_z,
+                            grad[i], chunks)
+    if row_z_loss.size:
+        row_z_loss[i] = z_loss * lse * lse
+    return loss
 
 
 @njit(**JIT_ROW)
-def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, scale,
-                  row_scale, grad, chunks):
+def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, z_loss, scale,
+                  z_scale, row_scale, row_z_loss, grad, chunks):
     if target[i] == ignore_index:
         if grad is not None:
             grad[i, :] = 0
+        if row_z_loss.size:
+            row_z_loss[i] = 0.0
         return 0.0
-    return _ce_row_at(x, i, target[i], None, weight, weight_sum, smoothing, scale, row_scale,
-                      grad, chunks)
+    return _ce_row_at(x, i, target[i], None, weight, weight_sum, smoothing, z_loss, scale,
+                      z_scale, row_scale, row_z_loss, grad, chunks)
 
 
 @njit(**JIT_PARALLEL)
-def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing,
-                        scale, row_scale, row_loss, grad):
+def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing, z_loss,
+                        scale, z_scale, row_scale, row_loss, row_z_loss, grad):
     chunks = row_chunks(x.shape[0], x.shape[1])
     if chunks == 1:
         for i in prange(x.shape[0]):
             row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
-                                        smoothing, scale, row_scale, grad, 1)
+                                        smoothing, z_loss, scale, z_scale, row_scale,
+                                        row_z_loss, grad, 1)
     else:
         for i in range(x.shape[0]):
             row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
-                                        smoothing, scale, row_scale, grad, chunks)
+                                        smoothing, z_loss, scale, z_scale, row_scale,
+                                        row_z_loss, grad, chunks)
 
 
 @njit(**JIT_PARALLEL)
-def cross_entropy_prob(x, target, weight, smoothing, scale, row_scale, row_loss, grad):
+def cross_entropy_prob(x, target, weight, smoothing, z_loss, scale, z_scale, row_scale,
+                       row_loss, row_z_loss, grad):
     chunks = row_chunks(x.shape[0], x.shape[1])
     if chunks == 1:
         for i in prange(x.shape[0]):
-            row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, scale,
-                                     row_scale, grad, 1)
+            row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, z_loss,
+                                     scale, z_scale, row_scale, row_z_loss, grad, 1)
     else:
         for i in range(x.shape[0]):
-            row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, scale,
-                                     row_scale, grad, chunks)
+            row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, z_loss,
+                                     scale, z_scale, row_scale, row_z_loss, grad, chunks)

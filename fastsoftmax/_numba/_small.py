@@ -155,16 +155,16 @@ def _prob_block_sums(e, t, weight, keep, eps_c):
 
 
 @njit(**JIT)
-def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, scale, row_scale,
-              row_loss, grad, lo, hi):
+def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, scale, z_scale,
+              row_scale, row_loss, row_z_loss, grad, lo, hi):
     """Rows lo:hi of cross_entropy_index (index targets y, t None) or cross_entropy_prob
     (probability rows t, y None); x is read into the scratch before grad is written, so
-    grad may be x itself."""
+    grad may be x itself. The z-loss of each row goes to row_z_loss (when not empty)."""
     x = x[lo:hi]
     n_rows, n_classes = x.shape
     keep = 1.0 - smoothing
     eps_c = smoothing / n_classes
-    e, _ = _columns(x)
+    e, m = _columns(x)
     # The target kind is chosen at compile time, as in _cross_entropy._ce_row.
     if t is None:
         if y is not None:
@@ -178,15 +178,24 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, scale, row_s
             if y is not None:
                 if y[r] == ignore_index:  # 0, not 0 * log(sum) - 0 (NaN for a NaN row)
                     row_loss[lo + r] = 0.0
+                    if row_z_loss.size:
+                        row_z_loss[lo + r] = 0.0
                     if grad is not None:
                         grad[lo + r, :] = 0
                     continue
-        row_loss[lo + r] = total_wt[r] * math.log(sums[r]) - shifted_wt[r]
+        log_sum = math.log(sums[r])
+        lse = m[r] + log_sum
+        row_loss[lo + r] = total_wt[r] * log_sum - shifted_wt[r]
+        if row_z_loss.size:
+            row_z_loss[lo + r] = z_loss * lse * lse
         if grad is None:
             continue
         out = grad[lo + r]
         s = row_scale_at(scale, row_scale, lo + r)
-        k = scalar_like(x, s * total_wt[r] / sums[r])
+        exp_scale = s * total_wt[r]
+        if z_loss != 0.0:  # d(lse**2)/dx = 2 lse p
+            exp_scale += 2.0 * z_loss * row_scale_at(z_scale, row_scale, lo + r) * lse
+        k = scalar_like(x, exp_scale / sums[r])
         if t is None:
             if y is not None:
                 f = scalar_like(x, s * eps_c)
@@ -202,19 +211,20 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, scale, row_s
 
 
 @njit(**JIT_PARALLEL)
-def cross_entropy_index_blocks(x, target, weight, weight_sum, ignore_index, smoothing,
-                               scale, row_scale, row_loss, grad):
+def cross_entropy_index_blocks(x, target, weight, weight_sum, ignore_index, smoothing, z_loss,
+                               scale, z_scale, row_scale, row_loss, row_z_loss, grad):
     rows, n_blocks = _blocks(x.shape[0], x.shape[1])
     for b in prange(n_blocks):
         lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
-        _ce_block(x, target[lo:hi], None, weight, weight_sum, ignore_index, smoothing, scale,
-                  row_scale, row_loss, grad, lo, hi)
+        _ce_block(x, target[lo:hi], None, weight, weight_sum, ignore_index, smoothing, z_loss,
+                  scale, z_scale, row_scale, row_loss, row_z_loss, grad, lo, hi)
 
 
 @njit(**JIT_PARALLEL)
-def cross_entropy_prob_blocks(x, target, weight, smoothing, scale, row_scale, row_loss, grad):
+def cross_entropy_prob_blocks(x, target, weight, smoothing, z_loss, scale, z_scale, row_scale,
+                              row_loss, row_z_loss, grad):
     rows, n_blocks = _blocks(x.shape[0], x.shape[1])
     for b in prange(n_blocks):
         lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
-        _ce_block(x, None, target[lo:hi], weight, 0.0, None, smoothing, scale, row_scale,
-                  row_loss, grad, lo, hi)
+        _ce_block(x, None, target[lo:hi], weight, 0.0, None, smoothing, z_loss, scale, z_scale,
+                  row_scale, row_loss, row_z_loss, grad, lo, hi)
