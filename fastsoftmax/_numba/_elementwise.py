@@ -1,77 +1,132 @@
 """Numba elementwise kernels: KL divergence, binary cross-entropy with logits, sigmoid and
 log-sigmoid on flat C-contiguous arrays (any shape, no rows).
 
-The formulas are those of fastsoftmax/_cython/elementwise.h: every element is computed in
-float64 whatever its storage type, the element losses are summed in float64, and a
-float32 result is rounded once. The kernels run a prange over fixed chunks of CHUNK
-elements whose sums are added in chunk order (a loss does not depend on the thread
-count). A "stream" (weights, grad_output) is a small array read periodically: element i
-uses stream[i % stream.size]; a chunk runs as segments of constant stream offset.
+The formulas are those of fastsoftmax/_cython/elementwise.h. An element is computed in its
+storage type (float32 at twice the vector lanes of float64), the element losses are summed
+in that type over blocks of BLOCK elements and the blocks in float64 (``row_sum``). The
+kernels run a prange over fixed chunks of CHUNK elements whose sums are added in chunk
+order (a loss does not depend on the thread count). A "stream" (weights, grad_output) is a
+small array read periodically: element i uses stream[i % stream.size]; a chunk runs as
+segments of constant stream offset. grad_output is float64 for both types.
 
 The element functions are inlined into their loops by Numba (called, they kept the loops
 scalar: kl_div + grad 10.4 ns/elem, one thread, float32), and those loops are compiled
 without "reassoc", which would fold the (1 + z) - 1 of log1p into z. So they write the
-element losses into a scratch block, which a reassociating sum then adds up.
+element losses into a scratch block, which a reassociating sum then adds up. Every
+constant of an element function is of the element's type (``_like``): a float64 literal
+would turn float32 math into float64.
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import literally, njit, prange, types
+from numba.extending import intrinsic, overload
+from numba.np.numpy_support import as_dtype
 
-from ._math import JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, vexp
+from ._math import FASTMATH, JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, vexp
 
 CHUNK = 16384  # elements per parallel task (FS_EW_CHUNK in elementwise.h)
 JIT_ELEMENT = dict(JIT, inline="always")
-_LN2 = 0.6931471805599453
 
 
 @intrinsic
 def _float_bits(typingctx, x):
-    """The bits of a float64 as an int64, one LLVM bitcast."""
-    if x != types.float64:
+    """The bits of a float32 as an int32 (float64: int64), one LLVM bitcast."""
+    if x == types.float32:
+        int_type, llvm_type = types.int32, ir.IntType(32)
+    elif x == types.float64:
+        int_type, llvm_type = types.int64, ir.IntType(64)
+    else:
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
+        return builder.bitcast(args[0], llvm_type)
 
-    return types.int64(x), codegen
+    return int_type(x), codegen
 
 
-@njit(**JIT_ELEMENT)
-def _log(x):
-    """log(x) for every float64 (0: -inf, < 0 or NaN: NaN, +inf: +inf), vectorisable:
-    x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t), t = (f - 1) / (f + 1)
-    (the series of rows.h's fs_log_d); a subnormal x is scaled by 2^54 first."""
-    tiny = x < 2.2250738585072014e-308
-    s = x * 18014398509481984.0 if tiny else x
-    bits = _float_bits(s)
-    k = float((bits >> 52) & 0x7FF) - (1077.0 if tiny else 1023.0)
-    f = _bitcast_to_float((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
-    high = f > 1.4142135623730951
-    f = 0.5 * f if high else f
-    k = k + 1.0 if high else k
-    t = (f - 1.0) / (f + 1.0)
-    t2 = t * t
-    p = 1.0 / 23
-    for c in (21, 19, 17, 15, 13, 11, 9, 7, 5, 3):
-        p = p * t2 + 1.0 / c
-    y = k * 6.93147180369123816490e-01 + (2.0 * t + (2.0 * t * t2 * p
-                                                     + k * 1.90821492927058770002e-10))
-    y = y if x > 0.0 else (-np.inf if x == 0.0 else np.nan)
-    return x if x == np.inf else y
+def _like(x, value):
+    """``value`` as a scalar of ``x``'s float type."""
+    raise NotImplementedError("_like is only callable from Numba-compiled code")
+
+
+@overload(_like)
+def _like_overload(x, value):
+    convert = as_dtype(x).type
+    return lambda x, value: convert(value)
+
+
+def _make_log(dtype, int_type, mantissa_bits, n_terms):
+    """log(x) for every x of one float type (0: -inf, < 0 or NaN: NaN, +inf: +inf),
+    vectorisable: x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) with
+    t = (f - 1) / (f + 1), |t| <= 0.172, summed to t^(2 n_terms - 1) (rows.h's fs_log_d;
+    elementwise.h's fs_ew_log_normal_f for float32); a subnormal x is scaled to a normal
+    one first."""
+    f = dtype.type
+    info = np.finfo(dtype)
+    bias = info.maxexp - 1
+    subnormal_bits = mantissa_bits + 2  # 2^24 (2^54) makes every subnormal normal
+    min_normal, subnormal_scale = f(info.tiny), f(2.0 ** subnormal_bits)
+    exponent_mask = int_type(2 * bias + 1)
+    mantissa_mask = int_type((1 << mantissa_bits) - 1)
+    one_bits = int_type(bias << mantissa_bits)  # the bits of 1.0
+    shifted_bias, shifted_tiny_bias = f(bias), f(bias + subnormal_bits)
+    sqrt2, zero, one, two, half = f(np.sqrt(2.0)), f(0), f(1), f(2), f(0.5)
+    coeffs = tuple(f(1.0 / (2 * i + 1)) for i in range(n_terms - 1, 0, -1))
+    ln2_hi, ln2_lo = ((f(6.93147180369123816490e-01), f(1.90821492927058770002e-10))
+                      if dtype == np.float64 else (f(0.693359375), f(-2.12194440e-4)))
+    inf, nan = f(np.inf), f(np.nan)
+
+    def log(x):
+        tiny = x < min_normal
+        bits = _float_bits(x * subnormal_scale if tiny else x)
+        k = f((bits >> mantissa_bits) & exponent_mask) - (shifted_tiny_bias if tiny
+                                                           else shifted_bias)
+        m = _bitcast_to_float(int_type((bits & mantissa_mask) | one_bits))  # in [1, 2)
+        high = m > sqrt2
+        m = half * m if high else m
+        k = k + one if high else k
+        t = (m - one) / (m + one)
+        t2 = t * t
+        p = coeffs[0]
+        for c in coeffs[1:]:
+            p = p * t2 + c
+        y = k * ln2_hi + (two * t + (two * t * t2 * p + k * ln2_lo))
+        y = y if x > zero else (-inf if x == zero else nan)
+        return x if x == inf else y
+
+    return log
+
+
+# Terms of the atanh series: float32 to t^9 (truncation < 2e-9 relative, half an ulp is
+# 6e-8), float64 to t^23 (< 1e-18).
+_LOG = {types.float32: _make_log(np.dtype(np.float32), np.int32, 23, 5),
+        types.float64: _make_log(np.dtype(np.float64), np.int64, 52, 12)}
+
+
+def vlog(x):
+    """log(x) for any float32 or float64 scalar, computed in its type, vectorised by LLVM."""
+    raise NotImplementedError("vlog is only callable from Numba-compiled code")
+
+
+# No "reassoc" (see vexp): it would re-round the two-part k ln2.
+@overload(vlog, jit_options=dict(fastmath=FASTMATH))
+def _vlog_overload(x):
+    return _LOG.get(x)
 
 
 @njit(**JIT_ELEMENT)
 def _log1p(z):
     """log(1 + z) for z in [0, 1] or NaN: log(u) z / (u - 1), u = 1 + z rounded."""
-    u = 1.0 + z
-    return z if u == 1.0 else _log(u) * (z / (u - 1.0))
+    one = _like(z, 1.0)
+    u = one + z
+    return z if u == one else vlog(u) * (z / (u - one))
 
 
 @njit(**JIT_ELEMENT)
 def _times(a, v):
     """a * v, 0 when a is 0 even for an infinite v."""
-    return 0.0 if a == 0.0 else a * v
+    zero = _like(a, 0.0)
+    return zero if a == zero else a * v
 
 
 @njit(**JIT_ELEMENT)
@@ -81,7 +136,8 @@ def _kl_div_term(x, t, log_target):
     if log_target:
         e = vexp(t)
         return e * (t - x), -e
-    return (0.0 if t == 0.0 else t * _log(t)) - t * x, -t
+    zero = _like(t, 0.0)
+    return (zero if t == zero else t * vlog(t)) - t * x, -t
 
 
 @njit(**JIT_ELEMENT)
@@ -90,27 +146,36 @@ def _bce(x, y, w, pw):
     w ((1 - y) softplus(x) + pw y softplus(-x)) and w ((1 - y) sigmoid(x) - pw y sigmoid(-x)).
     torch's (1 - y) x + (1 + (pw - 1) y) softplus(-x) rearranged: a term with a zero factor
     is 0 at x = +-inf (torch: inf - inf = NaN)."""
+    zero, one = _like(x, 0.0), _like(x, 1.0)
     z = vexp(-abs(x))
     soft = _log1p(z)
-    sp_pos = (x if x > 0.0 else 0.0) + soft
-    sp_neg = (-x if x < 0.0 else 0.0) + soft
-    neg, pos = 1.0 - y, pw * y
-    r = 1.0 / (1.0 + z)
-    sig = r if x >= 0.0 else z * r
-    sig_neg = z * r if x >= 0.0 else r
+    sp_pos = (x if x > zero else zero) + soft
+    sp_neg = (-x if x < zero else zero) + soft
+    neg, pos = one - y, pw * y
+    r = one / (one + z)
+    sig = r if x >= zero else z * r
+    sig_neg = z * r if x >= zero else r
     return w * (_times(neg, sp_pos) + _times(pos, sp_neg)), w * (neg * sig - pos * sig_neg)
 
 
 @njit(**JIT_ELEMENT)
 def _sigmoid(x):
+    zero, one = _like(x, 0.0), _like(x, 1.0)
     z = vexp(-abs(x))
-    r = 1.0 / (1.0 + z)
-    return r if x >= 0.0 else z * r
+    r = one / (one + z)
+    return r if x >= zero else z * r
 
 
 @njit(**JIT_ELEMENT)
 def _log_sigmoid(x):
-    return (x if x < 0.0 else 0.0) - _log1p(vexp(-abs(x)))
+    zero = _like(x, 0.0)
+    return (x if x < zero else zero) - _log1p(vexp(-abs(x)))
+
+
+@njit(**JIT_ELEMENT)
+def _grad_scale(d, scale, g):
+    """scale * grad_output in float64 (the API's type), rounded once to d's type."""
+    return _like(d, scale * g)
 
 
 @njit(**JIT)
@@ -118,23 +183,23 @@ def _kl_segment(x, t, log_target, g, scale, loss, grad, terms):
     """The loss terms of a segment into ``terms``, and into loss / grad (None: not
     written)."""
     for i in range(x.size):
-        value, d = _kl_div_term(float(x[i]), float(t[i]), log_target)
+        value, d = _kl_div_term(x[i], t[i], log_target)
         terms[i] = value
         if loss is not None:
             loss[i] = value
         if grad is not None:
-            grad[i] = d * (scale * g[i])
+            grad[i] = d * _grad_scale(d, scale, g[i])
 
 
 @njit(**JIT)
 def _bce_segment(x, t, w, pw, g, scale, loss, grad, terms):
     for i in range(x.size):
-        value, d = _bce(float(x[i]), float(t[i]), float(w[i]), float(pw[i]))
+        value, d = _bce(x[i], t[i], w[i], pw[i])
         terms[i] = value
         if loss is not None:
             loss[i] = value
         if grad is not None:
-            grad[i] = d * (scale * g[i])
+            grad[i] = d * _grad_scale(d, scale, g[i])
 
 
 @njit(**JIT)
@@ -151,7 +216,7 @@ def _part(a, lo, hi):
 
 @njit(**JIT)
 def _kl_chunk(x, t, log_target, g, scale, loss, grad, lo, hi):
-    terms = np.empty(hi - lo)
+    terms = np.empty(hi - lo, x.dtype)
     i = lo
     while i < hi:
         stop = _period_end(i, hi, g.size)
@@ -164,7 +229,7 @@ def _kl_chunk(x, t, log_target, g, scale, loss, grad, lo, hi):
 
 @njit(**JIT)
 def _bce_chunk(x, t, w, pw, g, scale, loss, grad, lo, hi):
-    terms = np.empty(hi - lo)
+    terms = np.empty(hi - lo, x.dtype)
     i = lo
     while i < hi:
         stop = min(_period_end(i, hi, g.size), _period_end(i, hi, w.size),
@@ -211,13 +276,13 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, grad_out
 @njit(**JIT)
 def _sigmoid_segment(x, out):
     for i in range(x.size):
-        out[i] = _sigmoid(float(x[i]))
+        out[i] = _sigmoid(x[i])
 
 
 @njit(**JIT)
 def _log_sigmoid_segment(x, out):
     for i in range(x.size):
-        out[i] = _log_sigmoid(float(x[i]))
+        out[i] = _log_sigmoid(x[i])
 
 
 @njit(**JIT_PARALLEL)
