@@ -172,14 +172,8 @@ def _log_sigmoid(x):
     return (x if x < zero else zero) - _log1p(vexp(-abs(x)))
 
 
-@njit(**JIT_ELEMENT)
-def _grad_scale(d, scale, g):
-    """scale * grad_output in float64 (the API's type), rounded once to d's type."""
-    return _like(d, scale * g)
-
-
 @njit(**JIT)
-def _kl_segment(x, t, log_target, g, scale, loss, grad, terms):
+def _kl_segment(x, t, log_target, g_scaled, loss, grad, terms):
     """The loss terms of a segment into ``terms``, and into loss / grad (None: not
     written)."""
     for i in range(x.size):
@@ -188,18 +182,18 @@ def _kl_segment(x, t, log_target, g, scale, loss, grad, terms):
         if loss is not None:
             loss[i] = value
         if grad is not None:
-            grad[i] = d * _grad_scale(d, scale, g[i])
+            grad[i] = d * g_scaled[i]
 
 
 @njit(**JIT)
-def _bce_segment(x, t, w, pw, g, scale, loss, grad, terms):
+def _bce_segment(x, t, w, pw, g_scaled, loss, grad, terms):
     for i in range(x.size):
         value, d = _bce(x[i], t[i], w[i], pw[i])
         terms[i] = value
         if loss is not None:
             loss[i] = value
         if grad is not None:
-            grad[i] = d * _grad_scale(d, scale, g[i])
+            grad[i] = d * g_scaled[i]
 
 
 @njit(**JIT)
@@ -215,29 +209,42 @@ def _part(a, lo, hi):
 
 
 @njit(**JIT)
+def _scaled_stream(g, scale, out, grad):
+    """out = scale * g (a segment of grad_output, float64) rounded to out's dtype, for the
+    gradient loop; nothing when grad is None. A float64 stream read inside a float32 loop
+    made LLVM vectorise it at 8 lanes instead of 16 (SCALED_NOTE)."""
+    if grad is not None:
+        for j in range(g.size):
+            out[j] = scale * g[j]
+    return out
+
+
+@njit(**JIT)
 def _kl_chunk(x, t, log_target, g, scale, loss, grad, lo, hi):
-    terms = np.empty(hi - lo, x.dtype)
+    terms, g_scaled = np.empty(hi - lo, x.dtype), np.empty(hi - lo, x.dtype)
     i = lo
     while i < hi:
         stop = _period_end(i, hi, g.size)
         offset = i % g.size
-        _kl_segment(x[i:stop], t[i:stop], log_target, g[offset:offset + stop - i], scale,
-                    _part(loss, i, stop), _part(grad, i, stop), terms[i - lo:stop - lo])
+        gs = _scaled_stream(g[offset:offset + stop - i], scale, g_scaled[i - lo:stop - lo], grad)
+        _kl_segment(x[i:stop], t[i:stop], log_target, gs, _part(loss, i, stop),
+                    _part(grad, i, stop), terms[i - lo:stop - lo])
         i = stop
     return row_sum(terms)
 
 
 @njit(**JIT)
 def _bce_chunk(x, t, w, pw, g, scale, loss, grad, lo, hi):
-    terms = np.empty(hi - lo, x.dtype)
+    terms, g_scaled = np.empty(hi - lo, x.dtype), np.empty(hi - lo, x.dtype)
     i = lo
     while i < hi:
         stop = min(_period_end(i, hi, g.size), _period_end(i, hi, w.size),
                    _period_end(i, hi, pw.size))
         n = stop - i
         a, b, c = i % w.size, i % pw.size, i % g.size
-        _bce_segment(x[i:stop], t[i:stop], w[a:a + n], pw[b:b + n], g[c:c + n], scale,
-                     _part(loss, i, stop), _part(grad, i, stop), terms[i - lo:stop - lo])
+        gs = _scaled_stream(g[c:c + n], scale, g_scaled[i - lo:stop - lo], grad)
+        _bce_segment(x[i:stop], t[i:stop], w[a:a + n], pw[b:b + n], gs, _part(loss, i, stop),
+                     _part(grad, i, stop), terms[i - lo:stop - lo])
         i = stop
     return row_sum(terms)
 
