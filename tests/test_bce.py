@@ -6,6 +6,7 @@ import pytest
 import fastsoftmax as fs
 from fastsoftmax import reference
 from conftest import assert_close
+from test_kl_div import _assert_within_ulps
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (7,), (4, 9), (3, 5, 6), (0, 4), (3, 40000)]
@@ -176,6 +177,36 @@ def test_sigmoid_family(backend, name, dtype):
     np.testing.assert_array_equal(copy, got)
     with pytest.raises(ValueError, match=r"out has shape \(3,\)"):
         getattr(fs, name)(x, out=np.empty(3, dtype), backend=backend)
+
+
+def test_float32_results_are_within_a_few_ulp_of_the_float64_reference(backend):
+    """float32 input is computed in float32: each loss term, gradient, sigmoid and
+    log-sigmoid within 3 ulp of the float64 reference on the same values (the loss terms
+    are >= 0; a gradient relative to the size of its two terms); exp(-|x|) below float32's
+    smallest normal may be 0."""
+    rng = np.random.default_rng(6)
+    n = 60000
+    x = np.concatenate([rng.standard_normal(n // 2) * 5, rng.standard_normal(n // 2) * 40,
+                        [-104.0, -88.0, 88.0, 104.0, 0.0]]).astype(np.float32)
+    y, w, pw = (rng.uniform(lo, hi, x.size).astype(np.float32)
+                for lo, hi in ((0, 1), (0.5, 2), (0, 3)))
+    y[:100] = 0.0  # softplus(x) alone, down to the subnormal range
+    loss, grad = fs.binary_cross_entropy_with_logits_with_grad(
+        x, y, weight=w, pos_weight=pw, reduction="none", grad_output=np.ones(x.size),
+        backend=backend)
+    x64, y64, w64, pw64 = (a.astype(np.float64) for a in (x, y, w, pw))
+    want_loss, want_grad = reference.binary_cross_entropy_with_logits_with_grad(
+        x64, y64, weight=w64, pos_weight=pw64, reduction="none", grad_output=np.ones(x.size))
+    tiny = np.finfo(np.float32).tiny
+    sigmoid, sigmoid_neg = reference.sigmoid(x64), reference.sigmoid(-x64)
+    grad_parts = w64 * ((1 - y64) * sigmoid + pw64 * y64 * sigmoid_neg)
+    _assert_within_ulps(loss, want_loss, want_loss, 3, tiny * w64, f"{backend} loss")
+    _assert_within_ulps(grad, want_grad, grad_parts, 3, tiny * w64 * (1 + pw64),
+                        f"{backend} grad")
+    for name in ("sigmoid", "log_sigmoid"):
+        want = getattr(reference, name)(x64)
+        _assert_within_ulps(getattr(fs, name)(x, backend=backend), want, np.abs(want), 3,
+                            tiny, f"{backend} {name}")
 
 
 def test_torch_wrapper_and_module():

@@ -158,6 +158,49 @@ def test_errors_name_the_value_and_the_fix(backend):
         fs.kl_div_with_grad(x, t, out=np.empty((4, 3)), backend=backend)
 
 
+def _assert_within_ulps(got, want, magnitude, ulps, absolute, context):
+    """|got - want| <= ulps float32 eps of ``magnitude`` + ``absolute``, elementwise, plus
+    ulps of float32's smallest subnormal (the spacing of results below the normal range)."""
+    info = np.finfo(np.float32)
+    bound = ulps * (info.eps * magnitude + info.smallest_subnormal) + absolute
+    excess = np.abs(got.astype(np.float64) - want) - bound
+    worst = int(np.argmax(excess))
+    assert excess[worst] <= 0, (f"{context}: element {worst}: {got[worst]!r} vs {want[worst]!r} "
+                                f"(bound {bound[worst]:.3g})")
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_float32_terms_are_within_a_few_ulp_of_the_float64_reference(backend, log_target):
+    """float32 input is computed in float32: each term and gradient within 3 ulp of the
+    float64 reference on the same values, relative to the size of its parts (xlogy(t, t)
+    and t x cancel); with log targets, exp(t) below float32's smallest normal may be 0."""
+    rng = np.random.default_rng(5)
+    n = 60000
+    x = (rng.standard_normal(n) * 4).astype(np.float32)
+    # probabilities down to float32's subnormals (logs of those too), and exact zeros
+    p = np.concatenate([rng.random(n // 2), np.exp(rng.uniform(-103, 0, n // 2 - 3)),
+                        [0.0, 1.0, 1e-45]]).astype(np.float32)
+    t = np.log(p[p > 0]).astype(np.float32) if log_target else p
+    x = x[:t.size]
+    loss, grad = fs.kl_div_with_grad(x, t, reduction="none", log_target=log_target,
+                                     grad_output=np.ones(t.size), backend=backend)
+    x64, t64 = x.astype(np.float64), t.astype(np.float64)
+    want_loss, want_grad = reference.kl_div_with_grad(x64, t64, reduction="none",
+                                                      log_target=log_target,
+                                                      grad_output=np.ones(t.size))
+    tiny = np.finfo(np.float32).tiny
+    if log_target:
+        e = np.exp(t64)
+        parts, size, absolute = e * (np.abs(t64) + np.abs(x64)), e, tiny
+    else:
+        parts = np.abs(want_loss + t64 * x64) + np.abs(t64 * x64)
+        size, absolute = np.abs(t64), 0.0
+    context = f"{backend} log_target={log_target}"
+    _assert_within_ulps(loss, want_loss, parts, 3, absolute * (np.abs(t64) + np.abs(x64)),
+                        context + " loss")
+    _assert_within_ulps(grad, want_grad, size, 3, absolute, context + " grad")
+
+
 def test_loss_does_not_depend_on_the_thread_count(compiled_backend):
     x, t = _inputs((7, 30000), np.float32)
     threads = fs.get_num_threads()

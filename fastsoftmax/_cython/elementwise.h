@@ -4,9 +4,9 @@
  * The same formulas as fastsoftmax/_numba/_elementwise.py. Each loop is written once, in
  * elementwise_typed.h, which this header includes twice: for float (suffix f) and double
  * (suffix d). An element is computed in its storage type, so that float32 runs at twice
- * the vector lanes of double (kl_div + grad 16777x1000 float32, bench.ab, two threads:
- * see the commit message), and the losses are summed in that type over blocks of
- * FS_BLOCK elements, the block sums in double. exp is rows.h's; log is rows.h's for
+ * the vector lanes of double (float32, two threads, bench.ab: kl_div + grad 2.60 -> 1.26
+ * ns/elem at 16777x1000, BCE + grad 4.50 -> 1.92), and the losses are summed in that type
+ * over blocks of FS_BLOCK elements, the block sums in double. exp is rows.h's; log is rows.h's for
  * double and fs_ew_log_normal_f below for float.
  *
  * A "stream" is a small array read periodically: element i of the flat input uses

@@ -18,7 +18,7 @@ would turn float32 math into float64.
 """
 import numpy as np
 from llvmlite import ir
-from numba import literally, njit, prange, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
@@ -212,7 +212,8 @@ def _part(a, lo, hi):
 def _scaled_stream(g, scale, out, grad):
     """out = scale * g (a segment of grad_output, float64) rounded to out's dtype, for the
     gradient loop; nothing when grad is None. A float64 stream read inside a float32 loop
-    made LLVM vectorise it at 8 lanes instead of 16 (SCALED_NOTE)."""
+    made LLVM vectorise it at 8 lanes instead of 16 (BCE + grad 2.55 -> 1.24 ns/elem,
+    kl_div + grad 0.59 -> 0.41; float32, one thread, 65536 elements)."""
     if grad is not None:
         for j in range(g.size):
             out[j] = scale * g[j]
