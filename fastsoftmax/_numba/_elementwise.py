@@ -22,7 +22,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from ._math import FASTMATH, JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, vexp
+from ._math import FASTMATH, JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, same_buffer, vexp
 
 CHUNK = 16384  # elements per parallel task (FS_EW_CHUNK in elementwise.h)
 JIT_ELEMENT = dict(JIT, inline="always")
@@ -172,8 +172,8 @@ def _log_sigmoid(x):
     return (x if x < zero else zero) - _log1p(vexp(-abs(x)))
 
 
-@njit(**JIT)
-def _kl_segment(x, t, log_target, g_scaled, loss, grad, terms):
+@njit(**JIT_ELEMENT)
+def _kl_loop(x, t, log_target, g_scaled, loss, grad, terms):
     """The loss terms of a segment into ``terms``, and into loss / grad (None: not
     written)."""
     for i in range(x.size):
@@ -185,8 +185,8 @@ def _kl_segment(x, t, log_target, g_scaled, loss, grad, terms):
             grad[i] = d * g_scaled[i]
 
 
-@njit(**JIT)
-def _bce_segment(x, t, w, pw, g_scaled, loss, grad, terms):
+@njit(**JIT_ELEMENT)
+def _bce_loop(x, t, w, pw, g_scaled, loss, grad, terms):
     for i in range(x.size):
         value, d = _bce(x[i], t[i], w[i], pw[i])
         terms[i] = value
@@ -194,6 +194,25 @@ def _bce_segment(x, t, w, pw, g_scaled, loss, grad, terms):
             loss[i] = value
         if grad is not None:
             grad[i] = d * g_scaled[i]
+
+
+# The segments: in place (grad is x), the loop reads and writes the one array grad; two
+# aliasing arrays fail LLVM's overlap check and leave the loop scalar (float32, one
+# thread, 65536 elements: kl_div + grad in place 6.9 -> 0.40 ns/elem, BCE 21 -> 1.22).
+@njit(**JIT)
+def _kl_segment(x, t, log_target, g_scaled, loss, grad, terms):
+    if grad is not None and same_buffer(x, grad):
+        _kl_loop(grad, t, log_target, g_scaled, loss, grad, terms)
+    else:
+        _kl_loop(x, t, log_target, g_scaled, loss, grad, terms)
+
+
+@njit(**JIT)
+def _bce_segment(x, t, w, pw, g_scaled, loss, grad, terms):
+    if grad is not None and same_buffer(x, grad):
+        _bce_loop(grad, t, w, pw, g_scaled, loss, grad, terms)
+    else:
+        _bce_loop(x, t, w, pw, g_scaled, loss, grad, terms)
 
 
 @njit(**JIT)
