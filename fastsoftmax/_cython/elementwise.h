@@ -69,24 +69,28 @@ FS_EW_INLINE float fs_ew_log_normal_f(float x) {
 #define FS_EW_LOG_NORMAL fs_ew_log_normal_f
 #define FS_EW_MIN_NORMAL 1.17549435e-38f
 #define FS_EW_SUBNORMAL_BITS 24
+#define FS_EW_SERIES_END 9
 #include "elementwise_typed.h"
 #undef FS_T
 #undef FS_S
 #undef FS_EW_LOG_NORMAL
 #undef FS_EW_MIN_NORMAL
 #undef FS_EW_SUBNORMAL_BITS
+#undef FS_EW_SERIES_END
 
 #define FS_T double
 #define FS_S d
 #define FS_EW_LOG_NORMAL fs_log_d
 #define FS_EW_MIN_NORMAL 2.2250738585072014e-308
 #define FS_EW_SUBNORMAL_BITS 54
+#define FS_EW_SERIES_END 23
 #include "elementwise_typed.h"
 #undef FS_T
 #undef FS_S
 #undef FS_EW_LOG_NORMAL
 #undef FS_EW_MIN_NORMAL
 #undef FS_EW_SUBNORMAL_BITS
+#undef FS_EW_SERIES_END
 
 /* The entry points of elementwise.pxi, for either type: `single` (a literal in each
  * fused-type specialisation there) picks the float or double instance. */
