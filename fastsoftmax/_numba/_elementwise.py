@@ -11,7 +11,7 @@ segments of constant stream offset. grad_output is float64 for both types.
 
 The element functions are inlined into their loops by Numba (called, they kept the loops
 scalar: kl_div + grad 10.4 ns/elem, one thread, float32), and those loops are compiled
-without "reassoc", which would fold the (1 + z) - 1 of log1p into z. So they write the
+without "reassoc", which would re-round the two-part ln2 of exp and log. So they write the
 element losses into a scratch block, which a reassociating sum then adds up. Every
 constant of an element function is of the element's type (``_like``): a float64 literal
 would turn float32 math into float64.
@@ -55,6 +55,12 @@ def _like_overload(x, value):
     return lambda x, value: convert(value)
 
 
+def _atanh_coefficients(f, n_terms):
+    """1 / (2 n_terms - 1), ..., 1/5, 1/3 in the type f: the atanh series of the logs below
+    after its first term, highest power first."""
+    return tuple(f(1.0 / (2 * i + 1)) for i in range(n_terms - 1, 0, -1))
+
+
 def _make_log(dtype, int_type, mantissa_bits, n_terms):
     """log(x) for every x of one float type (0: -inf, < 0 or NaN: NaN, +inf: +inf),
     vectorisable: x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) with
@@ -71,7 +77,7 @@ def _make_log(dtype, int_type, mantissa_bits, n_terms):
     one_bits = int_type(bias << mantissa_bits)  # the bits of 1.0
     shifted_bias, shifted_tiny_bias = f(bias), f(bias + subnormal_bits)
     sqrt2, zero, one, two, half = f(np.sqrt(2.0)), f(0), f(1), f(2), f(0.5)
-    coeffs = tuple(f(1.0 / (2 * i + 1)) for i in range(n_terms - 1, 0, -1))
+    coeffs = _atanh_coefficients(f, n_terms)
     ln2_hi, ln2_lo = ((f(6.93147180369123816490e-01), f(1.90821492927058770002e-10))
                       if dtype == np.float64 else (f(0.693359375), f(-2.12194440e-4)))
     inf, nan = f(np.inf), f(np.nan)
@@ -114,12 +120,40 @@ def _vlog_overload(x):
     return _LOG.get(x)
 
 
-@njit(**JIT_ELEMENT)
+def _make_log1p(dtype, n_terms):
+    """log(1 + z) for z in [0, 1] or NaN of one float type, without forming 1 + z:
+    2 atanh(z / (2 + z)), or above sqrt(2) - 1, ln2 + 2 atanh((z - 1) / (z + 3)), |t| <=
+    0.172 either way (elementwise.h's fs_ew_log1p: one division where log(1 + z) z /
+    ((1 + z) - 1) took three; BCE + grad float32 1.24 -> 0.85 ns/elem, one thread)."""
+    f = dtype.type
+    coeffs = _atanh_coefficients(f, n_terms)
+    threshold, one, two, three, ln2 = f(np.sqrt(2.0) - 1.0), f(1), f(2), f(3), f(np.log(2.0))
+
+    def log1p(z):
+        high = z > threshold
+        t = (z - one if high else z) / (z + (three if high else two))
+        t2 = t * t
+        p = coeffs[0]
+        for c in coeffs[1:]:
+            p = p * t2 + c
+        y = two * t + two * t * t2 * p
+        return y + ln2 if high else y
+
+    return log1p
+
+
+_LOG1P = {types.float32: _make_log1p(np.dtype(np.float32), 5),
+          types.float64: _make_log1p(np.dtype(np.float64), 12)}
+
+
 def _log1p(z):
-    """log(1 + z) for z in [0, 1] or NaN: log(u) z / (u - 1), u = 1 + z rounded."""
-    one = _like(z, 1.0)
-    u = one + z
-    return z if u == one else vlog(u) * (z / (u - one))
+    """log(1 + z) for z in [0, 1] or NaN, computed in z's type."""
+    raise NotImplementedError("_log1p is only callable from Numba-compiled code")
+
+
+@overload(_log1p, jit_options=dict(fastmath=FASTMATH))
+def _log1p_overload(z):
+    return _LOG1P.get(z)
 
 
 @njit(**JIT_ELEMENT)
