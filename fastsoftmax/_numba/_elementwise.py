@@ -334,16 +334,34 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, grad_out
     return _in_order(parts)
 
 
-@njit(**JIT)
-def _sigmoid_segment(x, out):
+@njit(**JIT_ELEMENT)
+def _sigmoid_loop(x, out):
     for i in range(x.size):
         out[i] = _sigmoid(x[i])
 
 
-@njit(**JIT)
-def _log_sigmoid_segment(x, out):
+@njit(**JIT_ELEMENT)
+def _log_sigmoid_loop(x, out):
     for i in range(x.size):
         out[i] = _log_sigmoid(x[i])
+
+
+# In place, one array for LLVM, as _kl_segment (float32, one thread, 65536 elements:
+# sigmoid in place 8.6 -> 0.28 ns/elem, log_sigmoid 19 -> 0.46).
+@njit(**JIT)
+def _sigmoid_segment(x, out):
+    if same_buffer(x, out):
+        _sigmoid_loop(out, out)
+    else:
+        _sigmoid_loop(x, out)
+
+
+@njit(**JIT)
+def _log_sigmoid_segment(x, out):
+    if same_buffer(x, out):
+        _log_sigmoid_loop(out, out)
+    else:
+        _log_sigmoid_loop(x, out)
 
 
 @njit(**JIT_PARALLEL)
