@@ -91,6 +91,7 @@ class CrossEntropyArgs:
     reduction: str
     label_smoothing: float
     z_loss: float = 0.0      # weight of the z-loss, z_loss * logsumexp(row)**2 per row
+    softcap: object = None   # None, or c > 0: logits x become c * tanh(x / c) first
 
     @property
     def loss_shape(self):
@@ -98,9 +99,9 @@ class CrossEntropyArgs:
 
 
 def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing,
-                       z_loss=0.0):
+                       z_loss=0.0, softcap=None):
     """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
-    (and z_loss: a finite number >= 0)."""
+    (and z_loss: a finite number >= 0; softcap: None or a finite number > 0)."""
     logits = float_array(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
@@ -121,6 +122,7 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
         raise TypeError(f"z_loss must be a float, got {z_loss!r}") from None
     if not 0.0 <= z_loss < np.inf:
         raise ValueError(f"z_loss must be a finite number >= 0 (PaLM uses 1e-4), got {z_loss}")
+    softcap = softcap_value(softcap)
     try:
         ignore_index = operator.index(ignore_index)
     except TypeError:
@@ -165,7 +167,22 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
                              f"{logits.shape}; weight must have shape ({n_classes},)")
         weight = np.ascontiguousarray(weight, dtype=logits.dtype)
     return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, may_ignore,
-                            reduction, label_smoothing, z_loss)
+                            reduction, label_smoothing, z_loss, softcap)
+
+
+def softcap_value(softcap):
+    """softcap as a float, or None (no capping); anything but a finite number > 0 is an
+    error naming the value."""
+    if softcap is None:
+        return None
+    try:
+        softcap = float(softcap)
+    except (TypeError, ValueError):
+        raise TypeError(f"softcap must be a float or None, got {softcap!r}") from None
+    if not 0.0 < softcap < np.inf:
+        raise ValueError(f"softcap must be a finite number > 0 (Gemma 2 caps its final "
+                         f"logits at 30.0) or None for no capping, got {softcap}")
+    return softcap
 
 
 @dataclass(frozen=True)

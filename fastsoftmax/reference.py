@@ -118,8 +118,13 @@ def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, in
 def _cross_entropy64(args, grad_output):
     """(loss, gradient, z-loss term) in float64, from torch's definitions; the loss
     includes the z-loss, z_loss * lse**2 per row (PaLM), whose "mean" divides by the
-    number of non-ignored rows whatever the class weights (Liger's semantics)."""
+    number of non-ignored rows whatever the class weights (Liger's semantics). With a
+    softcap c, every logit x is replaced by c tanh(x / c) first (Gemma 2)."""
     x = args.logits
+    slope = 1.0
+    if args.softcap is not None:  # z = c tanh(x / c), dz/dx = 1 - tanh(x / c)**2
+        tanh = np.tanh(x.astype(np.float64) / args.softcap)
+        x, slope = args.softcap * tanh, 1.0 - tanh ** 2
     n_classes = x.shape[-1]
     eps = args.label_smoothing
     logp = _log_softmax64(x, -1)
@@ -154,6 +159,7 @@ def _cross_entropy64(args, grad_output):
         grad = unscaled_grad * np.asarray(scale)[..., None]
         if args.z_loss:  # d(lse**2)/dx = 2 lse p
             grad = grad + 2.0 * args.z_loss * lse[..., None] * p * np.asarray(z_scale)[..., None]
+        grad = grad * slope
     if not args.probabilities:  # ignored rows get exactly 0, even when the scale is inf
         grad = np.where((args.target != args.ignore_index)[..., None], grad, 0.0)
     return loss + z_term, grad, z_term
@@ -174,10 +180,10 @@ def _loss_in_dtype(loss, dtype):
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False):
+                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False, softcap=None):
     """Reference :func:`fastsoftmax.cross_entropy`: torch's definitions, float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss)
+                                        label_smoothing, z_loss, softcap)
     loss, _, z_term = _cross_entropy64(args, np.float64(1.0))
     dtype = args.logits.dtype
     if return_z_loss:
@@ -187,11 +193,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, z_loss=0.0, return_z_loss=False,
-                            grad_output=1.0, inplace=False, out=None):
+                            softcap=None, grad_output=1.0, inplace=False, out=None):
     """Reference :func:`fastsoftmax.cross_entropy_with_grad`: the analytic gradient of
     torch's loss (checked against torch autograd and finite differences), float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss)
+                                        label_smoothing, z_loss, softcap)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
     if inplace:
         _validate.inplace_buffer(args, out, logits)

@@ -265,24 +265,24 @@ def _loss_shape(input, reduction):
 
 
 def _cross_entropy_arrays(input, target, weight, ignore_index, reduction, label_smoothing,
-                          z_loss):
+                          z_loss, softcap):
     """(classes-last logits view, keyword arguments of api.cross_entropy*)."""
     if target.is_floating_point():
         target = _classes_last(target)
     options = dict(target=_numpy(target), weight=None if weight is None else _numpy(weight),
                    ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, z_loss=z_loss)
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     return _classes_last(input), options
 
 
 @torch.library.custom_op("fastsoftmax::cross_entropy", mutates_args=(), device_types="cpu")
 def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                       ignore_index: int, reduction: str, label_smoothing: float,
-                      z_loss: float, compute_grad: bool,
+                      z_loss: float, softcap: Optional[float], compute_grad: bool,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
-                                            label_smoothing, z_loss)
+                                            label_smoothing, z_loss, softcap)
     backend = _kernel_backend(backend)
     if not compute_grad:
         return _loss_tensor(api.cross_entropy(_numpy(logits), **options, backend=backend)), \
@@ -293,7 +293,7 @@ def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optiona
 
 @_cross_entropy_op.register_fake
 def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_smoothing,
-                        z_loss, compute_grad, backend):
+                        z_loss, softcap, compute_grad, backend):
     loss = input.new_empty(_loss_shape(input, reduction))
     # the kernel's layout: C-contiguous with classes last
     grad = _classes_back(_classes_last(input).new_empty(_classes_last(input).shape), input)
@@ -305,10 +305,10 @@ def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_sm
 def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
                               label_smoothing: float, z_loss: float,
-                              backend: str) -> torch.Tensor:
+                              softcap: Optional[float], backend: str) -> torch.Tensor:
     """The loss; ``input`` is overwritten with d loss / d input."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
-                                            label_smoothing, z_loss)
+                                            label_smoothing, z_loss, softcap)
     # out= the logits themselves: the kernel writes the gradient over the row it has read
     # (a copy and a copy back when the class dim is not contiguous)
     loss, _ = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
@@ -318,13 +318,21 @@ def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
 
 @_cross_entropy_inplace_op.register_fake
 def _cross_entropy_inplace_fake(input, target, weight, ignore_index, reduction, label_smoothing,
-                                z_loss, backend):
+                                z_loss, softcap, backend):
     return input.new_empty(_loss_shape(input, reduction))
 
 
 def _grad_output_scale(grad_loss, reduction, class_dim):
     """grad_output shaped to broadcast over the (input-shaped) gradient."""
     return grad_loss.unsqueeze(class_dim) if reduction == "none" else grad_loss
+
+
+def _target_log_probs(input, class_dim, softcap, backend):
+    """log_softmax of the logits as the loss sees them (capped by softcap, if not None):
+    a learnt probability target's gradient is made of it."""
+    if softcap is not None:
+        input = softcap * torch.tanh(input / softcap)
+    return torch.ops.fastsoftmax.log_softmax(input, class_dim, backend)
 
 
 def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scale):
@@ -341,7 +349,8 @@ def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scal
 
 
 def _cross_entropy_setup(ctx, inputs, output):
-    input, target, weight, _, reduction, label_smoothing, _, compute_grad, backend = inputs
+    input, target, weight, _, reduction, label_smoothing, _, softcap, compute_grad, backend = \
+        inputs
     if ctx.needs_input_grad[0] and not compute_grad:
         raise RuntimeError("fastsoftmax::cross_entropy was called with compute_grad=False on an "
                            "input that requires grad; pass compute_grad=True")
@@ -350,6 +359,7 @@ def _cross_entropy_setup(ctx, inputs, output):
                                   "(neither has torch's); pass weight.detach()")
     ctx.set_materialize_grads(False)
     ctx.reduction, ctx.label_smoothing, ctx.backend = reduction, label_smoothing, backend
+    ctx.softcap = softcap
     ctx.class_dim = _class_dim(input)
     ctx.input_is_leaf = input.is_leaf
     # the target's gradient needs the input (a learnt probability target)
@@ -361,14 +371,14 @@ def _cross_entropy_setup(ctx, inputs, output):
 def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
     _first_order_only("cross_entropy", grad_loss)
     grad, input, weight = ctx.saved_tensors
-    grads = [None] * 9
+    grads = [None] * 10
     if grad_loss is None:
         return tuple(grads)
     scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
     if ctx.needs_input_grad[0]:
         grads[0] = _scaled(grad, scale, may_return_grad=not ctx.input_is_leaf)
     if ctx.needs_input_grad[1]:
-        log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, ctx.backend)
+        log_probs = _target_log_probs(input, ctx.class_dim, ctx.softcap, ctx.backend)
         grads[1] = _probability_target_grad(log_probs, weight, ctx.label_smoothing,
                                             ctx.reduction, scale)
     return tuple(grads)
@@ -384,14 +394,15 @@ class _CrossEntropyInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                backend):
+                softcap, backend):
         ctx.class_dim = _class_dim(input)
         ctx.reduction, ctx.label_smoothing, ctx.weight = reduction, label_smoothing, weight
         ctx.log_probs = None
         if ctx.needs_input_grad[1]:  # read the logits before they are overwritten
-            ctx.log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, backend)
+            ctx.log_probs = _target_log_probs(input, ctx.class_dim, softcap, backend)
         loss = torch.ops.fastsoftmax.cross_entropy_.default(
-            input, target, weight, ignore_index, reduction, label_smoothing, z_loss, backend)
+            input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+            backend)
         ctx.grad = input.detach()  # shares the logits' version counter
         ctx.grad_version = ctx.grad._version
         return loss
@@ -417,11 +428,12 @@ class _CrossEntropyInPlace(torch.autograd.Function):
                                                    ctx.label_smoothing, ctx.reduction, scale)
         if not (scale.dim() == 0 and scale.item() == 1.0):
             grad.mul_(scale)
-        return grad, target_grad, None, None, None, None, None, None
+        return grad, target_grad, None, None, None, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, backend=None):
+                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, softcap=None,
+                  backend=None):
     """Cross-entropy with ``torch.nn.functional.cross_entropy``'s signature and semantics.
 
     Backed by ``torch.ops.fastsoftmax.cross_entropy``, which returns the loss and the
@@ -445,6 +457,10 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     z_loss : float, optional
         Weight of the z-loss added to the loss, ``z_loss * logsumexp(row)**2`` per row
         (see :func:`fastsoftmax.cross_entropy`); keyword only. Default 0.
+    softcap : float, optional
+        Logit soft-capping: every logit x is replaced by ``softcap * tanh(x / softcap)``
+        first (Gemma 2 uses 30.0; see :func:`fastsoftmax.cross_entropy`), in the same
+        sweep; keyword only. Default None (no capping).
     inplace : bool, optional
         Store the gradient in ``input``'s buffer instead of a new tensor (no extra
         N x C memory; ``torch.ops.fastsoftmax.cross_entropy_``). ``input`` then holds the
@@ -481,13 +497,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     _loss_shape(input, reduction)
     backend = _backend_argument(backend)
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
+    softcap = _validate.softcap_value(softcap)
     compute_grad = torch.is_grad_enabled() and input.requires_grad
     if (inplace and compute_grad and not torch.compiler.is_compiling()
             and _classes_last(input).is_contiguous()):
         return _CrossEntropyInPlace.apply(input, target, weight, ignore_index, reduction,
-                                          label_smoothing, z_loss, backend)
+                                          label_smoothing, z_loss, softcap, backend)
     loss, _ = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                             z_loss, compute_grad, backend)
+                             z_loss, softcap, compute_grad, backend)
     return loss
 
 
@@ -503,10 +520,12 @@ class CrossEntropyLoss(torch.nn.Module):
     inplace : bool, optional
     z_loss : float, optional
         See :func:`cross_entropy`.
+    softcap : float, optional
+        See :func:`cross_entropy`.
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 inplace=False, *, z_loss=0.0):
+                 inplace=False, *, z_loss=0.0, softcap=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
@@ -514,10 +533,12 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.inplace = inplace
         self.z_loss = z_loss
+        self.softcap = softcap
 
     def forward(self, input, target):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
-                             self.label_smoothing, self.inplace, z_loss=self.z_loss)
+                             self.label_smoothing, self.inplace, z_loss=self.z_loss,
+                             softcap=self.softcap)
 
 
 # --------------------------------------------------------------------------- entropy
