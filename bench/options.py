@@ -81,7 +81,7 @@ def measure(shape, options, repeats):
     target = rng.integers(0, shape[1], shape[0])
     named = calls(x, target, options)
     times = {name: [] for name in named}
-    for name, (call, refresh) in named.items():  # warm up: compile, first touch
+    for call, refresh in named.values():  # warm up: compile, first touch
         refresh()
         call()
     for _ in range(repeats):
