@@ -279,16 +279,20 @@ def _cross_entropy_arrays(input, target, weight, ignore_index, reduction, label_
 def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                       ignore_index: int, reduction: str, label_smoothing: float,
                       z_loss: float, softcap: Optional[float], compute_grad: bool,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d input, the z-loss term of the loss); the gradient is an empty
+    (0,) tensor unless compute_grad."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
                                             label_smoothing, z_loss, softcap)
     backend = _kernel_backend(backend)
     if not compute_grad:
-        return _loss_tensor(api.cross_entropy(_numpy(logits), **options, backend=backend)), \
-            input.new_empty(0)
-    loss, grad = api.cross_entropy_with_grad(_numpy(logits), **options, backend=backend)
-    return _loss_tensor(loss), _classes_back(torch.from_numpy(grad), input)
+        loss, z_term = api.cross_entropy(_numpy(logits), **options, return_z_loss=True,
+                                         backend=backend)
+        return _loss_tensor(loss), input.new_empty(0), _loss_tensor(z_term)
+    loss, grad, z_term = api.cross_entropy_with_grad(_numpy(logits), **options,
+                                                     return_z_loss=True, backend=backend)
+    return (_loss_tensor(loss), _classes_back(torch.from_numpy(grad), input),
+            _loss_tensor(z_term))
 
 
 @_cross_entropy_op.register_fake
@@ -297,7 +301,7 @@ def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_sm
     loss = input.new_empty(_loss_shape(input, reduction))
     # the kernel's layout: C-contiguous with classes last
     grad = _classes_back(_classes_last(input).new_empty(_classes_last(input).shape), input)
-    return loss, grad if compute_grad else input.new_empty(0)
+    return loss, grad if compute_grad else input.new_empty(0), torch.empty_like(loss)
 
 
 @torch.library.custom_op("fastsoftmax::cross_entropy_", mutates_args={"input"},
@@ -305,21 +309,24 @@ def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_sm
 def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
                               label_smoothing: float, z_loss: float,
-                              softcap: Optional[float], backend: str) -> torch.Tensor:
-    """The loss; ``input`` is overwritten with d loss / d input."""
+                              softcap: Optional[float],
+                              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss, its z-loss term); ``input`` is overwritten with d loss / d input."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
                                             label_smoothing, z_loss, softcap)
     # out= the logits themselves: the kernel writes the gradient over the row it has read
     # (a copy and a copy back when the class dim is not contiguous)
-    loss, _ = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
-                                          backend=_kernel_backend(backend))
-    return _loss_tensor(loss)
+    loss, _, z_term = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
+                                                  return_z_loss=True,
+                                                  backend=_kernel_backend(backend))
+    return _loss_tensor(loss), _loss_tensor(z_term)
 
 
 @_cross_entropy_inplace_op.register_fake
 def _cross_entropy_inplace_fake(input, target, weight, ignore_index, reduction, label_smoothing,
                                 z_loss, softcap, backend):
-    return input.new_empty(_loss_shape(input, reduction))
+    loss = input.new_empty(_loss_shape(input, reduction))
+    return loss, torch.empty_like(loss)
 
 
 def _grad_output_scale(grad_loss, reduction, class_dim):
@@ -368,7 +375,7 @@ def _cross_entropy_setup(ctx, inputs, output):
                           weight if learnt_target else None)
 
 
-def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
+def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad, _grad_of_z_term):
     _first_order_only("cross_entropy", grad_loss)
     grad, input, weight = ctx.saved_tensors
     grads = [None] * 10
@@ -400,15 +407,16 @@ class _CrossEntropyInPlace(torch.autograd.Function):
         ctx.log_probs = None
         if ctx.needs_input_grad[1]:  # read the logits before they are overwritten
             ctx.log_probs = _target_log_probs(input, ctx.class_dim, softcap, backend)
-        loss = torch.ops.fastsoftmax.cross_entropy_.default(
+        loss, z_term = torch.ops.fastsoftmax.cross_entropy_.default(
             input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
             backend)
         ctx.grad = input.detach()  # shares the logits' version counter
         ctx.grad_version = ctx.grad._version
-        return loss
+        ctx.mark_non_differentiable(z_term)
+        return loss, z_term
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, _grad_of_z_term):
         _first_order_only("cross_entropy", grad_loss)
         if ctx.grad is None:
             raise RuntimeError(
@@ -432,8 +440,8 @@ class _CrossEntropyInPlace(torch.autograd.Function):
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, softcap=None,
-                  backend=None):
+                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, return_z_loss=False,
+                  softcap=None, backend=None):
     """Cross-entropy with ``torch.nn.functional.cross_entropy``'s signature and semantics.
 
     Backed by ``torch.ops.fastsoftmax.cross_entropy``, which returns the loss and the
@@ -457,6 +465,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     z_loss : float, optional
         Weight of the z-loss added to the loss, ``z_loss * logsumexp(row)**2`` per row
         (see :func:`fastsoftmax.cross_entropy`); keyword only. Default 0.
+    return_z_loss : bool, optional
+        Also return the z-loss term of the loss (reduced as the loss, already included
+        in it), detached, for logging: Liger's ``return_z_loss``. Keyword only.
     softcap : float, optional
         Logit soft-capping: every logit x is replaced by ``softcap * tanh(x / softcap)``
         first (Gemma 2 uses 30.0; see :func:`fastsoftmax.cross_entropy`), in the same
@@ -480,6 +491,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     -------
     torch.Tensor
         The loss: 0-d for "mean"/"sum", the target's index shape for "none".
+    torch.Tensor
+        Only with ``return_z_loss=True``: the z-loss term, shaped as the loss, detached.
     """
     _check_tensor(input, "input")
     if not isinstance(target, torch.Tensor):
@@ -501,11 +514,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     compute_grad = torch.is_grad_enabled() and input.requires_grad
     if (inplace and compute_grad and not torch.compiler.is_compiling()
             and _classes_last(input).is_contiguous()):
-        return _CrossEntropyInPlace.apply(input, target, weight, ignore_index, reduction,
-                                          label_smoothing, z_loss, softcap, backend)
-    loss, _ = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                             z_loss, softcap, compute_grad, backend)
-    return loss
+        loss, z_term = _CrossEntropyInPlace.apply(input, target, weight, ignore_index,
+                                                  reduction, label_smoothing, z_loss, softcap,
+                                                  backend)
+    else:
+        loss, _, z_term = _cross_entropy(input, target, weight, ignore_index, reduction,
+                                         label_smoothing, z_loss, softcap, compute_grad, backend)
+    return (loss, z_term.detach()) if return_z_loss else loss
 
 
 class CrossEntropyLoss(torch.nn.Module):
@@ -520,12 +535,14 @@ class CrossEntropyLoss(torch.nn.Module):
     inplace : bool, optional
     z_loss : float, optional
         See :func:`cross_entropy`.
+    return_z_loss : bool, optional
+        ``forward`` returns (loss, z-loss term); see :func:`cross_entropy`.
     softcap : float, optional
         See :func:`cross_entropy`.
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 inplace=False, *, z_loss=0.0, softcap=None):
+                 inplace=False, *, z_loss=0.0, return_z_loss=False, softcap=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
@@ -533,12 +550,13 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.inplace = inplace
         self.z_loss = z_loss
+        self.return_z_loss = return_z_loss
         self.softcap = softcap
 
     def forward(self, input, target):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
                              self.label_smoothing, self.inplace, z_loss=self.z_loss,
-                             softcap=self.softcap)
+                             return_z_loss=self.return_z_loss, softcap=self.softcap)
 
 
 # --------------------------------------------------------------------------- entropy
