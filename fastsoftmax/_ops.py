@@ -280,8 +280,9 @@ OPS.update({op.name: op for op in [
        grad_of="binary_cross_entropy_with_logits", inplace=True),
     Op("sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
        torch=lambda torch, x: torch.sigmoid(x), jax=lambda jax, jnp, x: jax.nn.sigmoid(x),
-       out=True),
+       torch_layer=lambda fst, x: fst.sigmoid(x), out=True),
     Op("log_sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
        torch=lambda torch, x: torch.nn.functional.logsigmoid(x),
-       jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x), out=True),
+       jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x),
+       torch_layer=lambda fst, x: fst.log_sigmoid(x), out=True),
 ]})

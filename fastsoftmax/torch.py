@@ -853,3 +853,104 @@ class BCEWithLogitsLoss(torch.nn.Module):
 
 
 __all__ += ["kl_div", "KLDivLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]
+
+
+# ------------------------------------------------------------- sigmoid, log-sigmoid
+
+def _elementwise_kernel(function, x, backend):
+    """``function`` (api.sigmoid, api.log_sigmoid) of ``x`` into a new contiguous tensor."""
+    out = torch.empty(x.shape, dtype=x.dtype)
+    if out.numel():
+        function(_numpy(x), out=_numpy(out), backend=_kernel_backend(backend))
+    return out
+
+
+def _contiguous_fake(x, backend):
+    return torch.empty(x.shape, dtype=x.dtype)
+
+
+@torch.library.custom_op("fastsoftmax::sigmoid", mutates_args=(), device_types="cpu")
+def _sigmoid_op(x: torch.Tensor, backend: str) -> torch.Tensor:
+    return _elementwise_kernel(api.sigmoid, x, backend)
+
+
+@torch.library.custom_op("fastsoftmax::log_sigmoid", mutates_args=(), device_types="cpu")
+def _log_sigmoid_op(x: torch.Tensor, backend: str) -> torch.Tensor:
+    return _elementwise_kernel(api.log_sigmoid, x, backend)
+
+
+for _op in (_sigmoid_op, _log_sigmoid_op):
+    _op.register_fake(_contiguous_fake)
+
+
+def _save_elementwise_output(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _sigmoid_vjp(ctx, dy):
+    (s,) = ctx.saved_tensors
+    return dy * s * (1 - s), None
+
+
+def _log_sigmoid_vjp(ctx, dy):
+    # d log(sigmoid(x)) / dx = sigmoid(-x) = 1 - exp(log_sigmoid(x)), as -expm1: exact
+    # where sigmoid(-x) is tiny (large x), where 1 - sigmoid(x) would cancel
+    (log_s,) = ctx.saved_tensors
+    return -dy * torch.expm1(log_s), None
+
+
+_sigmoid = _register_autograd("sigmoid", _sigmoid_op, _sigmoid_vjp, _save_elementwise_output)
+_log_sigmoid = _register_autograd("log_sigmoid", _log_sigmoid_op, _log_sigmoid_vjp,
+                                  _save_elementwise_output)
+
+
+def _sigmoid_doc(name, formula, torch_name):
+    return f"""{name}, ``{formula}`` elementwise, autograd-aware: ``{torch_name}``.
+
+    Backed by ``torch.ops.fastsoftmax.{name.lower().replace("-", "_")}`` (see
+    :func:`fastsoftmax.{name.lower().replace("-", "_")}` for the kernel's accuracy).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU float32/float64 tensor of any shape.
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype as ``x``, contiguous.
+    """
+
+
+def sigmoid(x, *, backend=None):
+    _check_tensor(x, "x")
+    return _sigmoid(x, _backend_argument(backend))
+
+
+def log_sigmoid(x, *, backend=None):
+    _check_tensor(x, "x")
+    return _log_sigmoid(x, _backend_argument(backend))
+
+
+sigmoid.__doc__ = _sigmoid_doc("Sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid")
+log_sigmoid.__doc__ = _sigmoid_doc("Log-sigmoid", "log(1 / (1 + exp(-x)))",
+                                   "torch.nn.functional.logsigmoid")
+
+
+class Sigmoid(torch.nn.Module):
+    """``torch.nn.Sigmoid`` backed by :func:`sigmoid`."""
+
+    def forward(self, x):
+        return sigmoid(x)
+
+
+class LogSigmoid(torch.nn.Module):
+    """``torch.nn.LogSigmoid`` backed by :func:`log_sigmoid`."""
+
+    def forward(self, x):
+        return log_sigmoid(x)
+
+
+__all__ += ["sigmoid", "log_sigmoid", "Sigmoid", "LogSigmoid"]

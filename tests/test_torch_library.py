@@ -151,7 +151,8 @@ def test_opcheck_entropy(name):
 def test_every_op_has_opcheck_samples():
     """A registered op without an opcheck test above fails here."""
     tested = {"cross_entropy", "cross_entropy_", "softmax", "log_softmax", "softmax_backward",
-              "log_softmax_backward", "entropy", "kl_div", "binary_cross_entropy_with_logits"}
+              "log_softmax_backward", "entropy", "kl_div", "binary_cross_entropy_with_logits",
+              "sigmoid", "log_sigmoid"}
     registered = {name for name in dir(OPS) if not name.startswith("_")
                   and isinstance(getattr(OPS, name), torch._ops.OpOverloadPacket)}
     assert registered == tested
@@ -451,3 +452,19 @@ def test_opcheck_kl_div(name):
 @pytest.mark.parametrize("name", BCE_SAMPLES)
 def test_opcheck_binary_cross_entropy_with_logits(name):
     _opcheck(OPS.binary_cross_entropy_with_logits.default, (*BCE_SAMPLES[name], ""))
+
+
+SIGMOID_SAMPLES = {
+    "2d": _logits((4, 6), requires_grad=True),
+    "1d": _logits((7,), requires_grad=True),
+    "0d": _logits((), requires_grad=True),
+    "empty": _logits((0, 3), requires_grad=True),
+    "non-contiguous": _logits((4, 6), layout="strided", requires_grad=True),
+    "float32": _logits((4, 6), dtype=torch.float32, requires_grad=True),
+}
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "log_sigmoid"])
+@pytest.mark.parametrize("name", SIGMOID_SAMPLES)
+def test_opcheck_sigmoid_family(op, name):
+    _opcheck(getattr(OPS, op).default, (SIGMOID_SAMPLES[name], ""))
