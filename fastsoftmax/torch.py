@@ -814,3 +814,8 @@ class BCEWithLogitsLoss(torch.nn.Module):
 
 
 __all__ += ["kl_div", "KLDivLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]
+
+# sampled softmax (issue 17)
+from .torch_sampled import SampledSoftmaxLoss, sampled_softmax_loss  # noqa: E402
+
+__all__ += ["sampled_softmax_loss", "SampledSoftmaxLoss"]
