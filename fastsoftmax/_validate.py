@@ -394,7 +394,7 @@ def sampler_args(true_classes, num_true, num_sampled, unique, range_max):
 @dataclass(frozen=True)
 class SampledSoftmaxArgs:
     """Normalised sampled softmax arguments; weights, biases and inputs share one dtype."""
-    weights: np.ndarray       # (num_classes, D)
+    weights: np.ndarray       # (num_classes, D), any layout
     biases: np.ndarray        # (num_classes,)
     labels: np.ndarray        # int64 (N, num_true), in range
     inputs: np.ndarray        # (N, D), C-contiguous
@@ -441,9 +441,10 @@ def sampled_softmax_args(weights, biases, labels, inputs, num_sampled, num_class
     labels = _true_classes(labels, "labels", num_true, num_classes)
     if sampled_values is not None:
         sampled_values = _sampled_values(sampled_values, labels.shape, num_sampled, num_classes)
-    return SampledSoftmaxArgs(np.ascontiguousarray(weights), biases, labels,
-                              np.ascontiguousarray(inputs), num_sampled, num_classes, num_true,
-                              sampled_values, bool(remove_accidental_hits))
+    # weights stay as they are (only rows are gathered): no copy of a V x D array
+    return SampledSoftmaxArgs(weights, biases, labels, np.ascontiguousarray(inputs), num_sampled,
+                              num_classes, num_true, sampled_values,
+                              bool(remove_accidental_hits))
 
 
 def _sampled_values(values, labels_shape, num_sampled, num_classes):

@@ -336,7 +336,8 @@ def _sampled_softmax64(weights, biases, labels, inputs, num_sampled, num_classes
     np.add.at(grad_all, (np.arange(n)[:, None], labels), grad_logits[:, :args.num_true])
     np.add.at(grad_all.T, sampled, grad_logits[:, args.num_true:].T)
     ids = np.unique(np.concatenate([labels.reshape(-1), sampled]))
-    grad_weight = grad_all.T @ x
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs are data
+        grad_weight = grad_all.T @ x
     dtype = args.inputs.dtype
     return (args, loss.astype(dtype), (grad_all @ w).astype(dtype),
             (ids, grad_weight[ids].astype(dtype)),

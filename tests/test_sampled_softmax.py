@@ -101,6 +101,40 @@ def test_accidental_hits(backend):
     assert set(ids) == set(labels[0])
 
 
+@pytest.mark.parametrize("layout", ["F", "strided"])
+def test_any_layout(backend, layout):
+    weights, biases, labels, inputs = make_problem(num_true=2, dtype=np.float32)
+    values = fs.log_uniform_candidate_sampler(labels, 2, 9, True, 40, seed=1)
+    expected = reference.sampled_softmax_loss_with_grad(weights, biases, labels, inputs, 9, 40,
+                                                        num_true=2, sampled_values=values)
+
+    def laid_out(a):
+        if layout == "F":
+            return np.asfortranarray(a)
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        wide[..., ::2] = a
+        return wide[..., ::2]
+
+    result = fs.sampled_softmax_loss_with_grad(
+        *(laid_out(a) for a in (weights, biases, labels, inputs)), 9, 40, num_true=2,
+        sampled_values=values, backend=backend)
+    assert_same_result(result, expected, np.float32, f"layout {layout} backend={backend}")
+
+
+def test_nan_and_inf_inputs_are_data(backend):
+    """A NaN or inf input row gives that row a NaN loss, as the reference (and TensorFlow)."""
+    weights, biases, labels, inputs = make_problem()
+    inputs[3, 1], inputs[5, 0] = np.nan, np.inf
+    values = fs.log_uniform_candidate_sampler(labels, 1, 9, True, 40, seed=1)
+    loss = fs.sampled_softmax_loss(weights, biases, labels, inputs, 9, 40, sampled_values=values,
+                                   backend=backend)
+    expected = reference.sampled_softmax_loss(weights, biases, labels, inputs, 9, 40,
+                                              sampled_values=values)
+    np.testing.assert_allclose(loss, expected, rtol=1e-12, equal_nan=True)
+    assert np.isnan(loss[3]) and np.isnan(loss[5])
+    assert np.all(np.isfinite(np.delete(loss, [3, 5])))
+
+
 def test_zero_rows(backend):
     weights, biases, _, _ = make_problem()
     labels, inputs = np.zeros((0, 2), np.int64), np.zeros((0, 5))
