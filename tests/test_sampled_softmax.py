@@ -214,9 +214,10 @@ def test_finite_differences(backend, num_true):
 def test_segment_sum_sums_repeated_ids():
     ids = np.array([5, 2, 5, 9, 2, 2])
     rows = np.arange(12.0).reshape(6, 2)
-    unique, sums = segment_sum(ids, rows)
+    unique, sums, column = segment_sum(ids, rows, rows[:, 0])
     np.testing.assert_array_equal(unique, [2, 5, 9])
     np.testing.assert_array_equal(sums, [[2 + 8 + 10, 3 + 9 + 11], [0 + 4, 1 + 5], [6, 7]])
+    np.testing.assert_array_equal(column, sums[:, 0])
     unique, sums = segment_sum(np.zeros(0, np.int64), np.zeros((0, 2)))
     assert unique.shape == (0,) and sums.shape == (0, 2)
 
