@@ -101,6 +101,21 @@ def test_accidental_hits(backend):
     assert set(ids) == set(labels[0])
 
 
+def test_scalar_grad_output_scales_every_gradient(backend):
+    problem = make_problem(num_true=2)
+    values = fs.log_uniform_candidate_sampler(problem[2], 2, 9, False, 40, seed=1)
+    plain = fs.sampled_softmax_loss_with_grad(*problem, 9, 40, num_true=2, sampled_values=values,
+                                              backend=backend)
+    scaled = fs.sampled_softmax_loss_with_grad(*problem, 9, 40, num_true=2,
+                                               sampled_values=values, grad_output=-2.5,
+                                               backend=backend)
+    np.testing.assert_array_equal(scaled[0], plain[0])
+    np.testing.assert_allclose(scaled[1], -2.5 * plain[1], rtol=1e-12)
+    for (ids, rows), (plain_ids, plain_rows) in zip(scaled[2:], plain[2:]):
+        np.testing.assert_array_equal(ids, plain_ids)
+        np.testing.assert_allclose(rows, -2.5 * plain_rows, rtol=1e-12)
+
+
 @pytest.mark.parametrize("layout", ["F", "strided"])
 def test_any_layout(backend, layout):
     weights, biases, labels, inputs = make_problem(num_true=2, dtype=np.float32)
