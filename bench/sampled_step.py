@@ -3,6 +3,7 @@ in interleaved rounds in one process (median ms per step and ratios).
 
     python -m bench.sampled_step                      # V=131072 D=512 N=1024 S=1024, float32
     python -m bench.sampled_step --rounds 5 --threads 2
+    python -m bench.sampled_step --threads 1 --no-full   # the sampled steps alone
 
 A step is the loss and the gradients of inputs, weights and biases (a bias everywhere):
 
@@ -141,6 +142,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--no-full", action="store_true",
+                        help="leave out the full-softmax steps (seconds each)")
     args = parser.parse_args(argv)
     v, d, n, s = map(int, args.shape.split("x"))
     fs.set_num_threads(args.threads)
@@ -156,6 +159,8 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         steps.update(tensorflow_steps(*data, s))
+    if args.no_full:
+        steps = {name: step for name, step in steps.items() if not name.endswith("-full")}
     print(f"V={v} D={d} N={n} S={s} {args.dtype}, {args.threads} threads, "
           f"backend {fs.get_backend()}; steps: {', '.join(steps)}", flush=True)
     for step in steps.values():  # warm-up: JIT, tf.function tracing, page faults
