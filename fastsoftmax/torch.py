@@ -954,3 +954,9 @@ class LogSigmoid(torch.nn.Module):
 
 
 __all__ += ["sigmoid", "log_sigmoid", "Sigmoid", "LogSigmoid"]
+
+
+# sampled softmax (issue 17)
+from .torch_sampled import SampledSoftmaxLoss, sampled_softmax_loss  # noqa: E402
+
+__all__ += ["sampled_softmax_loss", "SampledSoftmaxLoss"]
