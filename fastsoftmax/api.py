@@ -271,7 +271,7 @@ def _class_weight(weight, n_classes):
 
 
 def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index,
-                         label_smoothing, scale, row_scale, row_loss, inplace):
+                         label_smoothing, softcap, scale, row_scale, row_loss, inplace):
     """Cross-entropy of one chunk of a validated problem, without validating again.
 
     For callers that run many chunks of one problem (``fastsoftmax.linear_cross_entropy``):
@@ -283,11 +283,11 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     """
     if kernels is not None:
         kernels.cross_entropy_index(rows, target, weight, weight_sum, ignore_index,
-                                    label_smoothing, 0.0, None, scale, 0.0, row_scale,
+                                    label_smoothing, 0.0, softcap, scale, 0.0, row_scale,
                                     row_loss, np.empty(0), rows if inplace else None)
         return
     options = dict(weight=weight, ignore_index=ignore_index, reduction="none",
-                   label_smoothing=label_smoothing)
+                   label_smoothing=label_smoothing, softcap=softcap)
     if inplace:
         grad_output = scale * row_scale if row_scale.size else scale
         row_loss[:], _ = reference.cross_entropy_with_grad(rows, target, grad_output=grad_output,
