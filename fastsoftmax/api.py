@@ -747,7 +747,9 @@ _SIGMOID_PARAMETERS = """Parameters
 @_doc("""Logistic sigmoid ``1 / (1 + exp(-x))``, elementwise, without overflow.
 
     Computed as ``1 / (1 + exp(-|x|))`` or ``exp(-|x|) / (1 + exp(-|x|))`` by the sign
-    of x: 0 at -inf, 1 at +inf, NaN for NaN (as ``torch.sigmoid``).
+    of x: 0 at -inf, 1 at +inf, NaN for NaN (as ``torch.sigmoid``). float32 input is
+    computed in float32, within 3 ulp of the float64 result, except below float32's
+    smallest normal number: 0 for x < -87.3, where torch gives subnormals down to -88.7.
 
     """ + _SIGMOID_PARAMETERS + """
 
