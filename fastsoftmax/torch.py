@@ -814,3 +814,7 @@ class BCEWithLogitsLoss(torch.nn.Module):
 
 
 __all__ += ["kl_div", "KLDivLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]
+
+from .torch_vocab_parallel import vocab_parallel_cross_entropy  # noqa: E402
+
+__all__ += ["vocab_parallel_cross_entropy"]

@@ -288,6 +288,7 @@ def finish(stats, combined, *, grad_output=1.0):
         scale, row_scale = api._grad_scales(g, denominator)
         s = scale * row_scale if row_scale.size else np.full(stats.n_rows, scale)
         exp_scale = s * total_wt * combined.factor / np.exp(combined.log_sum)
+        smoothing_scale, target_scale = s * eps_c, s * keep * combined.target_weight
     if stats.n_rows and stats.n_classes:
         if args.probabilities:
             target = np.ascontiguousarray(args.target).reshape(stats.grad.shape)
@@ -295,8 +296,7 @@ def finish(stats, combined, *, grad_output=1.0):
                                                   s, keep, eps_c)
         else:
             _kernels().vocab_parallel_finish_index(stats.grad, stats.local_target, args.weight,
-                                                   exp_scale, s * eps_c,
-                                                   s * keep * combined.target_weight)
+                                                   exp_scale, smoothing_scale, target_scale)
     api._copy_back(stats.result, stats.grad)
     loss = api._reduce(row_loss, args.reduction, denominator, args.loss_shape,
                        args.logits.dtype)
@@ -460,7 +460,7 @@ def simulate(logits, target, sizes, *, weight=None, ignore_index=-100, reduction
     probabilities = target.dtype.kind == "f"
     stats = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        shard = np.ascontiguousarray(logits[..., lo:hi])
+        shard = np.array(logits[..., lo:hi], order="C")  # a copy: inplace=True writes it
         stats.append(local_stats(
             shard, np.ascontiguousarray(target[..., lo:hi]) if probabilities else target,
             vocab_start=int(lo), weight=None if weight is None else np.asarray(weight)[lo:hi],
