@@ -35,9 +35,10 @@ KERNELS = ("vocab_parallel_stats_index", "vocab_parallel_stats_prob",
 
 
 @njit(**JIT)
-def _shift(m):
-    """The point the shard's row is shifted by: its max, or 0 for an all -inf row."""
-    return 0.0 if m == -math.inf else m
+def _shift(row, m):
+    """The point the shard's row is shifted by: its max, or 0 for an all -inf row; in the
+    row's dtype (a float64 shift made the float32 exp pass float64: 1.37 vs 0.7 ns/elem)."""
+    return scalar_like(row, 0) if m == -math.inf else m
 
 
 @njit(**JIT_ROW)
@@ -51,7 +52,7 @@ def _index_stats_row(row, y, weight, smoothing, stats, i, grad, chunks):
             stats[3, i] = 0.0
         return
     m = over_chunks("row_max", chunks, row)
-    shift = _shift(m)
+    shift = _shift(row, m)
     # read before the exp pass overwrites the row (grad may be row)
     stats[2, i] = float(row[y]) - shift if y >= 0 else 0.0
     if smoothing:
@@ -75,7 +76,7 @@ def vocab_parallel_stats_index(x, local_target, weight, smoothing, stats, grad):
 @njit(**JIT_ROW)
 def _prob_stats_row(row, t, weight, smoothing, stats, i, grad, chunks):
     m = over_chunks("row_max", chunks, row)
-    shift = _shift(m)
+    shift = _shift(row, m)
     if smoothing:  # before the exp pass overwrites the row
         stats[4, i] = over_chunks("row_shifted_dot", chunks, weight, row, shift)
     sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
