@@ -396,6 +396,7 @@ class SimulatedGroup:
         if self._barrier.wait() == 0:  # one thread combines, in rank order
             shapes = {a.shape for a in self._arrays}
             if len(shapes) != 1:
+                self._barrier.abort()  # the other ranks raise BrokenBarrierError at once
                 raise ValueError(f"ranks passed arrays of different shapes to {op}: {shapes}")
             result = self._arrays[0].copy()
             for other in self._arrays[1:]:
