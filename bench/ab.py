@@ -98,8 +98,9 @@ def _cross_entropy_index_calls(x, rng):
     def index(smoothing, grad, logits=x):
         return _by_name("cross_entropy_index", x=logits, target=target, weight=None,
                         weight_sum=float(n_classes), ignore_index=-100, smoothing=smoothing,
-                        z_loss=0.0, scale=1.0 / n_rows, z_scale=0.0, row_scale=no_row_scale,
-                        row_loss=row_loss, row_z_loss=no_row_scale, grad=grad)
+                        z_loss=0.0, softcap=None, scale=1.0 / n_rows, z_scale=0.0,
+                        row_scale=no_row_scale, row_loss=row_loss, row_z_loss=no_row_scale,
+                        grad=grad)
 
     return {"cross_entropy": index(0.0, None),
             "cross_entropy_with_grad": index(0.0, out),
@@ -113,8 +114,8 @@ def _cross_entropy_prob_calls(x, rng):
     out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
     return {"cross_entropy_with_grad_prob": _by_name(
         "cross_entropy_prob", x=x, target=probs, weight=None, smoothing=0.0, z_loss=0.0,
-        scale=1.0 / n_rows, z_scale=0.0, row_scale=no_row_scale, row_loss=row_loss,
-        row_z_loss=no_row_scale, grad=out)}
+        softcap=None, scale=1.0 / n_rows, z_scale=0.0, row_scale=no_row_scale,
+        row_loss=row_loss, row_z_loss=no_row_scale, grad=out)}
 
 
 def _by_name(kernel, **arguments):
@@ -169,8 +170,9 @@ LOSS_CALLS.update({"kl_div": _kl_div_calls, "binary_cross_entropy_with_logits": 
 class OlderBuild:
     """The kernels of an older build. A loss kernel is called with this build's arguments
     by name (``call``): those its kernel does not take (z_loss, z_scale and row_z_loss
-    before the z-loss) are dropped, and with ``ones_for_no_weight``, weight=None becomes a
-    cached ones(C), as the API of builds before weight=None reached the kernels passed."""
+    before the z-loss, softcap before soft-capping) are dropped, and with
+    ``ones_for_no_weight``, weight=None becomes a cached ones(C), as the API of builds
+    before weight=None reached the kernels passed."""
 
     def __init__(self, kernels, ones_for_no_weight):
         self.kernels = kernels

@@ -29,3 +29,11 @@ from .api import (binary_cross_entropy_with_logits,  # noqa: E402
 
 __all__ += ["kl_div", "kl_div_with_grad", "binary_cross_entropy_with_logits",
             "binary_cross_entropy_with_logits_with_grad", "sigmoid", "log_sigmoid"]
+
+# candidate sampling and sampled softmax (issue 17)
+from .candidate_sampling import (log_uniform_candidate_sampler,  # noqa: E402
+                                 uniform_candidate_sampler)
+from .sampled_softmax import sampled_softmax_loss, sampled_softmax_loss_with_grad  # noqa: E402
+
+__all__ += ["log_uniform_candidate_sampler", "uniform_candidate_sampler", "sampled_softmax_loss",
+            "sampled_softmax_loss_with_grad"]

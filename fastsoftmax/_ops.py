@@ -55,13 +55,14 @@ class Op:
 # grad, when not None, d(sum_rows(scale_r * loss_r)) / d x with
 # scale_r = scale * row_scale[r] (row_scale empty: scale alone); grad may be x itself.
 # Cross-entropy also has a z-loss, z_loss * logsumexp(row)**2 per row: into row_z_loss
-# (when not empty), and into the gradient with its own scale z_scale * row_scale[r].
+# (when not empty), and into the gradient with its own scale z_scale * row_scale[r];
+# and a softcap: None, or c > 0 to replace every logit x by c * tanh(x / c) first.
 LOSS_KERNELS = {
     "cross_entropy_index": ("x", "target", "weight", "weight_sum", "ignore_index",
-                            "smoothing", "z_loss", "scale", "z_scale", "row_scale", "row_loss",
-                            "row_z_loss", "grad"),
-    "cross_entropy_prob": ("x", "target", "weight", "smoothing", "z_loss", "scale", "z_scale",
-                           "row_scale", "row_loss", "row_z_loss", "grad"),
+                            "smoothing", "z_loss", "softcap", "scale", "z_scale", "row_scale",
+                            "row_loss", "row_z_loss", "grad"),
+    "cross_entropy_prob": ("x", "target", "weight", "smoothing", "z_loss", "softcap", "scale",
+                           "z_scale", "row_scale", "row_loss", "row_z_loss", "grad"),
     "entropy_with_grad": ("logits", "scale", "row_scale", "row_loss", "grad"),
 }
 
@@ -279,8 +280,9 @@ OPS.update({op.name: op for op in [
        grad_of="binary_cross_entropy_with_logits", inplace=True),
     Op("sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
        torch=lambda torch, x: torch.sigmoid(x), jax=lambda jax, jnp, x: jax.nn.sigmoid(x),
-       out=True),
+       torch_layer=lambda fst, x: fst.sigmoid(x), out=True),
     Op("log_sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
        torch=lambda torch, x: torch.nn.functional.logsigmoid(x),
-       jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x), out=True),
+       jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x),
+       torch_layer=lambda fst, x: fst.log_sigmoid(x), out=True),
 ]})

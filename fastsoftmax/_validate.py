@@ -91,6 +91,7 @@ class CrossEntropyArgs:
     reduction: str
     label_smoothing: float
     z_loss: float = 0.0      # weight of the z-loss, z_loss * logsumexp(row)**2 per row
+    softcap: object = None   # None, or c > 0: logits x become c * tanh(x / c) first
 
     @property
     def loss_shape(self):
@@ -154,9 +155,9 @@ def class_weights(weight, logits):
 
 
 def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing,
-                       z_loss=0.0):
+                       z_loss=0.0, softcap=None):
     """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
-    (and z_loss: a finite number >= 0)."""
+    (and z_loss: a finite number >= 0; softcap: None or a finite number > 0)."""
     logits = float_array(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
@@ -165,6 +166,7 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
         raise ValueError(f"logits has shape {logits.shape}: no classes on the last axis")
     label_smoothing, ignore_index, z_loss = loss_options(reduction, label_smoothing,
                                                          ignore_index, z_loss)
+    softcap = softcap_value(softcap)
     target, probabilities = target_array(target, logits)
     may_ignore = False
     if not probabilities:
@@ -181,7 +183,22 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
                                  f"ignore_index={ignore_index})")
         may_ignore = bool(outside.any()) or 0 <= ignore_index < n_classes
     return CrossEntropyArgs(logits, target, probabilities, class_weights(weight, logits),
-                            ignore_index, may_ignore, reduction, label_smoothing, z_loss)
+                            ignore_index, may_ignore, reduction, label_smoothing, z_loss, softcap)
+
+
+def softcap_value(softcap):
+    """softcap as a float, or None (no capping); anything but a finite number > 0 is an
+    error naming the value."""
+    if softcap is None:
+        return None
+    try:
+        softcap = float(softcap)
+    except (TypeError, ValueError):
+        raise TypeError(f"softcap must be a float or None, got {softcap!r}") from None
+    if not 0.0 < softcap < np.inf:
+        raise ValueError(f"softcap must be a finite number > 0 (Gemma 2 caps its final "
+                         f"logits at 30.0) or None for no capping, got {softcap}")
+    return softcap
 
 
 @dataclass(frozen=True)
@@ -338,6 +355,155 @@ def elementwise_inplace(args, out, original_input):
         if other is not None and np.shares_memory(args.input, other):
             raise ValueError(f"inplace=True but {name} shares memory with input; pass a copy "
                              f"of {name}")
+
+
+# ---- candidate sampling and sampled softmax (issue 17) ----
+
+def _count(value, name, minimum=1):
+    """``value`` as an int >= ``minimum`` (a bool is not a count)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def class_ids(ids, name, num_classes, shape=None, hint=""):
+    """Integer class ids as int64, checked to lie in ``0..num_classes-1`` (and to have
+    ``shape`` when given)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class ids, got dtype {ids.dtype}")
+    if shape is not None and ids.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {ids.shape} but must have shape {tuple(shape)}"
+                         f"{hint}")
+    ids = ids.astype(np.int64, copy=False)
+    outside = ids.view(np.uint64) >= num_classes  # one compare: negatives wrap around
+    if outside.any():
+        raise IndexError(f"{name} holds class id {ids[outside].flat[0]}, out of range for "
+                         f"{num_classes} classes (valid: 0..{num_classes - 1})")
+    return ids
+
+
+def _true_classes(labels, name, num_true, num_classes):
+    """Labels of shape (N, num_true), as int64 ids in range."""
+    labels_shape = np.shape(labels)
+    if len(labels_shape) != 2 or labels_shape[1] != num_true:
+        n = labels_shape[0] if labels_shape else "N"
+        raise ValueError(f"{name} has shape {labels_shape} but must have shape "
+                         f"({n}, {num_true}), (N, num_true) with num_true={num_true}; "
+                         f"reshape it with .reshape(-1, {num_true})")
+    return class_ids(labels, name, num_classes)
+
+
+@dataclass(frozen=True)
+class SamplerArgs:
+    """Normalised candidate sampler arguments."""
+    true_classes: np.ndarray  # int64 (N, num_true), in 0..range_max-1
+    num_true: int
+    num_sampled: int
+    unique: bool
+    range_max: int
+
+
+def sampler_args(true_classes, num_true, num_sampled, unique, range_max):
+    """Check a candidate sampler's arguments (TensorFlow's, plus the class range)."""
+    num_true = _count(num_true, "num_true")
+    num_sampled = _count(num_sampled, "num_sampled")
+    range_max = _count(range_max, "range_max")
+    if not isinstance(unique, (bool, np.bool_)):
+        raise TypeError(f"unique must be True or False, got {unique!r}")
+    if unique and num_sampled > range_max:
+        raise ValueError(f"unique=True cannot draw num_sampled={num_sampled} distinct classes "
+                         f"from range_max={range_max}; lower num_sampled or pass unique=False")
+    true_classes = _true_classes(true_classes, "true_classes", num_true, range_max)
+    return SamplerArgs(true_classes, num_true, num_sampled, bool(unique), range_max)
+
+
+@dataclass(frozen=True)
+class SampledSoftmaxArgs:
+    """Normalised sampled softmax arguments; weights, biases and inputs share one dtype."""
+    weights: np.ndarray       # (num_classes, D), any layout
+    biases: np.ndarray        # (num_classes,)
+    labels: np.ndarray        # int64 (N, num_true), in range
+    inputs: np.ndarray        # (N, D), C-contiguous
+    num_sampled: int
+    num_classes: int
+    num_true: int
+    sampled_values: object    # None, or (int64 (S,), float64 (N, num_true), float64 (S,))
+    remove_accidental_hits: bool
+
+
+def sampled_softmax_args(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                         sampled_values, remove_accidental_hits):
+    """Check tf.nn.sampled_softmax_loss's arguments; every shape mismatch names both shapes."""
+    num_classes = _count(num_classes, "num_classes")
+    num_true = _count(num_true, "num_true")
+    num_sampled = _count(num_sampled, "num_sampled")
+    if num_sampled > num_classes:
+        raise ValueError(f"num_sampled={num_sampled} is more than num_classes={num_classes}; "
+                         f"sample fewer classes")
+    if not isinstance(remove_accidental_hits, (bool, np.bool_)):
+        raise TypeError(f"remove_accidental_hits must be True or False, "
+                        f"got {remove_accidental_hits!r}")
+    inputs = float_array(inputs, "inputs")
+    weights = float_array(weights, "weights")
+    biases = float_array(biases, "biases")
+    if inputs.ndim != 2:
+        raise ValueError(f"inputs must have shape (N, D), got shape {inputs.shape}")
+    if weights.shape != (num_classes, inputs.shape[1]):
+        raise ValueError(f"weights has shape {weights.shape} and inputs has shape "
+                         f"{inputs.shape}; weights must have shape (num_classes, D) = "
+                         f"({num_classes}, {inputs.shape[1]})")
+    if biases.shape != (num_classes,):
+        raise ValueError(f"biases has shape {biases.shape} and weights has shape "
+                         f"{weights.shape}; biases must have shape ({num_classes},)")
+    for name, a in (("weights", weights), ("biases", biases)):
+        if a.dtype != inputs.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but inputs has dtype {inputs.dtype}; "
+                            f"convert it with .astype(np.{inputs.dtype})")
+    labels_shape = np.shape(labels)
+    if len(labels_shape) != 2 or labels_shape[0] != inputs.shape[0]:
+        raise ValueError(f"labels has shape {labels_shape} and inputs has shape "
+                         f"{inputs.shape}; labels must have shape (N, num_true) = "
+                         f"({inputs.shape[0]}, {num_true})")
+    labels = _true_classes(labels, "labels", num_true, num_classes)
+    if sampled_values is not None:
+        sampled_values = _sampled_values(sampled_values, labels.shape, num_sampled, num_classes)
+    # weights stay as they are (only rows are gathered): no copy of a V x D array
+    return SampledSoftmaxArgs(weights, biases, labels, np.ascontiguousarray(inputs), num_sampled,
+                              num_classes, num_true, sampled_values,
+                              bool(remove_accidental_hits))
+
+
+def _sampled_values(values, labels_shape, num_sampled, num_classes):
+    """A sampler's (sampled_candidates, true_expected_count, sampled_expected_count) as
+    (int64 ids in range, float64, float64). Counts are data: a count <= 0 makes the loss
+    NaN or inf, as in TensorFlow."""
+    try:
+        sampled, true_count, sampled_count = values
+    except (TypeError, ValueError):
+        raise TypeError("sampled_values must be a tuple (sampled_candidates, "
+                        "true_expected_count, sampled_expected_count), as a candidate "
+                        "sampler returns") from None
+    sampled = class_ids(sampled, "sampled_candidates", num_classes, (num_sampled,),
+                        f" (num_sampled,) with num_sampled={num_sampled}")
+    counts = []
+    for name, count, shape in (("true_expected_count", true_count, labels_shape),
+                               ("sampled_expected_count", sampled_count, (num_sampled,))):
+        count = np.asarray(count)
+        if count.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be real numbers, got dtype {count.dtype}")
+        if count.shape != tuple(shape):
+            other = "labels" if name == "true_expected_count" else "sampled_candidates"
+            raise ValueError(f"{name} has shape {count.shape} but {other} has shape "
+                             f"{tuple(shape)}; they must be equal")
+        counts.append(count.astype(np.float64))
+    return sampled, *counts
 
 
 # ---- vocab-parallel cross-entropy (fastsoftmax.vocab_parallel) ----

@@ -158,7 +158,12 @@ _CE_DOC = """logits : array_like
         "mean" divides by the number of non-ignored rows. Default 0 (none).
     return_z_loss : bool, optional
         Also return the z-loss term (reduced as the loss), which the returned loss
-        already includes: for logging."""
+        already includes: for logging.
+    softcap : float, optional
+        Logit soft-capping (Gemma 2 uses 30.0): every logit x is replaced by
+        ``softcap * tanh(x / softcap)`` before everything else (the z-loss included),
+        and the gradient is taken through it. An infinite logit is capped to
+        ``+-softcap``, so it gives a finite loss. Default None (no capping)."""
 
 
 def _reduction_scale(args):
@@ -239,13 +244,13 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
     row_z_loss = np.empty(n_rows if args.z_loss else 0, dtype=np.float64)
     if args.probabilities:
         kernels.cross_entropy_prob(rows, np.ascontiguousarray(args.target).reshape(rows.shape),
-                                   weight, args.label_smoothing, args.z_loss, scale, z_scale,
-                                   row_scale, row_loss, row_z_loss, grad)
+                                   weight, args.label_smoothing, args.z_loss, args.softcap,
+                                   scale, z_scale, row_scale, row_loss, row_z_loss, grad)
     else:
         kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1),
                                     weight, weight_sum, args.ignore_index,
-                                    args.label_smoothing, args.z_loss, scale, z_scale,
-                                    row_scale, row_loss, row_z_loss, grad)
+                                    args.label_smoothing, args.z_loss, args.softcap, scale,
+                                    z_scale, row_scale, row_loss, row_z_loss, grad)
     if not args.z_loss:
         loss = _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
         return loss, np.zeros(np.shape(loss), x.dtype)[()]
@@ -266,7 +271,7 @@ def _class_weight(weight, n_classes):
 
 
 def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index,
-                         label_smoothing, scale, row_scale, row_loss, inplace):
+                         label_smoothing, softcap, scale, row_scale, row_loss, inplace):
     """Cross-entropy of one chunk of a validated problem, without validating again.
 
     For callers that run many chunks of one problem (``fastsoftmax.linear_cross_entropy``):
@@ -278,11 +283,11 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     """
     if kernels is not None:
         kernels.cross_entropy_index(rows, target, weight, weight_sum, ignore_index,
-                                    label_smoothing, 0.0, scale, 0.0, row_scale,
+                                    label_smoothing, 0.0, softcap, scale, 0.0, row_scale,
                                     row_loss, np.empty(0), rows if inplace else None)
         return
     options = dict(weight=weight, ignore_index=ignore_index, reduction="none",
-                   label_smoothing=label_smoothing)
+                   label_smoothing=label_smoothing, softcap=softcap)
     if inplace:
         grad_output = scale * row_scale if row_scale.size else scale
         row_loss[:], _ = reference.cross_entropy_with_grad(rows, target, grad_output=grad_output,
@@ -320,9 +325,10 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     0.9609060278364028
     """)
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False, kernels):
+                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False, softcap=None,
+                  kernels):
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss)
+                                        label_smoothing, z_loss, softcap)
     loss, z_term = _run_cross_entropy(kernels, args, None, np.float64(1.0))
     return (loss, z_term) if return_z_loss else loss
 
@@ -366,9 +372,9 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     """)
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, z_loss=0.0, return_z_loss=False,
-                            grad_output=1.0, inplace=False, out=None, kernels):
+                            softcap=None, grad_output=1.0, inplace=False, out=None, kernels):
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss)
+                                        label_smoothing, z_loss, softcap)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
     result, grad = _gradient_buffer(args, logits, out, inplace,
                                     {"logits": args.logits, "target": args.target})

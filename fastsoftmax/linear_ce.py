@@ -166,7 +166,7 @@ def _blas_threads(n):
 # ------------------------------------------------------------------------- validation
 
 def _arguments(h, weight, target, bias, class_weight, ignore_index, reduction,
-               label_smoothing):
+               label_smoothing, softcap):
     """Check everything before any GEMM; return (h2, weight, bias, ce_args) with h2 the
     C-contiguous (N, D) rows and ce_args the cross-entropy arguments of the (N, V) logits."""
     h = _validate.float_array(h, "h")
@@ -201,7 +201,7 @@ def _arguments(h, weight, target, bias, class_weight, ignore_index, reduction,
     # given as a zero-stride view: no N x V memory.
     logits = np.broadcast_to(np.zeros(1, h.dtype), h.shape[:-1] + (n_classes,))
     ce = _validate.cross_entropy_args(logits, target, class_weight, ignore_index, reduction,
-                                      label_smoothing)
+                                      label_smoothing, softcap=softcap)
     rows = np.ascontiguousarray(h.reshape(-1, h.shape[-1]))
     return rows, np.ascontiguousarray(weight), bias, ce
 
@@ -279,8 +279,8 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
                 logits += bias
             chunk_scale = row_scale[rows] if row_scale.size else row_scale
             api._cross_entropy_chunk(kernels, logits, target[rows], class_weight, weight_sum,
-                                     ce.ignore_index, ce.label_smoothing, scale, chunk_scale,
-                                     row_loss[start:stop], inplace=grad_needed)
+                                     ce.ignore_index, ce.label_smoothing, ce.softcap, scale,
+                                     chunk_scale, row_loss[start:stop], inplace=grad_needed)
             # ``logits`` now holds the chunk's gradient G = d loss / d logits.
             if grad_weight is not None:
                 blas.grad_weight(logits, h_chunk, grad_weight, accumulate=start > 0)
@@ -306,11 +306,12 @@ def _loss(row_loss, valid, ce, denominator):
 
 
 def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing,
-             chunk_bytes, grad_output, need, backend, blas):
+             softcap, chunk_bytes, grad_output, need, backend, blas):
     """Validate, then run the chunk loop; shared by the NumPy and torch front ends.
     ``need`` None: the loss alone. Returns (loss, grad_h in h's shape, grad_weight, grad_bias)."""
     h_rows, weight_rows, bias, ce = _arguments(h, weight, target, bias, class_weight,
-                                               ignore_index, reduction, label_smoothing)
+                                               ignore_index, reduction, label_smoothing,
+                                               softcap)
     needs = set() if need is None else _needs(need, bias)
     g = _validate.grad_output_array(grad_output, reduction, ce.loss_shape)
     if chunk_bytes is not None:
@@ -346,6 +347,10 @@ _PARAMETERS_DOC = """h : array_like
         As :func:`fastsoftmax.cross_entropy`; a mean over no target is NaN.
     label_smoothing : float, optional
         In [0, 1]: the target is mixed with the uniform distribution.
+    softcap : float, optional
+        Logit soft-capping, ``softcap * tanh(logit / softcap)`` (Gemma 2 uses 30.0), in
+        the cross-entropy kernel's sweep over each chunk (:func:`fastsoftmax.cross_entropy`).
+        Default None (no capping).
     chunk_bytes : int, optional
         Budget in bytes of the per-chunk buffers (the chunk's logits, plus two chunks of
         h rows when targets are ignored); at least one row per chunk. Default: the
@@ -363,7 +368,8 @@ def _documented(func):
 
 @_documented
 def linear_cross_entropy(h, weight, target, *, bias=None, class_weight=None, ignore_index=-100,
-                         reduction="mean", label_smoothing=0.0, chunk_bytes=None, backend=None):
+                         reduction="mean", label_smoothing=0.0, softcap=None, chunk_bytes=None,
+                         backend=None):
     """Cross-entropy of the logits ``h @ weight.T + bias``, without making the logits.
 
     The rows run in chunks: one GEMM per chunk into a reused buffer, then the fused
@@ -395,13 +401,14 @@ def linear_cross_entropy(h, weight, target, *, bias=None, class_weight=None, ign
     1.3862943611198906
     """
     return _compute(h, weight, target, bias, class_weight, ignore_index, reduction,
-                    label_smoothing, chunk_bytes, 1.0, None, backend, numpy_blas())[0]
+                    label_smoothing, softcap, chunk_bytes, 1.0, None, backend, numpy_blas())[0]
 
 
 @_documented
 def linear_cross_entropy_with_grad(h, weight, target, *, bias=None, class_weight=None,
                                    ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                                   chunk_bytes=None, grad_output=1.0, need=NEEDS, backend=None):
+                                   softcap=None, chunk_bytes=None, grad_output=1.0, need=NEEDS,
+                                   backend=None):
     """Loss of :func:`linear_cross_entropy` and its gradients, without the N x V logits.
 
     Per chunk of rows, G = the chunk's logits (one GEMM into a reused buffer) turned
@@ -447,4 +454,5 @@ def linear_cross_entropy_with_grad(h, weight, target, *, bias=None, class_weight
     array([ 0.25, -0.75,  0.25,  0.25])
     """
     return _compute(h, weight, target, bias, class_weight, ignore_index, reduction,
-                    label_smoothing, chunk_bytes, grad_output, need, backend, numpy_blas())
+                    label_smoothing, softcap, chunk_bytes, grad_output, need, backend,
+                    numpy_blas())

@@ -118,8 +118,13 @@ def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, in
 def _cross_entropy64(args, grad_output):
     """(loss, gradient, z-loss term) in float64, from torch's definitions; the loss
     includes the z-loss, z_loss * lse**2 per row (PaLM), whose "mean" divides by the
-    number of non-ignored rows whatever the class weights (Liger's semantics)."""
+    number of non-ignored rows whatever the class weights (Liger's semantics). With a
+    softcap c, every logit x is replaced by c tanh(x / c) first (Gemma 2)."""
     x = args.logits
+    slope = 1.0
+    if args.softcap is not None:  # z = c tanh(x / c), dz/dx = 1 - tanh(x / c)**2
+        tanh = np.tanh(x.astype(np.float64) / args.softcap)
+        x, slope = args.softcap * tanh, 1.0 - tanh ** 2
     n_classes = x.shape[-1]
     eps = args.label_smoothing
     logp = _log_softmax64(x, -1)
@@ -154,6 +159,7 @@ def _cross_entropy64(args, grad_output):
         grad = unscaled_grad * np.asarray(scale)[..., None]
         if args.z_loss:  # d(lse**2)/dx = 2 lse p
             grad = grad + 2.0 * args.z_loss * lse[..., None] * p * np.asarray(z_scale)[..., None]
+        grad = grad * slope
     if not args.probabilities:  # ignored rows get exactly 0, even when the scale is inf
         grad = np.where((args.target != args.ignore_index)[..., None], grad, 0.0)
     return loss + z_term, grad, z_term
@@ -174,10 +180,10 @@ def _loss_in_dtype(loss, dtype):
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False):
+                  label_smoothing=0.0, z_loss=0.0, return_z_loss=False, softcap=None):
     """Reference :func:`fastsoftmax.cross_entropy`: torch's definitions, float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss)
+                                        label_smoothing, z_loss, softcap)
     loss, _, z_term = _cross_entropy64(args, np.float64(1.0))
     dtype = args.logits.dtype
     if return_z_loss:
@@ -187,11 +193,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, z_loss=0.0, return_z_loss=False,
-                            grad_output=1.0, inplace=False, out=None):
+                            softcap=None, grad_output=1.0, inplace=False, out=None):
     """Reference :func:`fastsoftmax.cross_entropy_with_grad`: the analytic gradient of
     torch's loss (checked against torch autograd and finite differences), float64 math."""
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
-                                        label_smoothing, z_loss)
+                                        label_smoothing, z_loss, softcap)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
     if inplace:
         _validate.inplace_buffer(args, out, logits)
@@ -294,3 +300,70 @@ def log_sigmoid(x, *, out=None):
     """Reference :func:`fastsoftmax.log_sigmoid`: ``-log(1 + exp(-x))``, float64 math."""
     x = _validate.float_array(x, "x")
     return _finish(-np.logaddexp(0.0, -x.astype(np.float64)), x, out, {"x": x})
+
+
+# ---- sampled softmax (issue 17) ----
+
+def _sampled_softmax64(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                       sampled_values, remove_accidental_hits, seed, grad_output):
+    """TensorFlow's _compute_sampled_logits + softmax cross-entropy, on the dense (N, C)
+    logits in float64: (args, loss, grad_inputs, (ids, grad_weight_rows), (ids, grad_bias))."""
+    from . import candidate_sampling  # (it imports nothing of the API)
+
+    args = _validate.sampled_softmax_args(weights, biases, labels, inputs, num_sampled,
+                                          num_classes, num_true, sampled_values,
+                                          remove_accidental_hits)
+    if args.sampled_values is None:
+        sampled_values = candidate_sampling.log_uniform_candidate_sampler(
+            args.labels, args.num_true, args.num_sampled, True, args.num_classes, seed=seed)
+    else:
+        sampled_values = args.sampled_values
+    sampled, true_count, sampled_count = sampled_values
+    x, w, b = (a.astype(np.float64) for a in (args.inputs, args.weights, args.biases))
+    labels = args.labels
+    n = labels.shape[0]
+    all_logits = x @ w.T + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        true_logits = np.take_along_axis(all_logits, labels, axis=1) - np.log(true_count)
+        sampled_logits = all_logits[:, sampled] - np.log(sampled_count)
+        if args.remove_accidental_hits:  # TensorFlow adds -FLT_MAX to every hit
+            hit = (labels[:, :, None] == sampled[None, None, :]).any(axis=1)
+            sampled_logits = sampled_logits + np.where(hit, -np.finfo(np.float32).max, 0.0)
+        logits = np.concatenate([true_logits, sampled_logits], axis=1)
+        target = np.concatenate([np.full(labels.shape, 1.0 / args.num_true),
+                                 np.zeros(sampled_logits.shape)], axis=1)
+        logp = _log_softmax64(logits, -1)
+        loss = -np.sum(target * logp, axis=1)
+        g = np.ones(n) if grad_output is None else \
+            np.broadcast_to(_validate.grad_output_array(grad_output, "none", (n,)), (n,))
+        grad_logits = (np.exp(logp) - target) * g[:, None]
+    # back through the gathers onto the dense (N, C) logits
+    grad_all = np.zeros_like(all_logits)
+    np.add.at(grad_all, (np.arange(n)[:, None], labels), grad_logits[:, :args.num_true])
+    np.add.at(grad_all.T, sampled, grad_logits[:, args.num_true:].T)
+    ids = np.unique(np.concatenate([labels.reshape(-1), sampled]))
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs are data
+        grad_weight = grad_all.T @ x
+    dtype = args.inputs.dtype
+    return (args, loss.astype(dtype), (grad_all @ w).astype(dtype),
+            (ids, grad_weight[ids].astype(dtype)),
+            (ids.copy(), grad_all.sum(axis=0)[ids].astype(dtype)))
+
+
+def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, *,
+                         num_true=1, sampled_values=None, remove_accidental_hits=True,
+                         seed=None):
+    """Reference :func:`fastsoftmax.sampled_softmax_loss`: TensorFlow's graph on the dense
+    logits, float64 math (accidental hits get TensorFlow's -FLT_MAX added)."""
+    return _sampled_softmax64(weights, biases, labels, inputs, num_sampled, num_classes,
+                              num_true, sampled_values, remove_accidental_hits, seed, None)[1]
+
+
+def sampled_softmax_loss_with_grad(weights, biases, labels, inputs, num_sampled, num_classes, *,
+                                   num_true=1, sampled_values=None, remove_accidental_hits=True,
+                                   seed=None, grad_output=None):
+    """Reference :func:`fastsoftmax.sampled_softmax_loss_with_grad`: the gradients of the
+    dense (N, C) logits gathered back, float64 math."""
+    return _sampled_softmax64(weights, biases, labels, inputs, num_sampled, num_classes,
+                              num_true, sampled_values, remove_accidental_hits, seed,
+                              grad_output)[1:]

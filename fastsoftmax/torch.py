@@ -265,39 +265,43 @@ def _loss_shape(input, reduction):
 
 
 def _cross_entropy_arrays(input, target, weight, ignore_index, reduction, label_smoothing,
-                          z_loss):
+                          z_loss, softcap):
     """(classes-last logits view, keyword arguments of api.cross_entropy*)."""
     if target.is_floating_point():
         target = _classes_last(target)
     options = dict(target=_numpy(target), weight=None if weight is None else _numpy(weight),
                    ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, z_loss=z_loss)
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     return _classes_last(input), options
 
 
 @torch.library.custom_op("fastsoftmax::cross_entropy", mutates_args=(), device_types="cpu")
 def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                       ignore_index: int, reduction: str, label_smoothing: float,
-                      z_loss: float, compute_grad: bool,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, d loss / d input); the gradient is an empty (0,) tensor unless compute_grad."""
+                      z_loss: float, softcap: Optional[float], compute_grad: bool,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d input, the z-loss term of the loss); the gradient is an empty
+    (0,) tensor unless compute_grad."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
-                                            label_smoothing, z_loss)
+                                            label_smoothing, z_loss, softcap)
     backend = _kernel_backend(backend)
     if not compute_grad:
-        return _loss_tensor(api.cross_entropy(_numpy(logits), **options, backend=backend)), \
-            input.new_empty(0)
-    loss, grad = api.cross_entropy_with_grad(_numpy(logits), **options, backend=backend)
-    return _loss_tensor(loss), _classes_back(torch.from_numpy(grad), input)
+        loss, z_term = api.cross_entropy(_numpy(logits), **options, return_z_loss=True,
+                                         backend=backend)
+        return _loss_tensor(loss), input.new_empty(0), _loss_tensor(z_term)
+    loss, grad, z_term = api.cross_entropy_with_grad(_numpy(logits), **options,
+                                                     return_z_loss=True, backend=backend)
+    return (_loss_tensor(loss), _classes_back(torch.from_numpy(grad), input),
+            _loss_tensor(z_term))
 
 
 @_cross_entropy_op.register_fake
 def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_smoothing,
-                        z_loss, compute_grad, backend):
+                        z_loss, softcap, compute_grad, backend):
     loss = input.new_empty(_loss_shape(input, reduction))
     # the kernel's layout: C-contiguous with classes last
     grad = _classes_back(_classes_last(input).new_empty(_classes_last(input).shape), input)
-    return loss, grad if compute_grad else input.new_empty(0)
+    return loss, grad if compute_grad else input.new_empty(0), torch.empty_like(loss)
 
 
 @torch.library.custom_op("fastsoftmax::cross_entropy_", mutates_args={"input"},
@@ -305,26 +309,37 @@ def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_sm
 def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
                               weight: Optional[torch.Tensor], ignore_index: int, reduction: str,
                               label_smoothing: float, z_loss: float,
-                              backend: str) -> torch.Tensor:
-    """The loss; ``input`` is overwritten with d loss / d input."""
+                              softcap: Optional[float],
+                              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss, its z-loss term); ``input`` is overwritten with d loss / d input."""
     logits, options = _cross_entropy_arrays(input, target, weight, ignore_index, reduction,
-                                            label_smoothing, z_loss)
+                                            label_smoothing, z_loss, softcap)
     # out= the logits themselves: the kernel writes the gradient over the row it has read
     # (a copy and a copy back when the class dim is not contiguous)
-    loss, _ = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
-                                          backend=_kernel_backend(backend))
-    return _loss_tensor(loss)
+    loss, _, z_term = api.cross_entropy_with_grad(_numpy(logits), **options, out=_numpy(logits),
+                                                  return_z_loss=True,
+                                                  backend=_kernel_backend(backend))
+    return _loss_tensor(loss), _loss_tensor(z_term)
 
 
 @_cross_entropy_inplace_op.register_fake
 def _cross_entropy_inplace_fake(input, target, weight, ignore_index, reduction, label_smoothing,
-                                z_loss, backend):
-    return input.new_empty(_loss_shape(input, reduction))
+                                z_loss, softcap, backend):
+    loss = input.new_empty(_loss_shape(input, reduction))
+    return loss, torch.empty_like(loss)
 
 
 def _grad_output_scale(grad_loss, reduction, class_dim):
     """grad_output shaped to broadcast over the (input-shaped) gradient."""
     return grad_loss.unsqueeze(class_dim) if reduction == "none" else grad_loss
+
+
+def _target_log_probs(input, class_dim, softcap, backend):
+    """log_softmax of the logits as the loss sees them (capped by softcap, if not None):
+    a learnt probability target's gradient is made of it."""
+    if softcap is not None:
+        input = softcap * torch.tanh(input / softcap)
+    return torch.ops.fastsoftmax.log_softmax(input, class_dim, backend)
 
 
 def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scale):
@@ -341,7 +356,8 @@ def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scal
 
 
 def _cross_entropy_setup(ctx, inputs, output):
-    input, target, weight, _, reduction, label_smoothing, _, compute_grad, backend = inputs
+    input, target, weight, _, reduction, label_smoothing, _, softcap, compute_grad, backend = \
+        inputs
     if ctx.needs_input_grad[0] and not compute_grad:
         raise RuntimeError("fastsoftmax::cross_entropy was called with compute_grad=False on an "
                            "input that requires grad; pass compute_grad=True")
@@ -350,6 +366,7 @@ def _cross_entropy_setup(ctx, inputs, output):
                                   "(neither has torch's); pass weight.detach()")
     ctx.set_materialize_grads(False)
     ctx.reduction, ctx.label_smoothing, ctx.backend = reduction, label_smoothing, backend
+    ctx.softcap = softcap
     ctx.class_dim = _class_dim(input)
     ctx.input_is_leaf = input.is_leaf
     # the target's gradient needs the input (a learnt probability target)
@@ -358,17 +375,17 @@ def _cross_entropy_setup(ctx, inputs, output):
                           weight if learnt_target else None)
 
 
-def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad):
+def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad, _grad_of_z_term):
     _first_order_only("cross_entropy", grad_loss)
     grad, input, weight = ctx.saved_tensors
-    grads = [None] * 9
+    grads = [None] * 10
     if grad_loss is None:
         return tuple(grads)
     scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
     if ctx.needs_input_grad[0]:
         grads[0] = _scaled(grad, scale, may_return_grad=not ctx.input_is_leaf)
     if ctx.needs_input_grad[1]:
-        log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, ctx.backend)
+        log_probs = _target_log_probs(input, ctx.class_dim, ctx.softcap, ctx.backend)
         grads[1] = _probability_target_grad(log_probs, weight, ctx.label_smoothing,
                                             ctx.reduction, scale)
     return tuple(grads)
@@ -384,20 +401,22 @@ class _CrossEntropyInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                backend):
+                softcap, backend):
         ctx.class_dim = _class_dim(input)
         ctx.reduction, ctx.label_smoothing, ctx.weight = reduction, label_smoothing, weight
         ctx.log_probs = None
         if ctx.needs_input_grad[1]:  # read the logits before they are overwritten
-            ctx.log_probs = torch.ops.fastsoftmax.log_softmax(input, ctx.class_dim, backend)
-        loss = torch.ops.fastsoftmax.cross_entropy_.default(
-            input, target, weight, ignore_index, reduction, label_smoothing, z_loss, backend)
+            ctx.log_probs = _target_log_probs(input, ctx.class_dim, softcap, backend)
+        loss, z_term = torch.ops.fastsoftmax.cross_entropy_.default(
+            input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+            backend)
         ctx.grad = input.detach()  # shares the logits' version counter
         ctx.grad_version = ctx.grad._version
-        return loss
+        ctx.mark_non_differentiable(z_term)
+        return loss, z_term
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, _grad_of_z_term):
         _first_order_only("cross_entropy", grad_loss)
         if ctx.grad is None:
             raise RuntimeError(
@@ -417,11 +436,12 @@ class _CrossEntropyInPlace(torch.autograd.Function):
                                                    ctx.label_smoothing, ctx.reduction, scale)
         if not (scale.dim() == 0 and scale.item() == 1.0):
             grad.mul_(scale)
-        return grad, target_grad, None, None, None, None, None, None
+        return grad, target_grad, None, None, None, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, backend=None):
+                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, return_z_loss=False,
+                  softcap=None, backend=None):
     """Cross-entropy with ``torch.nn.functional.cross_entropy``'s signature and semantics.
 
     Backed by ``torch.ops.fastsoftmax.cross_entropy``, which returns the loss and the
@@ -445,6 +465,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     z_loss : float, optional
         Weight of the z-loss added to the loss, ``z_loss * logsumexp(row)**2`` per row
         (see :func:`fastsoftmax.cross_entropy`); keyword only. Default 0.
+    return_z_loss : bool, optional
+        Also return the z-loss term of the loss (reduced as the loss, already included
+        in it), detached, for logging: Liger's ``return_z_loss``. Keyword only.
+    softcap : float, optional
+        Logit soft-capping: every logit x is replaced by ``softcap * tanh(x / softcap)``
+        first (Gemma 2 uses 30.0; see :func:`fastsoftmax.cross_entropy`), in the same
+        sweep; keyword only. Default None (no capping).
     inplace : bool, optional
         Store the gradient in ``input``'s buffer instead of a new tensor (no extra
         N x C memory; ``torch.ops.fastsoftmax.cross_entropy_``). ``input`` then holds the
@@ -464,6 +491,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     -------
     torch.Tensor
         The loss: 0-d for "mean"/"sum", the target's index shape for "none".
+    torch.Tensor
+        Only with ``return_z_loss=True``: the z-loss term, shaped as the loss, detached.
     """
     _check_tensor(input, "input")
     if not isinstance(target, torch.Tensor):
@@ -481,14 +510,17 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     _loss_shape(input, reduction)
     backend = _backend_argument(backend)
     label_smoothing, z_loss = float(label_smoothing), float(z_loss)
+    softcap = _validate.softcap_value(softcap)
     compute_grad = torch.is_grad_enabled() and input.requires_grad
     if (inplace and compute_grad and not torch.compiler.is_compiling()
             and _classes_last(input).is_contiguous()):
-        return _CrossEntropyInPlace.apply(input, target, weight, ignore_index, reduction,
-                                          label_smoothing, z_loss, backend)
-    loss, _ = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                             z_loss, compute_grad, backend)
-    return loss
+        loss, z_term = _CrossEntropyInPlace.apply(input, target, weight, ignore_index,
+                                                  reduction, label_smoothing, z_loss, softcap,
+                                                  backend)
+    else:
+        loss, _, z_term = _cross_entropy(input, target, weight, ignore_index, reduction,
+                                         label_smoothing, z_loss, softcap, compute_grad, backend)
+    return (loss, z_term.detach()) if return_z_loss else loss
 
 
 class CrossEntropyLoss(torch.nn.Module):
@@ -503,10 +535,14 @@ class CrossEntropyLoss(torch.nn.Module):
     inplace : bool, optional
     z_loss : float, optional
         See :func:`cross_entropy`.
+    return_z_loss : bool, optional
+        ``forward`` returns (loss, z-loss term); see :func:`cross_entropy`.
+    softcap : float, optional
+        See :func:`cross_entropy`.
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 inplace=False, *, z_loss=0.0):
+                 inplace=False, *, z_loss=0.0, return_z_loss=False, softcap=None):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
@@ -514,10 +550,13 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.inplace = inplace
         self.z_loss = z_loss
+        self.return_z_loss = return_z_loss
+        self.softcap = softcap
 
     def forward(self, input, target):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
-                             self.label_smoothing, self.inplace, z_loss=self.z_loss)
+                             self.label_smoothing, self.inplace, z_loss=self.z_loss,
+                             return_z_loss=self.return_z_loss, softcap=self.softcap)
 
 
 # --------------------------------------------------------------------------- entropy
@@ -815,6 +854,114 @@ class BCEWithLogitsLoss(torch.nn.Module):
 
 __all__ += ["kl_div", "KLDivLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]
 
+
+# ------------------------------------------------------------- sigmoid, log-sigmoid
+
+def _elementwise_kernel(function, x, backend):
+    """``function`` (api.sigmoid, api.log_sigmoid) of ``x`` into a new contiguous tensor."""
+    out = torch.empty(x.shape, dtype=x.dtype)
+    if out.numel():
+        function(_numpy(x), out=_numpy(out), backend=_kernel_backend(backend))
+    return out
+
+
+def _contiguous_fake(x, backend):
+    return torch.empty(x.shape, dtype=x.dtype)
+
+
+@torch.library.custom_op("fastsoftmax::sigmoid", mutates_args=(), device_types="cpu")
+def _sigmoid_op(x: torch.Tensor, backend: str) -> torch.Tensor:
+    return _elementwise_kernel(api.sigmoid, x, backend)
+
+
+@torch.library.custom_op("fastsoftmax::log_sigmoid", mutates_args=(), device_types="cpu")
+def _log_sigmoid_op(x: torch.Tensor, backend: str) -> torch.Tensor:
+    return _elementwise_kernel(api.log_sigmoid, x, backend)
+
+
+for _op in (_sigmoid_op, _log_sigmoid_op):
+    _op.register_fake(_contiguous_fake)
+
+
+def _save_elementwise_output(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _sigmoid_vjp(ctx, dy):
+    (s,) = ctx.saved_tensors
+    return dy * s * (1 - s), None
+
+
+def _log_sigmoid_vjp(ctx, dy):
+    # d log(sigmoid(x)) / dx = sigmoid(-x) = 1 - exp(log_sigmoid(x)), as -expm1: exact
+    # where sigmoid(-x) is tiny (large x), where 1 - sigmoid(x) would cancel
+    (log_s,) = ctx.saved_tensors
+    return -dy * torch.expm1(log_s), None
+
+
+_sigmoid = _register_autograd("sigmoid", _sigmoid_op, _sigmoid_vjp, _save_elementwise_output)
+_log_sigmoid = _register_autograd("log_sigmoid", _log_sigmoid_op, _log_sigmoid_vjp,
+                                  _save_elementwise_output)
+
+
+def _sigmoid_doc(name, formula, torch_name):
+    return f"""{name}, ``{formula}`` elementwise, autograd-aware: ``{torch_name}``.
+
+    Backed by ``torch.ops.fastsoftmax.{name.lower().replace("-", "_")}`` (see
+    :func:`fastsoftmax.{name.lower().replace("-", "_")}` for the kernel's accuracy).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU float32/float64 tensor of any shape.
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype as ``x``, contiguous.
+    """
+
+
+def sigmoid(x, *, backend=None):
+    _check_tensor(x, "x")
+    return _sigmoid(x, _backend_argument(backend))
+
+
+def log_sigmoid(x, *, backend=None):
+    _check_tensor(x, "x")
+    return _log_sigmoid(x, _backend_argument(backend))
+
+
+sigmoid.__doc__ = _sigmoid_doc("Sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid")
+log_sigmoid.__doc__ = _sigmoid_doc("Log-sigmoid", "log(1 / (1 + exp(-x)))",
+                                   "torch.nn.functional.logsigmoid")
+
+
+class Sigmoid(torch.nn.Module):
+    """``torch.nn.Sigmoid`` backed by :func:`sigmoid`."""
+
+    def forward(self, x):
+        return sigmoid(x)
+
+
+class LogSigmoid(torch.nn.Module):
+    """``torch.nn.LogSigmoid`` backed by :func:`log_sigmoid`."""
+
+    def forward(self, x):
+        return log_sigmoid(x)
+
+
+__all__ += ["sigmoid", "log_sigmoid", "Sigmoid", "LogSigmoid"]
+
+
+# sampled softmax (issue 17)
+from .torch_sampled import SampledSoftmaxLoss, sampled_softmax_loss  # noqa: E402
+
+__all__ += ["sampled_softmax_loss", "SampledSoftmaxLoss"]
+
+# vocab-parallel cross-entropy (issue 21)
 from .torch_vocab_parallel import vocab_parallel_cross_entropy  # noqa: E402
 
 __all__ += ["vocab_parallel_cross_entropy"]

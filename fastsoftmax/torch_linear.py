@@ -103,7 +103,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction="mean", ignore_index=-100, label_smoothing=0.0, options=None,
-                         chunk_bytes=None):
+                         chunk_bytes=None, softcap=None):
     """``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` without the
     logits: a drop-in for ``torch.nn.functional.linear_cross_entropy`` (torch 2.13) on CPU.
 
@@ -132,6 +132,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         honoured, the other fields do not apply (the chunked path always runs).
     chunk_bytes : int, optional
         Chunk budget in bytes (default :func:`fastsoftmax.get_linear_cross_entropy_chunk_bytes`).
+    softcap : float, optional
+        Logit soft-capping, ``softcap * tanh(logit / softcap)`` (Gemma 2: 30.0); not in
+        torch's signature. Default None.
 
     Returns
     -------
@@ -157,7 +160,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         chunk_bytes = options.batch_chunk_size * linear_weight.shape[0] * input.element_size()
     loss_options = dict(ignore_index=-100 if ignore_index is None else ignore_index,
                         reduction=reduction, label_smoothing=label_smoothing,
-                        chunk_bytes=chunk_bytes)
+                        softcap=softcap, chunk_bytes=chunk_bytes)
     tensors = (input, linear_weight, linear_bias)
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
                                               for t in tensors):
@@ -177,7 +180,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         Whether the layer has a bias. Default False (as torch's).
     device, dtype : optional
         Of the layer's parameters.
-    reduction, weight, ignore_index, label_smoothing, options, chunk_bytes
+    reduction, weight, ignore_index, label_smoothing, options, chunk_bytes, softcap
         As :func:`linear_cross_entropy`.
 
     Examples
@@ -192,17 +195,18 @@ class LinearCrossEntropyLoss(torch.nn.Module):
 
     def __init__(self, in_features, num_classes, *, bias=False, device=None, dtype=None,
                  reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0,
-                 options=None, chunk_bytes=None):
+                 options=None, chunk_bytes=None, softcap=None):
         super().__init__()
         self.linear = torch.nn.Linear(in_features, num_classes, bias=bias, device=device,
                                       dtype=dtype)
         self.register_buffer("weight", weight)
         self.reduction, self.ignore_index = reduction, ignore_index
         self.label_smoothing, self.options, self.chunk_bytes = label_smoothing, options, chunk_bytes
+        self.softcap = softcap
 
     def forward(self, input, target):
         return linear_cross_entropy(input, self.linear.weight, target,
                                     linear_bias=self.linear.bias, weight=self.weight,
                                     reduction=self.reduction, ignore_index=self.ignore_index,
                                     label_smoothing=self.label_smoothing, options=self.options,
-                                    chunk_bytes=self.chunk_bytes)
+                                    chunk_bytes=self.chunk_bytes, softcap=self.softcap)

@@ -234,3 +234,36 @@ def test_torch_wrapper_and_module():
     torch.testing.assert_close(compiled(xt, torch.from_numpy(y)),
                                torch.nn.functional.binary_cross_entropy_with_logits(
                                    xt, torch.from_numpy(y)))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "log_sigmoid"])
+@pytest.mark.parametrize("shape", [(4, 6), (7,), (), (0, 3)])
+def test_torch_sigmoid_family_matches_torch_with_autograd(backend, name, shape):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import fastsoftmax.torch as fst
+    x = torch.linspace(-40, 40, max(1, int(np.prod(shape))), dtype=torch.float64)
+    x = x[:int(np.prod(shape))].reshape(shape)
+    torch_op = torch.sigmoid if name == "sigmoid" else torch.nn.functional.logsigmoid
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = getattr(fst, name)(ours, backend=backend), torch_op(theirs)
+    torch.testing.assert_close(got, want)
+    dy = torch.linspace(0.5, 1.5, got.numel(), dtype=torch.float64).reshape(shape)
+    got.backward(dy)
+    want.backward(dy)
+    torch.testing.assert_close(ours.grad, theirs.grad)
+    module = fst.Sigmoid() if name == "sigmoid" else fst.LogSigmoid()
+    torch.testing.assert_close(module(x), want.detach())
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "log_sigmoid"])
+def test_torch_sigmoid_family_gradcheck_and_layouts(backend, name):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import fastsoftmax.torch as fst
+    x = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    function = getattr(fst, name)
+    assert torch.autograd.gradcheck(lambda t: function(t, backend=backend),
+                                    (x.clone().requires_grad_(),))
+    torch_op = torch.sigmoid if name == "sigmoid" else torch.nn.functional.logsigmoid
+    strided = x.t()  # not contiguous
+    torch.testing.assert_close(function(strided, backend=backend), torch_op(strided))
+    torch.testing.assert_close(function(x.float(), backend=backend), torch_op(x.float()))

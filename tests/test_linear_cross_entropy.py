@@ -27,13 +27,17 @@ def make_problem(n=29, d=6, v=13, dtype=np.float64, ignored=0.0, seed=0, bias=Tr
 
 
 def torch_reference(h, weight, target, bias=None, class_weight=None, ignore_index=-100,
-                    reduction="mean", label_smoothing=0.0, grad_output=1.0):
-    """Autograd of F.cross_entropy(F.linear(h, weight, bias)) in float64: (loss, grads)."""
+                    reduction="mean", label_smoothing=0.0, grad_output=1.0, softcap=None):
+    """Autograd of F.cross_entropy(F.linear(h, weight, bias)) in float64, the logits capped
+    by softcap * tanh(logits / softcap) when softcap is given: (loss, grads)."""
     th = torch.tensor(h, dtype=torch.float64, requires_grad=True)
     tw = torch.tensor(weight, dtype=torch.float64, requires_grad=True)
     tb = None if bias is None else torch.tensor(bias, dtype=torch.float64, requires_grad=True)
     cw = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float64)
-    loss = F.cross_entropy(F.linear(th, tw, tb).reshape(-1, weight.shape[0]),
+    logits = F.linear(th, tw, tb)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    loss = F.cross_entropy(logits.reshape(-1, weight.shape[0]),
                            torch.tensor(target).reshape(-1), weight=cw,
                            ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing)
@@ -72,6 +76,8 @@ OPTIONS = [
     dict(class_weight=True, label_smoothing=0.3, reduction="sum"),
     dict(class_weight=True, label_smoothing=0.1, reduction="none"),
     dict(ignore_index=3),
+    dict(softcap=1.5),
+    dict(softcap=2.0, class_weight=True, label_smoothing=0.1, reduction="none"),
 ]
 
 

@@ -47,7 +47,7 @@ def _prob_target(shape, dtype=F64, seed=2, requires_grad=False):
 
 def _ce_sample(shape, prob=False, weight=False, ignore_index=-100, reduction="mean",
                smoothing=0.0, dtype=F64, layout="contiguous", x_grad=True, t_grad=False,
-               z_loss=0.0):
+               z_loss=0.0, softcap=None):
     x = _logits(shape, dtype, layout=layout, requires_grad=x_grad)
     if prob:
         t = _prob_target(shape, dtype, requires_grad=t_grad)
@@ -55,7 +55,7 @@ def _ce_sample(shape, prob=False, weight=False, ignore_index=-100, reduction="me
         t = _index_target(shape, ignore_index)
     class_dim = 1 if len(shape) > 1 else 0
     w = torch.linspace(0.5, 2.0, shape[class_dim], dtype=dtype) if weight else None
-    return (x, t, w, ignore_index, reduction, smoothing, z_loss, x_grad)
+    return (x, t, w, ignore_index, reduction, smoothing, z_loss, softcap, x_grad)
 
 
 CE_SAMPLES = {
@@ -78,6 +78,9 @@ CE_SAMPLES = {
     "no-grad": _ce_sample((6, 5), x_grad=False),
     "z-loss-weight-ignore": _ce_sample((6, 5), weight=True, ignore_index=2, z_loss=0.1),
     "z-loss-prob-none": _ce_sample((4, 5, 3), prob=True, reduction="none", z_loss=0.1),
+    "softcap-weight-ignore": _ce_sample((6, 5), weight=True, ignore_index=2, softcap=1.5),
+    "softcap-prob-target-grad": _ce_sample((4, 5, 3), prob=True, smoothing=0.1, softcap=2.0,
+                                           t_grad=True),
 }
 
 ROWS_SAMPLES = {
@@ -119,9 +122,9 @@ def test_opcheck_cross_entropy(name):
 
 @pytest.mark.parametrize("name", [n for n in CE_SAMPLES if not n.startswith("prob-target-grad")])
 def test_opcheck_cross_entropy_inplace(name):
-    x, t, w, ignore_index, reduction, smoothing, z_loss, _ = CE_SAMPLES[name]
-    _opcheck(OPS.cross_entropy_.default,
-             (x.detach().clone(), t.detach(), w, ignore_index, reduction, smoothing, z_loss, ""))
+    x, t, w, ignore_index, reduction, smoothing, z_loss, softcap, _ = CE_SAMPLES[name]
+    _opcheck(OPS.cross_entropy_.default, (x.detach().clone(), t.detach(), w, ignore_index,
+                                          reduction, smoothing, z_loss, softcap, ""))
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
@@ -148,7 +151,8 @@ def test_opcheck_entropy(name):
 def test_every_op_has_opcheck_samples():
     """A registered op without an opcheck test above fails here."""
     tested = {"cross_entropy", "cross_entropy_", "softmax", "log_softmax", "softmax_backward",
-              "log_softmax_backward", "entropy", "kl_div", "binary_cross_entropy_with_logits"}
+              "log_softmax_backward", "entropy", "kl_div", "binary_cross_entropy_with_logits",
+              "sigmoid", "log_sigmoid"}
     registered = {name for name in dir(OPS) if not name.startswith("_")
                   and isinstance(getattr(OPS, name), torch._ops.OpOverloadPacket)}
     assert registered == tested
@@ -160,12 +164,12 @@ def test_every_op_has_opcheck_samples():
 @pytest.mark.parametrize("name", [n for n in CE_SAMPLES
                                   if CE_SAMPLES[n][0].dtype == F64 and CE_SAMPLES[n][-1]])
 def test_gradcheck_cross_entropy(backend, name):
-    x, t, w, ignore_index, reduction, smoothing, z_loss, _ = CE_SAMPLES[name]
+    x, t, w, ignore_index, reduction, smoothing, z_loss, softcap, _ = CE_SAMPLES[name]
     inputs = (x, t) if t.requires_grad else (x,)
 
     def loss(x, t=t):
         return fst.cross_entropy(x, t, w, ignore_index, reduction, smoothing, z_loss=z_loss,
-                                 backend=backend)
+                                 softcap=softcap, backend=backend)
     assert torch.autograd.gradcheck(loss, inputs)
 
 
@@ -448,3 +452,19 @@ def test_opcheck_kl_div(name):
 @pytest.mark.parametrize("name", BCE_SAMPLES)
 def test_opcheck_binary_cross_entropy_with_logits(name):
     _opcheck(OPS.binary_cross_entropy_with_logits.default, (*BCE_SAMPLES[name], ""))
+
+
+SIGMOID_SAMPLES = {
+    "2d": _logits((4, 6), requires_grad=True),
+    "1d": _logits((7,), requires_grad=True),
+    "0d": _logits((), requires_grad=True),
+    "empty": _logits((0, 3), requires_grad=True),
+    "non-contiguous": _logits((4, 6), layout="strided", requires_grad=True),
+    "float32": _logits((4, 6), dtype=torch.float32, requires_grad=True),
+}
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "log_sigmoid"])
+@pytest.mark.parametrize("name", SIGMOID_SAMPLES)
+def test_opcheck_sigmoid_family(op, name):
+    _opcheck(getattr(OPS, op).default, (SIGMOID_SAMPLES[name], ""))

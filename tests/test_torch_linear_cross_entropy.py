@@ -19,6 +19,7 @@ OPTIONS = [
     dict(label_smoothing=0.2),
     dict(weight=True, label_smoothing=0.3, reduction="none"),
     dict(ignore_index=2, reduction="sum"),
+    dict(softcap=1.5, weight=True, reduction="none"),
 ]
 
 
@@ -39,8 +40,11 @@ def resolved(options, v, dtype):
     return options
 
 
-def unfused_grads(h, w, b, target, grad_output, **options):
-    loss = F.cross_entropy(F.linear(h, w, b), target, **options)
+def unfused_grads(h, w, b, target, grad_output, softcap=None, **options):
+    logits = F.linear(h, w, b)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    loss = F.cross_entropy(logits, target, **options)
     return (loss, *torch.autograd.grad((loss * grad_output).sum(),
                                        [t for t in (h, w, b) if t is not None and t.requires_grad]))
 

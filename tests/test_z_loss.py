@@ -147,3 +147,26 @@ def test_torch_wrapper_matches_the_composed_loss(backend):
     torch.testing.assert_close(ours.grad, logits.grad)
     module = fst.CrossEntropyLoss(torch.tensor(weight), z_loss=1e-2)
     torch.testing.assert_close(module(torch.tensor(x), torch.tensor(target)), want.detach())
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_torch_wrapper_returns_the_z_loss_term(backend, inplace):
+    import fastsoftmax.torch as fst
+    x, target, weight = _problem((6, 20), False, np.float64)
+    logits, want, want_z = _torch_loss(x, target, weight, "mean", 0.0, 1e-2)
+    want.backward()
+    leaf = torch.tensor(x, requires_grad=True)
+    hidden = leaf * 1.0  # not a leaf: inplace=True may overwrite it
+    loss, z_term = fst.cross_entropy(hidden, torch.tensor(target), torch.tensor(weight),
+                                     inplace=inplace, z_loss=1e-2, return_z_loss=True,
+                                     backend=backend)
+    assert not z_term.requires_grad  # for logging: the loss already includes it
+    torch.testing.assert_close(z_term, want_z.detach())
+    loss.backward()
+    torch.testing.assert_close(loss, want.detach())
+    torch.testing.assert_close(leaf.grad, logits.grad)
+    module = fst.CrossEntropyLoss(torch.tensor(weight), reduction="none", z_loss=1e-2,
+                                  return_z_loss=True)
+    _, want_rows = _torch_loss(x, target, weight, "none", 0.0, 1e-2)[1:]
+    torch.testing.assert_close(module(torch.tensor(x), torch.tensor(target))[1],
+                               want_rows.detach())

@@ -34,12 +34,12 @@ cdef extern from "rows.h" nogil:
                                        Py_ssize_t n, int threads)
     double fs_cross_entropy_row_f(const float *x, const int64_t *y, const float *t,
                                   const float *w, double weight_sum, double smoothing,
-                                  double z_loss, double s, double s_z, Py_ssize_t n,
-                                  float *grad, double *z_term, int threads)
+                                  double z_loss, double softcap, double s, double s_z,
+                                  Py_ssize_t n, float *grad, double *z_term, int threads)
     double fs_cross_entropy_row_d(const double *x, const int64_t *y, const double *t,
                                   const double *w, double weight_sum, double smoothing,
-                                  double z_loss, double s, double s_z, Py_ssize_t n,
-                                  double *grad, double *z_term, int threads)
+                                  double z_loss, double softcap, double s, double s_z,
+                                  Py_ssize_t n, double *grad, double *z_term, int threads)
     double fs_entropy_row_f(const float *x, double s, Py_ssize_t n, float *grad, int threads)
     double fs_entropy_row_d(const double *x, double s, Py_ssize_t n, double *grad,
                             int threads)
@@ -203,14 +203,15 @@ cdef inline void _log_softmax_backward_row(const real *logp, const real *dy, rea
 
 cdef inline double _cross_entropy_row(const real *x, const int64_t *y, const real *t,
                                       const real *w, double weight_sum, double smoothing,
-                                      double z_loss, double s, double s_z, Py_ssize_t n,
-                                      real *grad, double *z_term, int threads) noexcept nogil:
+                                      double z_loss, double softcap, double s, double s_z,
+                                      Py_ssize_t n, real *grad, double *z_term,
+                                      int threads) noexcept nogil:
     if real is float:
-        return fs_cross_entropy_row_f(x, y, t, w, weight_sum, smoothing, z_loss, s, s_z, n,
-                                      grad, z_term, threads)
+        return fs_cross_entropy_row_f(x, y, t, w, weight_sum, smoothing, z_loss, softcap, s,
+                                      s_z, n, grad, z_term, threads)
     else:
-        return fs_cross_entropy_row_d(x, y, t, w, weight_sum, smoothing, z_loss, s, s_z, n,
-                                      grad, z_term, threads)
+        return fs_cross_entropy_row_d(x, y, t, w, weight_sum, smoothing, z_loss, softcap, s,
+                                      s_z, n, grad, z_term, threads)
 
 
 cdef inline double _entropy_row(const real *x, double s, Py_ssize_t n, real *grad,
@@ -545,18 +546,21 @@ def log_softmax_backward(const real[:, ::1] logp, const real[:, ::1] dy, real[:,
 
 def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                         const real[::1] weight, double weight_sum, int64_t ignore_index,
-                        double smoothing, double z_loss, double scale, double z_scale,
-                        const double[::1] row_scale, double[::1] row_loss,
+                        double smoothing, double z_loss, softcap, double scale,
+                        double z_scale, const double[::1] row_scale, double[::1] row_loss,
                         double[::1] row_z_loss, real[:, ::1] grad):
     """Per-row loss, z-loss (when row_z_loss is not empty) and, when grad is not None, the
-    gradient; formulas in _numba. weight=None: every class weighs 1."""
+    gradient; formulas in _numba. weight=None: every class weighs 1; softcap=None: no
+    capping."""
     cdef const real *w = &weight[0] if weight is not None else NULL
+    cdef double cap = 0 if softcap is None else softcap
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
     cdef bint want_z = row_z_loss.shape[0] > 0
     cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
-    if n < SMALL_C:
+    # The block functions have no soft-capping: capped short rows run the row functions.
+    if n < SMALL_C and cap == 0:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
             _cross_entropy_block(&x[lo, 0], &target[lo], NULL, w, weight_sum, ignore_index,
@@ -576,7 +580,7 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                 memset(&grad[i, 0], 0, n * sizeof(real))
         else:
             row_loss[i] = _cross_entropy_row(&x[i, 0], &target[i], NULL, w, weight_sum,
-                                             smoothing, z_loss,
+                                             smoothing, z_loss, cap,
                                              scale * row_scale[i] if per_row else scale,
                                              z_scale * row_scale[i] if per_row else z_scale, n,
                                              &grad[i, 0] if want_grad else NULL,
@@ -584,17 +588,18 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
 
 
 def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const real[::1] weight,
-                       double smoothing, double z_loss, double scale, double z_scale,
+                       double smoothing, double z_loss, softcap, double scale, double z_scale,
                        const double[::1] row_scale, double[::1] row_loss,
                        double[::1] row_z_loss, real[:, ::1] grad):
     """cross_entropy_index for probability targets."""
     cdef const real *w = &weight[0] if weight is not None else NULL
+    cdef double cap = 0 if softcap is None else softcap
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
     cdef bint want_z = row_z_loss.shape[0] > 0
     cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
-    if n < SMALL_C:
+    if n < SMALL_C and cap == 0:
         for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
             _cross_entropy_block(&x[lo, 0], NULL, &target[lo, 0], w, 0, 0, smoothing, z_loss,
@@ -606,6 +611,7 @@ def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const re
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _cross_entropy_row(&x[i, 0], NULL, &target[i, 0], w, 0, smoothing, z_loss,
+                                         cap,
                                          scale * row_scale[i] if per_row else scale,
                                          z_scale * row_scale[i] if per_row else z_scale, n,
                                          &grad[i, 0] if want_grad else NULL,

@@ -24,6 +24,7 @@ typedef struct {
     const FS_T *w;    /* class weights (NULL: all ones) */
     FS_T *out;        /* the output row, or NULL */
     FS_T m, k, f, keep, eps;
+    FS_T cap;         /* logit soft-capping (cross-entropy; fs_softcap): 0 for none */
 } FS_ARGS;
 
 typedef void (*FS_FN(fs_chunk_fn))(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
@@ -75,7 +76,7 @@ static inline void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize
 /* sum(exp(x - m)); exp(x - m) into out, if given */
 static inline void FS_FN(fs_sumexp_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                    double *r) {
-    r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, FS_FN(fs_out_from)(a->out, lo));
+    r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, a->cap, FS_FN(fs_out_from)(a->out, lo));
 }
 
 /* sum(t) */
@@ -88,32 +89,34 @@ static inline void FS_FN(fs_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize
     r[0] = FS_FN(fs_row_dot)(a->x + lo, a->t + lo, n);
 }
 
-/* sum(w * (x - m)) */
+/* sum(w * (z - m)), z the capped x */
 static inline void FS_FN(fs_shifted_dot_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                         double *r) {
-    r[0] = FS_FN(fs_row_shifted_dot)(FS_FN(fs_from)(a->w, lo), a->x + lo, n, a->m);
+    r[0] = FS_FN(fs_row_shifted_dot)(FS_FN(fs_from)(a->w, lo), a->x + lo, n, a->m, a->cap);
 }
 
-/* sum(exp(x - m)), T and sum(w t' (x - m)) for t' = keep * t + eps; exp into out */
+/* sum(exp(z - m)), T and sum(w t' (z - m)) for t' = keep * t + eps, z the capped x;
+ * exp (capped: z) into out */
 static inline void FS_FN(fs_prob_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                       double *r) {
     r[0] = FS_FN(fs_prob_sums)(a->x + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), n, a->m,
-                               a->keep, a->eps, FS_FN(fs_out_from)(a->out, lo), &r[1], &r[2]);
+                               a->keep, a->eps, a->cap, FS_FN(fs_out_from)(a->out, lo), &r[1],
+                               &r[2]);
 }
 
-/* out = out * k - f * w */
+/* out = e * k - f * w, e = out (capped: exp(out - m), and times the slope) */
 static inline void FS_FN(fs_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                     double *r) {
     (void)r;
-    FS_FN(fs_rescale)(a->out + lo, a->k, a->f, FS_FN(fs_from)(a->w, lo), n);
+    FS_FN(fs_rescale)(a->out + lo, a->k, a->f, FS_FN(fs_from)(a->w, lo), n, a->m, a->cap);
 }
 
-/* out = out * k - f * w * (keep * t + eps) */
+/* out = e * k - f * w * (keep * t + eps), e as for fs_rescale_chunk */
 static inline void FS_FN(fs_prob_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
     (void)r;
     FS_FN(fs_prob_rescale)(a->out + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), a->k, a->f,
-                           a->keep, a->eps, n);
+                           a->keep, a->eps, n, a->m, a->cap);
 }
 
 /* out = (x - m) - k, k the log of the exp sum */
@@ -192,20 +195,27 @@ static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_backward_
 
 /* Cross-entropy of one row (formulas in fastsoftmax/_numba/_cross_entropy.py) against
  * the index target *y, or, with y NULL, the probability row t; w the class weights
- * (NULL: ones), W their sum. With z_term (not NULL), the row's z-loss z_loss * lse**2
- * into *z_term. With grad (not NULL), also d(s * loss + s_z * z_loss * lse**2)/dx into
- * grad, which may be x. An index target is the probability row onehot(*y): its target terms T and
- * sum(w t' (x - m)) are lookups, where a probability row is summed in the exp pass. */
+ * (NULL: ones), W their sum; every logit capped first by softcap (0: none; fs_softcap).
+ * With z_term (not NULL), the row's z-loss z_loss * lse**2 into *z_term. With grad (not
+ * NULL), also d(s * loss + s_z * z_loss * lse**2)/dx into grad, which may be x. An index
+ * target is the probability row onehot(*y): its target terms T and sum(w t' (z - m)) are
+ * lookups, where a probability row is summed in the exp pass. The max of the capped row
+ * is the cap of the max (tanh is increasing). */
 static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const FS_T *t,
                                           const FS_T *w, double weight_sum, double smoothing,
-                                          double z_loss, double s, double s_z, Py_ssize_t n,
-                                          FS_T *grad, double *z_term, int threads) {
+                                          double z_loss, double softcap, double s, double s_z,
+                                          Py_ssize_t n, FS_T *grad, double *z_term, int threads) {
     double keep = 1.0 - smoothing, eps_c = smoothing / n, sum_exp, total_wt, shifted_wt;
-    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .keep = (FS_T)keep, .eps = (FS_T)eps_c};
-    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .keep = (FS_T)keep, .eps = (FS_T)eps_c,
+                 .cap = (FS_T)softcap};
+    a.m = FS_FN(fs_softcap)((FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL), a.cap);
+    FS_T slope_y = 1;
     if (y) {
         double w_y = FS_FN(fs_weight)(w, *y);
-        double shifted_y = x[*y] - a.m;  /* both read x before the exp pass writes grad */
+        /* read x before the exp pass writes grad */
+        FS_T z_y = FS_FN(fs_softcap)(x[*y], a.cap);
+        double shifted_y = z_y - a.m;
+        slope_y = FS_FN(fs_softcap_slope)(z_y, a.cap);
         double shifted_w = smoothing != 0 ? FS_OVER(fs_shifted_dot_chunk, 1, NULL) : 0;
         sum_exp = FS_OVER(fs_sumexp_chunk, 1, NULL);
         total_wt = keep * w_y + eps_c * weight_sum;
@@ -226,7 +236,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
             a.f = (FS_T)(s * eps_c);
             a.w = smoothing != 0 ? w : NULL;  /* f = 0: the weights need not be read */
             FS_OVER(fs_rescale_chunk, 0, NULL);
-            grad[*y] -= (FS_T)(s * keep * FS_FN(fs_weight)(w, *y));
+            grad[*y] -= (FS_T)(s * keep * FS_FN(fs_weight)(w, *y)) * slope_y;
         } else {
             a.f = (FS_T)s;
             FS_OVER(fs_prob_rescale_chunk, 0, NULL);

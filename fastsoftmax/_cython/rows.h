@@ -90,6 +90,30 @@ static inline double fs_exp_core_d(double x) {
     return x < lo ? 0.0 : p * scale;
 }
 
+/* tanh(u) / u for |u| < 1/4 (fs_tanh_*): its Taylor series in u^2, with the
+ * coefficients 2^2n (2^2n - 1) B_2n / (2n)! (B the Bernoulli numbers), as many as the
+ * type needs there (float 5, double 10; as fastsoftmax/_numba/_math.py). */
+static inline float fs_tanh_series_f(float u2) {
+    float p = 62.0f / 2835;
+    p = p * u2 + -17.0f / 315;
+    p = p * u2 + 2.0f / 15;
+    p = p * u2 + -1.0f / 3;
+    return p * u2 + 1.0f;
+}
+
+static inline double fs_tanh_series_d(double u2) {
+    double p = -443861162.0 / 1856156927625;
+    p = p * u2 + 6404582.0 / 10854718875;
+    p = p * u2 + -929569.0 / 638512875;
+    p = p * u2 + 21844.0 / 6081075;
+    p = p * u2 + -1382.0 / 155925;
+    p = p * u2 + 62.0 / 2835;
+    p = p * u2 + -17.0 / 315;
+    p = p * u2 + 2.0 / 15;
+    p = p * u2 + -1.0 / 3;
+    return p * u2 + 1.0;
+}
+
 /* log(x) for the exp sums of the block kernels, where libm's scalar log was 17% of the
  * C = 10 cross-entropy time; this one vectorises over a block's rows. x = 2^k f with
  * f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) = 2 (t + t^3/3 + ... + t^23/23) with

@@ -12,6 +12,11 @@ shifted sum by lookup (z_y, w_y) where a probability row is summed in the exp pa
 The exp pass stores exp(z - m) in grad and the write pass rescales it in place (one
 exp per element); ``grad=None`` compiles the loss-only kernel, the same body without
 the stores and the write pass, and ``weight=None`` the one where every class weighs 1.
+With ``softcap`` (a float; None: no cap) every logit x is first replaced by
+z = softcap * tanh(x / softcap) (Gemma 2): the passes read x and cap it on the way, the
+row max is the cap of the max (tanh is increasing), the exp pass keeps z, and the write
+pass computes exp(z - m) again and multiplies the gradient by dz/dx = 1 - (z/softcap)^2
+(``_math.softcap_restore``): the same three passes over the row, two exps per element.
 """
 import math
 
@@ -19,15 +24,17 @@ import numpy as np
 from numba import njit, prange
 
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
-                    class_weight, row_scale_at, same_buffer, scalar_like, vexp_core,
-                    weight_block, weighted)
+                    class_weight, row_scale_at, same_buffer, scalar_like, softcap,
+                    softcap_restore, softcap_slope, softcap_stored, vexp_core, weight_block,
+                    weighted)
 from ._split import over_chunks, row_chunks, splittable
 
 
 @njit(**JIT_ROW_WRITER)
-def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place):
-    """sum(exp(row - m)), T = sum(w t'), sum(w t' (row - m)) as float64; with ``out``
-    (not None), also out = exp(row - m). ``in_place``: as in _math._sumexp_blocks."""
+def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place, cap):
+    """sum(exp(z - m)), T = sum(w t'), sum(w t' (z - m)) as float64, z = softcap(row, cap);
+    with ``out`` (not None), also out = softcap_stored(z, exp(z - m)). ``in_place``: as in
+    _math._sumexp_blocks."""
     sum_exp = 0.0
     total_wt = 0.0
     shifted_wt = 0.0
@@ -44,11 +51,12 @@ def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place):
             if in_place:
                 block = dest
         for j in range(block.size):
-            z = block[j] - m
+            capped = softcap(block[j], cap)
+            z = capped - m
             wt = weighted(block_t[j] * k + e, block_w, j)
             exp_z = vexp_core(z)
             if out is not None:
-                dest[j] = exp_z
+                dest[j] = softcap_stored(capped, exp_z, cap)
             acc_exp += exp_z
             acc_wt += wt
             acc_shifted += wt * z
@@ -60,7 +68,7 @@ def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place):
 
 @splittable(3)
 @njit(**JIT_REDUCTION)
-def _prob_row_sums(row, t, weight, m, keep, eps_c, out):
+def _prob_row_sums(row, t, weight, m, keep, eps_c, out, cap):
     """One pass over a row (see _prob_sums_blocks); all NaN when m is not finite."""
     if not math.isfinite(m):
         if out is not None:
@@ -68,54 +76,57 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c, out):
         return np.nan, np.nan, np.nan
     if out is not None:
         if same_buffer(row, out):
-            return _prob_sums_blocks(out, t, weight, m, keep, eps_c, out, True)
-    return _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, False)
+            return _prob_sums_blocks(out, t, weight, m, keep, eps_c, out, True, cap)
+    return _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, False, cap)
 
 
 @splittable(0)
 @njit(**JIT)
-def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c):
-    """out = out * exp_scale - target_scale * w * t' (weight None: ones)."""
+def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c, m, cap):
+    """out = e * exp_scale - target_scale * w * t' (weight None: ones), times dz/dx with
+    a cap (e and the slope from out: _math.row_rescale)."""
     k = scalar_like(out, exp_scale)
     f = scalar_like(out, target_scale)
     kt = scalar_like(out, keep)
     e = scalar_like(out, eps_c)
     for j in range(out.size):
-        out[j] = out[j] * k - f * weighted(t[j] * kt + e, weight, j)
+        exp_z, slope = softcap_restore(out[j], m, cap)
+        out[j] = (exp_z * k - f * weighted(t[j] * kt + e, weight, j)) * slope
 
 
 @njit(**JIT_ROW)
-def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, grad, chunks):
-    """What _prob_row_sums returns, for t = onehot(y): sum(exp(row - m)) (kept in grad),
-    T = keep w_y + eps_c W and sum(w t' (row - m)), the target terms by lookup."""
+def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, cap, grad, chunks):
+    """What _prob_row_sums returns, for t = onehot(y): sum(exp(z - m)) (kept in grad),
+    T = keep w_y + eps_c W and sum(w t' (z - m)), the target terms by lookup."""
     # Both read the row before the exp pass overwrites it (inplace=True).
-    shifted_y = float(row[y] - m)
+    shifted_y = float(softcap(row[y], cap) - m)
     shifted_w = 0.0
     if eps_c != 0.0:
-        shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m)
-    sum_exp = over_chunks("row_sumexp", chunks, row, m, grad)
+        shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m, cap)
+    sum_exp = over_chunks("row_sumexp", chunks, row, m, grad, cap)
     w_y = class_weight(weight, y)
     return sum_exp, keep * w_y + eps_c * weight_sum, keep * w_y * shifted_y + eps_c * shifted_w
 
 
 @njit(**JIT_ROW)
-def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, s, s_z, grad, chunks):
+def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad, chunks):
     """(loss, lse) of one row against the index target y (t None) or the probability row
-    t (y None); with grad (not None), also d(s * loss + s_z * z_loss * lse**2)/drow into
-    grad (may be row)."""
+    t (y None), its logits capped by ``cap`` (None: not); with grad (not None), also
+    d(s * loss + s_z * z_loss * lse**2)/drow into grad (may be row)."""
     keep = 1.0 - smoothing
     eps_c = smoothing / row.size
-    m = over_chunks("row_max", chunks, row)
+    m = softcap(over_chunks("row_max", chunks, row), cap)
     # The target kind is chosen at compile time. Numba prunes a branch on ``arg is None``
     # only where arg is typed None: ``t is None`` is decided for index targets and the
     # inner ``y is not None`` for probability targets, so each kernel compiles one kind.
     if t is None:
         if y is not None:
+            slope_y = softcap_slope(softcap(row[y], cap), cap)  # read before grad is written
             sum_exp, total_wt, shifted_wt = _index_sums(row, y, weight, weight_sum, m, keep,
-                                                        eps_c, grad, chunks)
+                                                        eps_c, cap, grad, chunks)
     else:
         sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
-                                                    m, keep, eps_c, grad)
+                                                    m, keep, eps_c, grad, cap)
     log_sum = math.log(sum_exp)
     lse = m + log_sum
     if grad is not None:
@@ -124,11 +135,11 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, s, s_z, grad, chun
             exp_scale += 2.0 * z_loss * s_z * lse / sum_exp
         if t is None:
             if y is not None:
-                over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight)
-                grad[y] -= scalar_like(row, s * keep * class_weight(weight, y))
+                over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m, cap)
+                grad[y] -= scalar_like(row, s * keep * class_weight(weight, y)) * slope_y
         else:
             over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
-                        eps_c)
+                        eps_c, m, cap)
     return total_wt * log_sum - shifted_wt, lse
 
 
@@ -137,16 +148,16 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, s, s_z, grad, chun
 # Numba 0.62-0.68 dropped the row function's element writes such as grad[y] -= c as dead
 # code inside the prange (reproduced on a 3-line kernel).
 @njit(**JIT_ROW)
-def _ce_row_at(x, i, y, t, weight, weight_sum, smoothing, z_loss, scale, z_scale, row_scale,
-               row_z_loss, grad, chunks):
+def _ce_row_at(x, i, y, t, weight, weight_sum, smoothing, z_loss, cap, scale, z_scale,
+               row_scale, row_z_loss, grad, chunks):
     """The loss of row i; its z-loss into row_z_loss[i] (when given, not empty)."""
     s = row_scale_at(scale, row_scale, i)
     s_z = row_scale_at(z_scale, row_scale, i)
     if grad is None:
-        loss, lse = _ce_row(x[i], y, t, weight, weight_sum, smoothing, z_loss, s, s_z, None,
-                            chunks)
+        loss, lse = _ce_row(x[i], y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z,
+                            None, chunks)
     else:
-        loss, lse = _ce_row(x[i], y, t, weight, weight_sum, smoothing, z_loss, s, s_z,
+        loss, lse = _ce_row(x[i], y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z,
                             grad[i], chunks)
     if row_z_loss.size:
         row_z_loss[i] = z_loss * lse * lse
@@ -154,43 +165,44 @@ def _ce_row_at(x, i, y, t, weight, weight_sum, smoothing, z_loss, scale, z_scale
 
 
 @njit(**JIT_ROW)
-def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, z_loss, scale,
-                  z_scale, row_scale, row_z_loss, grad, chunks):
+def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
+                  scale, z_scale, row_scale, row_z_loss, grad, chunks):
     if target[i] == ignore_index:
         if grad is not None:
             grad[i, :] = 0
         if row_z_loss.size:
             row_z_loss[i] = 0.0
         return 0.0
-    return _ce_row_at(x, i, target[i], None, weight, weight_sum, smoothing, z_loss, scale,
-                      z_scale, row_scale, row_z_loss, grad, chunks)
+    return _ce_row_at(x, i, target[i], None, weight, weight_sum, smoothing, z_loss, cap,
+                      scale, z_scale, row_scale, row_z_loss, grad, chunks)
 
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing, z_loss,
-                        scale, z_scale, row_scale, row_loss, row_z_loss, grad):
+                        softcap, scale, z_scale, row_scale, row_loss, row_z_loss, grad):
     chunks = row_chunks(x.shape[0], x.shape[1])
     if chunks == 1:
         for i in prange(x.shape[0]):
             row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
-                                        smoothing, z_loss, scale, z_scale, row_scale,
-                                        row_z_loss, grad, 1)
+                                        smoothing, z_loss, softcap, scale, z_scale,
+                                        row_scale, row_z_loss, grad, 1)
     else:
         for i in range(x.shape[0]):
             row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
-                                        smoothing, z_loss, scale, z_scale, row_scale,
-                                        row_z_loss, grad, chunks)
+                                        smoothing, z_loss, softcap, scale, z_scale,
+                                        row_scale, row_z_loss, grad, chunks)
 
 
 @njit(**JIT_PARALLEL)
-def cross_entropy_prob(x, target, weight, smoothing, z_loss, scale, z_scale, row_scale,
-                       row_loss, row_z_loss, grad):
+def cross_entropy_prob(x, target, weight, smoothing, z_loss, softcap, scale, z_scale,
+                       row_scale, row_loss, row_z_loss, grad):
     chunks = row_chunks(x.shape[0], x.shape[1])
     if chunks == 1:
         for i in prange(x.shape[0]):
             row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, z_loss,
-                                     scale, z_scale, row_scale, row_z_loss, grad, 1)
+                                     softcap, scale, z_scale, row_scale, row_z_loss, grad, 1)
     else:
         for i in range(x.shape[0]):
             row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, z_loss,
-                                     scale, z_scale, row_scale, row_z_loss, grad, chunks)
+                                     softcap, scale, z_scale, row_scale, row_z_loss, grad,
+                                     chunks)

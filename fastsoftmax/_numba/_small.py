@@ -16,8 +16,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._math import (JIT, JIT_PARALLEL, class_weight, maximum, row_scale_at, scalar_like, vexp,
-                    weighted)
+from ._math import (JIT, JIT_PARALLEL, class_weight, maximum, row_scale_at, scalar_like, softcap,
+                    softcap_slope, vexp, weighted)
 
 SMALL_C = 64           # below this many classes the block kernels are used
 BLOCK_ELEMENTS = 4096  # elements per task: the block and its scratch stay in L1
@@ -31,13 +31,14 @@ def _blocks(n_rows, n_classes):
 
 
 @njit(**JIT)
-def _columns(x):
-    """(e, m): e[j, r] = x[r, j] - m[r], with m[r] the max of row r."""
+def _columns(x, cap=None):
+    """(e, m): e[j, r] = z[r, j] - m[r], with z = softcap(x, cap) (x when cap is None) and
+    m[r] the max of row r of z."""
     n_rows, n_classes = x.shape
     e = np.empty((n_classes, n_rows), x.dtype)
     for r in range(n_rows):
         for j in range(n_classes):
-            e[j, r] = x[r, j]
+            e[j, r] = softcap(x[r, j], cap)
     m = e[0].copy()
     for j in range(1, n_classes):
         column = e[j]
@@ -155,16 +156,19 @@ def _prob_block_sums(e, t, weight, keep, eps_c):
 
 
 @njit(**JIT)
-def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, scale, z_scale,
-              row_scale, row_loss, row_z_loss, grad, lo, hi):
+def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap, scale,
+              z_scale, row_scale, row_loss, row_z_loss, grad, lo, hi):
     """Rows lo:hi of cross_entropy_index (index targets y, t None) or cross_entropy_prob
     (probability rows t, y None); x is read into the scratch before grad is written, so
-    grad may be x itself. The z-loss of each row goes to row_z_loss (when not empty)."""
+    grad may be x itself. The z-loss of each row goes to row_z_loss (when not empty).
+    With ``cap``, the scratch holds the capped logits, and the gradient of row r is
+    multiplied by dz/dx, from x[r] as it is written (in place: each element read before
+    it is overwritten; the target's slope before the row is written)."""
     x = x[lo:hi]
     n_rows, n_classes = x.shape
     keep = 1.0 - smoothing
     eps_c = smoothing / n_classes
-    e, m = _columns(x)
+    e, m = _columns(x, cap)
     # The target kind is chosen at compile time, as in _cross_entropy._ce_row.
     if t is None:
         if y is not None:
@@ -199,32 +203,36 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, scal
         if t is None:
             if y is not None:
                 f = scalar_like(x, s * eps_c)
+                target_term = scalar_like(x, s * keep * class_weight(weight, y[r])) \
+                    * softcap_slope(softcap(x[r, y[r]], cap), cap)
                 for j in range(n_classes):
-                    out[j] = e[j, r] * k - weighted(f, weight, j)
-                out[y[r]] -= scalar_like(x, s * keep * class_weight(weight, y[r]))
+                    out[j] = (e[j, r] * k - weighted(f, weight, j)) \
+                        * softcap_slope(softcap(x[r, j], cap), cap)
+                out[y[r]] -= target_term
         else:
             kt = scalar_like(x, keep)
             c = scalar_like(x, eps_c)
             f = scalar_like(x, s)
             for j in range(n_classes):
-                out[j] = e[j, r] * k - f * weighted(t[r, j] * kt + c, weight, j)
+                out[j] = (e[j, r] * k - f * weighted(t[r, j] * kt + c, weight, j)) \
+                    * softcap_slope(softcap(x[r, j], cap), cap)
 
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_index_blocks(x, target, weight, weight_sum, ignore_index, smoothing, z_loss,
-                               scale, z_scale, row_scale, row_loss, row_z_loss, grad):
+                               softcap, scale, z_scale, row_scale, row_loss, row_z_loss, grad):
     rows, n_blocks = _blocks(x.shape[0], x.shape[1])
     for b in prange(n_blocks):
         lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
         _ce_block(x, target[lo:hi], None, weight, weight_sum, ignore_index, smoothing, z_loss,
-                  scale, z_scale, row_scale, row_loss, row_z_loss, grad, lo, hi)
+                  softcap, scale, z_scale, row_scale, row_loss, row_z_loss, grad, lo, hi)
 
 
 @njit(**JIT_PARALLEL)
-def cross_entropy_prob_blocks(x, target, weight, smoothing, z_loss, scale, z_scale, row_scale,
-                              row_loss, row_z_loss, grad):
+def cross_entropy_prob_blocks(x, target, weight, smoothing, z_loss, softcap, scale, z_scale,
+                              row_scale, row_loss, row_z_loss, grad):
     rows, n_blocks = _blocks(x.shape[0], x.shape[1])
     for b in prange(n_blocks):
         lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
-        _ce_block(x, None, target[lo:hi], weight, 0.0, None, smoothing, z_loss, scale, z_scale,
-                  row_scale, row_loss, row_z_loss, grad, lo, hi)
+        _ce_block(x, None, target[lo:hi], weight, 0.0, None, smoothing, z_loss, softcap, scale,
+                  z_scale, row_scale, row_loss, row_z_loss, grad, lo, hi)

@@ -86,10 +86,11 @@ def sum_in_order(parts):
 
 # Arguments of a split helper: at most this many. Fixed names, not *args: Numba cannot
 # lower an inlined overload that takes *args.
-_ARG_NAMES = tuple(f"a{k}" for k in range(7))
+_ARG_NAMES = tuple(f"a{k}" for k in range(9))
 
 
-def over_chunks(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None, a6=None):
+def over_chunks(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None, a6=None,
+                a7=None, a8=None):
     """``SPLITTABLE[name](a0, a1, ...)``, run over ``chunks`` chunks of the row on all threads
     when chunks > 1, with the partial results merged in chunk order."""
     raise NotImplementedError("over_chunks is only callable from Numba-compiled code")
@@ -97,11 +98,11 @@ def over_chunks(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None, a
 
 @overload(over_chunks, inline="always", prefer_literal=True)
 def _over_chunks_overload(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None,
-                          a6=None):
+                          a6=None, a7=None, a8=None):
     if not isinstance(name, types.StringLiteral):
         return None
     helper, merge = SPLITTABLE[name.literal_value]
-    given = [t for t in (a0, a1, a2, a3, a4, a5, a6)
+    given = [t for t in (a0, a1, a2, a3, a4, a5, a6, a7, a8)
              if t is not None and not isinstance(t, types.Omitted)]
     return _split_implementation(helper, merge, given)
 

@@ -80,7 +80,7 @@ def _prob_stats_row(row, t, weight, smoothing, stats, i, grad, chunks):
     if smoothing:  # before the exp pass overwrites the row
         stats[4, i] = over_chunks("row_shifted_dot", chunks, weight, row, shift)
     sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
-                                                shift, 1.0, 0.0, grad)
+                                                shift, 1.0, 0.0, grad, None)
     stats[0, i] = m
     stats[1, i] = sum_exp
     stats[2, i] = shifted_wt
@@ -130,8 +130,8 @@ def vocab_parallel_finish_prob(grad, target, weight, exp_scale, scale, keep, eps
     if chunks == 1:
         for i in prange(grad.shape[0]):
             over_chunks("_prob_rescale_row", 1, grad[i], target[i], weight, exp_scale[i],
-                        scale[i], keep, eps_c)
+                        scale[i], keep, eps_c, 0.0, None)
     else:
         for i in range(grad.shape[0]):
             over_chunks("_prob_rescale_row", chunks, grad[i], target[i], weight,
-                        exp_scale[i], scale[i], keep, eps_c)
+                        exp_scale[i], scale[i], keep, eps_c, 0.0, None)
