@@ -98,16 +98,9 @@ class CrossEntropyArgs:
         return self.logits.shape[:-1]
 
 
-def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing,
-                       z_loss=0.0, softcap=None):
-    """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
-    (and z_loss: a finite number >= 0; softcap: None or a finite number > 0)."""
-    logits = float_array(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
-    n_classes = logits.shape[-1]
-    if n_classes == 0:
-        raise ValueError(f"logits has shape {logits.shape}: no classes on the last axis")
+def loss_options(reduction, label_smoothing, ignore_index, z_loss=0.0):
+    """Check the scalar options of a cross-entropy; return (label_smoothing, ignore_index,
+    z_loss) as float, int, float."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     try:
@@ -122,26 +115,61 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
         raise TypeError(f"z_loss must be a float, got {z_loss!r}") from None
     if not 0.0 <= z_loss < np.inf:
         raise ValueError(f"z_loss must be a finite number >= 0 (PaLM uses 1e-4), got {z_loss}")
-    softcap = softcap_value(softcap)
     try:
         ignore_index = operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+    return label_smoothing, ignore_index, z_loss
 
+
+def target_array(target, logits):
+    """(target, probabilities): class indices as int64 of shape ``logits.shape[:-1]``, or
+    probabilities of ``logits``' shape cast to its dtype (values not checked here)."""
     target = np.asarray(target)
-    may_ignore = False
     if target.dtype.kind == "f":
-        probabilities = True
         if target.shape != logits.shape:
             raise ValueError(f"probability target has shape {target.shape} but logits have shape "
                              f"{logits.shape}; they must be equal")
-        target = target.astype(logits.dtype, copy=False)
-    elif target.dtype.kind in "iu":
-        probabilities = False
+        return target.astype(logits.dtype, copy=False), True
+    if target.dtype.kind in "iu":
         if target.shape != logits.shape[:-1]:
             raise ValueError(f"class-index target has shape {target.shape} but logits have shape "
                              f"{logits.shape}; the target must have shape {logits.shape[:-1]}")
-        target = target.astype(np.int64, copy=False)
+        return target.astype(np.int64, copy=False), False
+    raise TypeError(f"target must hold integer class indices or float probabilities, "
+                    f"got dtype {target.dtype}")
+
+
+def class_weights(weight, logits):
+    """``weight`` (None or C numbers) as a contiguous array of the logits' dtype."""
+    if weight is None:
+        return None
+    n_classes = logits.shape[-1]
+    weight = np.asarray(weight)
+    if weight.dtype.kind not in "biuf":
+        raise TypeError(f"weight must be real numbers, got dtype {weight.dtype}")
+    if weight.shape != (n_classes,):
+        raise ValueError(f"weight has shape {weight.shape} but logits have shape "
+                         f"{logits.shape}; weight must have shape ({n_classes},)")
+    return np.ascontiguousarray(weight, dtype=logits.dtype)
+
+
+def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing,
+                       z_loss=0.0, softcap=None):
+    """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
+    (and z_loss: a finite number >= 0; softcap: None or a finite number > 0)."""
+    logits = float_array(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
+    n_classes = logits.shape[-1]
+    if n_classes == 0:
+        raise ValueError(f"logits has shape {logits.shape}: no classes on the last axis")
+    label_smoothing, ignore_index, z_loss = loss_options(reduction, label_smoothing,
+                                                         ignore_index, z_loss)
+    softcap = softcap_value(softcap)
+    target, probabilities = target_array(target, logits)
+    may_ignore = False
+    if not probabilities:
         # One unsigned compare finds every index outside 0..C-1 (negatives wrap around);
         # ignore_index is only looked for when there are any (three compares on every
         # call took 6 ms of a 50 ms call at 1677721 x 10).
@@ -154,20 +182,8 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
                                  f"classes (valid: 0..{n_classes - 1}, or "
                                  f"ignore_index={ignore_index})")
         may_ignore = bool(outside.any()) or 0 <= ignore_index < n_classes
-    else:
-        raise TypeError(f"target must hold integer class indices or float probabilities, "
-                        f"got dtype {target.dtype}")
-
-    if weight is not None:
-        weight = np.asarray(weight)
-        if weight.dtype.kind not in "biuf":
-            raise TypeError(f"weight must be real numbers, got dtype {weight.dtype}")
-        if weight.shape != (n_classes,):
-            raise ValueError(f"weight has shape {weight.shape} but logits have shape "
-                             f"{logits.shape}; weight must have shape ({n_classes},)")
-        weight = np.ascontiguousarray(weight, dtype=logits.dtype)
-    return CrossEntropyArgs(logits, target, probabilities, weight, ignore_index, may_ignore,
-                            reduction, label_smoothing, z_loss, softcap)
+    return CrossEntropyArgs(logits, target, probabilities, class_weights(weight, logits),
+                            ignore_index, may_ignore, reduction, label_smoothing, z_loss, softcap)
 
 
 def softcap_value(softcap):
@@ -488,3 +504,37 @@ def _sampled_values(values, labels_shape, num_sampled, num_classes):
                              f"{tuple(shape)}; they must be equal")
         counts.append(count.astype(np.float64))
     return sampled, *counts
+
+
+# ---- vocab-parallel cross-entropy (fastsoftmax.vocab_parallel) ----
+
+def vocab_shard_args(logits, target, weight, ignore_index, reduction, label_smoothing,
+                     vocab_start):
+    """Check one rank's arguments of a vocab-parallel cross-entropy: ``logits`` holds the
+    classes ``[vocab_start, vocab_start + V_local)`` on its last axis (V_local may be 0),
+    ``target`` global class indices or this shard's probabilities, ``weight`` this shard's
+    class weights. Returns (CrossEntropyArgs, vocab_start). Targets are checked against
+    the global class count later, once the shards' sizes are combined."""
+    logits = float_array(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (this shard's classes "
+                         "last), got a 0-d array")
+    try:
+        vocab_start = operator.index(vocab_start)
+    except TypeError:
+        raise TypeError(f"vocab_start must be an integer (the global id of this shard's first "
+                        f"class), got {vocab_start!r}") from None
+    if vocab_start < 0:
+        raise ValueError(f"vocab_start must be >= 0 (the global id of this shard's first "
+                         f"class), got {vocab_start}")
+    label_smoothing, ignore_index, _ = loss_options(reduction, label_smoothing, ignore_index)
+    target, probabilities = target_array(target, logits)
+    may_ignore = False
+    if not probabilities:
+        negative = (target < 0) & (target != ignore_index)
+        if negative.any():
+            raise IndexError(f"target value {target[negative].flat[0]} is out of range: "
+                             f"global class ids are >= 0 (or ignore_index={ignore_index})")
+        may_ignore = bool((target == ignore_index).any())
+    return CrossEntropyArgs(logits, target, probabilities, class_weights(weight, logits),
+                            ignore_index, may_ignore, reduction, label_smoothing), vocab_start

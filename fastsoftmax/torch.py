@@ -960,3 +960,8 @@ __all__ += ["sigmoid", "log_sigmoid", "Sigmoid", "LogSigmoid"]
 from .torch_sampled import SampledSoftmaxLoss, sampled_softmax_loss  # noqa: E402
 
 __all__ += ["sampled_softmax_loss", "SampledSoftmaxLoss"]
+
+# vocab-parallel cross-entropy (issue 21)
+from .torch_vocab_parallel import vocab_parallel_cross_entropy  # noqa: E402
+
+__all__ += ["vocab_parallel_cross_entropy"]

@@ -21,12 +21,13 @@ import numba
 
 from .. import _backends, _ops
 from . import _target  # noqa: F401  (must run before the first compile)
-from . import _cross_entropy, _elementwise, _entropy, _small, _softmax
+from . import _cross_entropy, _elementwise, _entropy, _small, _softmax, _vocab_parallel
 from ._math import JIT
 
 # Where the kernels live: a row kernel ``<name>``, and for some a block kernel for few
 # classes, ``<name>_blocks``.
-_KERNEL_MODULES = (_softmax, _cross_entropy, _small, _entropy, _elementwise)
+_KERNEL_MODULES = (_softmax, _cross_entropy, _small, _entropy, _elementwise,
+                   _vocab_parallel)
 
 max_threads = numba.config.NUMBA_NUM_THREADS
 
@@ -88,6 +89,9 @@ def _exported(name):
 
 
 globals().update({name: _exported(name) for name in _ops.KERNELS if _find(name) is not None})
+# Kernels outside the op table, used by fastsoftmax.vocab_parallel (Numba only).
+vocab_parallel = types.SimpleNamespace(**{name: _exported(name)
+                                          for name in _vocab_parallel.KERNELS})
 
 
 def set_num_threads(n):

@@ -1,0 +1,137 @@
+"""Numba kernels of vocab-parallel cross-entropy (:mod:`fastsoftmax.vocab_parallel`).
+
+The single-process kernel (``_cross_entropy.cross_entropy_index``) split at its
+``log(sum)`` line: a statistics kernel (the row max, then the exp pass that leaves
+exp(x - shift) in the gradient buffer, plus the target and smoothing terms) runs before
+the collectives, and a finishing kernel (``row_rescale`` with the global factor, the
+target's one-hot term on the rank that owns it) after them. One exp per element, and
+the logits are read by the statistics kernel only.
+
+``shift`` is the shard's row max, or 0 when the shard's row is all -inf (its softmax
+terms are then 0 and nothing is subtracted from -inf). Row statistics are written to
+``stats`` (float64, one column per row):
+
+* index targets: ``[max, sum exp(x - shift), x_y - shift (owner only), sum w (x - shift)]``
+* probability targets: ``[max, sum exp(x - shift), sum w t (x - shift), sum w t,
+  sum w (x - shift)]``
+
+the last one only when ``smoothing`` is True. ``local_target`` holds the target's
+column in this shard, ``NOT_OWNED`` when another shard has it, or ``IGNORED``: that row's
+gradient is set to 0 and its statistics say "no classes" (max -inf, sum 0).
+"""
+import math
+
+from numba import njit, prange
+
+from . import _cross_entropy  # noqa: F401  (registers its row helpers for over_chunks)
+from ._math import JIT, JIT_PARALLEL, JIT_ROW, scalar_like
+from ._split import over_chunks, row_chunks
+
+NOT_OWNED = -1
+IGNORED = -2
+
+KERNELS = ("vocab_parallel_stats_index", "vocab_parallel_stats_prob",
+           "vocab_parallel_finish_index", "vocab_parallel_finish_prob")
+
+
+@njit(**JIT)
+def _shift(row, m):
+    """The point the shard's row is shifted by: its max, or 0 for an all -inf row; in the
+    row's dtype (a float64 shift made the float32 exp pass float64: 1.37 vs 0.7 ns/elem)."""
+    return scalar_like(row, 0) if m == -math.inf else m
+
+
+@njit(**JIT_ROW)
+def _index_stats_row(row, y, weight, smoothing, stats, i, grad, chunks):
+    if y == IGNORED:
+        grad[:] = 0
+        stats[0, i] = -math.inf
+        stats[1, i] = 0.0
+        stats[2, i] = 0.0
+        if smoothing:
+            stats[3, i] = 0.0
+        return
+    m = over_chunks("row_max", chunks, row)
+    shift = _shift(row, m)
+    # read before the exp pass overwrites the row (grad may be row)
+    stats[2, i] = float(row[y]) - shift if y >= 0 else 0.0
+    if smoothing:
+        stats[3, i] = over_chunks("row_shifted_dot", chunks, weight, row, shift)
+    stats[0, i] = m
+    stats[1, i] = over_chunks("row_sumexp", chunks, row, shift, grad)
+
+
+@njit(**JIT_PARALLEL)
+def vocab_parallel_stats_index(x, local_target, weight, smoothing, stats, grad):
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            _index_stats_row(x[i], local_target[i], weight, smoothing, stats, i, grad[i], 1)
+    else:
+        for i in range(x.shape[0]):
+            _index_stats_row(x[i], local_target[i], weight, smoothing, stats, i, grad[i],
+                             chunks)
+
+
+@njit(**JIT_ROW)
+def _prob_stats_row(row, t, weight, smoothing, stats, i, grad, chunks):
+    m = over_chunks("row_max", chunks, row)
+    shift = _shift(row, m)
+    if smoothing:  # before the exp pass overwrites the row
+        stats[4, i] = over_chunks("row_shifted_dot", chunks, weight, row, shift)
+    sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
+                                                shift, 1.0, 0.0, grad, None)
+    stats[0, i] = m
+    stats[1, i] = sum_exp
+    stats[2, i] = shifted_wt
+    stats[3, i] = total_wt
+
+
+@njit(**JIT_PARALLEL)
+def vocab_parallel_stats_prob(x, target, weight, smoothing, stats, grad):
+    chunks = row_chunks(x.shape[0], x.shape[1])
+    if chunks == 1:
+        for i in prange(x.shape[0]):
+            _prob_stats_row(x[i], target[i], weight, smoothing, stats, i, grad[i], 1)
+    else:
+        for i in range(x.shape[0]):
+            _prob_stats_row(x[i], target[i], weight, smoothing, stats, i, grad[i], chunks)
+
+
+@njit(**JIT_ROW)
+def _index_finish_row(out, y, weight, exp_scale, smoothing_scale, target_scale, chunks):
+    if y == IGNORED:  # zeroed by the statistics kernel
+        return
+    over_chunks("row_rescale", chunks, out, exp_scale, smoothing_scale, weight)
+    if y >= 0:
+        out[y] -= scalar_like(out, target_scale)
+
+
+@njit(**JIT_PARALLEL)
+def vocab_parallel_finish_index(grad, local_target, weight, exp_scale, smoothing_scale,
+                                target_scale):
+    """grad[i] = grad[i] * exp_scale[i] - smoothing_scale[i] * w, and target_scale[i]
+    subtracted at the owned target's column (IGNORED rows left as they are)."""
+    chunks = row_chunks(grad.shape[0], grad.shape[1])
+    if chunks == 1:
+        for i in prange(grad.shape[0]):
+            _index_finish_row(grad[i], local_target[i], weight, exp_scale[i],
+                              smoothing_scale[i], target_scale[i], 1)
+    else:
+        for i in range(grad.shape[0]):
+            _index_finish_row(grad[i], local_target[i], weight, exp_scale[i],
+                              smoothing_scale[i], target_scale[i], chunks)
+
+
+@njit(**JIT_PARALLEL)
+def vocab_parallel_finish_prob(grad, target, weight, exp_scale, scale, keep, eps_c):
+    """grad[i] = grad[i] * exp_scale[i] - scale[i] * w * (keep * t + eps_c)."""
+    chunks = row_chunks(grad.shape[0], grad.shape[1])
+    if chunks == 1:
+        for i in prange(grad.shape[0]):
+            over_chunks("_prob_rescale_row", 1, grad[i], target[i], weight, exp_scale[i],
+                        scale[i], keep, eps_c, 0.0, None)
+    else:
+        for i in range(grad.shape[0]):
+            over_chunks("_prob_rescale_row", chunks, grad[i], target[i], weight,
+                        exp_scale[i], scale[i], keep, eps_c, 0.0, None)
