@@ -29,3 +29,8 @@ from .api import (binary_cross_entropy_with_logits,  # noqa: E402
 
 __all__ += ["kl_div", "kl_div_with_grad", "binary_cross_entropy_with_logits",
             "binary_cross_entropy_with_logits_with_grad", "sigmoid", "log_sigmoid"]
+
+# KL and JSD between two sets of logits (issue 17, distillation)
+from .api import jsd_logits, jsd_logits_with_grad  # noqa: E402
+
+__all__ += ["jsd_logits", "jsd_logits_with_grad"]
