@@ -95,7 +95,7 @@ static inline double fs_exp_core_d(double x) {
  * f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) = 2 (t + t^3/3 + ... + t^23/23) with
  * t = (f - 1) / (f + 1), |t| <= 0.172 (truncation < 1e-18); k ln2 in two parts.
  * Normal x, 0 (-inf), +inf and NaN; subnormal x is not expected (sums are >= 1). */
-static inline double fs_log_d(double x) {
+static inline __attribute__((always_inline)) double fs_log_d(double x) {
     uint64_t bits;
     memcpy(&bits, &x, sizeof bits);
     double k = (double)(int64_t)(bits >> 52) - 1023.0;
@@ -127,7 +127,7 @@ static inline double fs_log_d(double x) {
  * x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) = 2 (t + t^3/3 + ... +
  * t^9/9), t = (f - 1) / (f + 1), |t| <= 0.172: truncation < 2e-9 relative (float's
  * half ulp is 6e-8); k ln2 in two parts (k * 0.693359375 is exact). */
-static inline float fs_log_normal_f(float x) {
+static inline __attribute__((always_inline)) float fs_log_normal_f(float x) {
     uint32_t bits;
     memcpy(&bits, &x, sizeof bits);
     float k = (float)(int32_t)(bits >> 23) - 127.0f;
