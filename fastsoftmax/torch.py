@@ -3,7 +3,8 @@
 ``torch`` is imported when this module is imported, never by ``import fastsoftmax``.
 Importing it registers the ops ``torch.ops.fastsoftmax.*`` with ``torch.library``:
 ``softmax``, ``log_softmax``, their ``*_backward``, ``cross_entropy``,
-``cross_entropy_`` (in place) and ``entropy``. Each has a CPU kernel that hands the
+``cross_entropy_`` (in place), ``entropy``, ``kl_div``, ``binary_cross_entropy_with_logits``
+and ``jsd_logits``. Each has a CPU kernel that hands the
 tensors' memory to the NumPy kernels (no copy when the class dim is contiguous), a
 fake kernel for ``torch.compile`` and, for the functional ones, an autograd formula, so
 ``torch.compile(..., fullgraph=True)`` sees each op as one opaque graph node.
