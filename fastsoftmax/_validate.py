@@ -334,7 +334,6 @@ class JSDArgs:
     beta: float              # in [0, 1]
     temperature: float       # > 0
     reduction: str
-    target = None            # (no target: _gradient_buffer's overlap check has nothing to do)
 
     @property
     def loss_shape(self):
