@@ -167,6 +167,23 @@ def _bce_calls(x, rng):
 LOSS_CALLS.update({"kl_div": _kl_div_calls, "binary_cross_entropy_with_logits": _bce_calls})
 
 
+def _jsd_calls(x, rng):
+    """The teacher: other logits of x's shape; beta 0.5 (the mixture), reduction "mean"."""
+    n_rows = x.shape[0]
+    teacher = (rng.standard_normal(x.shape) * 3).astype(x.dtype)
+    out, row_loss, no_row_scale = np.empty_like(x), np.empty(n_rows), np.empty(0)
+
+    def call(grad, beta=0.5):
+        return _by_name("jsd_logits", student=x, teacher=teacher, beta=beta, inv_temperature=1.0,
+                        scale=1.0 / n_rows, row_scale=no_row_scale, row_loss=row_loss,
+                        grad=grad)
+    return {"jsd_logits": call(None), "jsd_logits_with_grad": call(out),
+            "jsd_logits_with_grad beta=0": call(out, 0.0)}
+
+
+LOSS_CALLS["jsd_logits"] = _jsd_calls
+
+
 class OlderBuild:
     """The kernels of an older build. A loss kernel is called with this build's arguments
     by name (``call``): those its kernel does not take (z_loss, z_scale and row_z_loss

@@ -37,3 +37,9 @@ from .sampled_softmax import sampled_softmax_loss, sampled_softmax_loss_with_gra
 
 __all__ += ["log_uniform_candidate_sampler", "uniform_candidate_sampler", "sampled_softmax_loss",
             "sampled_softmax_loss_with_grad"]
+
+
+# KL and JSD between two sets of logits (issue 17, distillation)
+from .api import jsd_logits, jsd_logits_with_grad  # noqa: E402
+
+__all__ += ["jsd_logits", "jsd_logits_with_grad"]

@@ -46,6 +46,9 @@ class Op:
     bench_cases: dict = field(default_factory=dict)
     out: bool = False               # takes out= (benchmarked with a kept output buffer)
     inplace: bool = False           # takes inplace=True (benchmarked in place)
+    # (reads, writes): how many arrays of the logits' size the op must read and write at
+    # the least; the benchmark's memory floor moves that many
+    floor: tuple = (1, 1)
 
     @property
     def kernel_args(self):
@@ -285,4 +288,48 @@ OPS.update({op.name: op for op in [
        torch=lambda torch, x: torch.nn.functional.logsigmoid(x),
        jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x),
        torch_layer=lambda fst, x: fst.log_sigmoid(x), out=True),
+]})
+
+
+# ---- KL and JSD between two sets of logits (issue 17, distillation). The kernel takes
+# the student's and the teacher's (rows, classes) logits, beta and 1 / temperature; the
+# rest as the other loss kernels (row losses in float64; grad None: loss only).
+LOSS_KERNELS["jsd_logits"] = ("student", "teacher", "beta", "inv_temperature", "scale",
+                              "row_scale", "row_loss", "grad")
+KERNELS["jsd_logits"] = LOSS_KERNELS["jsd_logits"]
+
+
+def _teacher_logits(x, axis, rng):
+    return (x, (rng.standard_normal(x.shape) * 3).astype(x.dtype))
+
+
+def _torch_jsd(torch, student, teacher, beta=0.5, temperature=1.0):
+    """TRL's generalized_jsd_loss (no labels, "batchmean" per row) for 0 < beta < 1."""
+    log_q = torch.log_softmax(student / temperature, -1)
+    log_p = torch.log_softmax(teacher / temperature, -1)
+    log_m = torch.logsumexp(torch.stack([log_q + torch.log(torch.tensor(1 - beta)),
+                                         log_p + torch.log(torch.tensor(beta))]), 0)
+    kl = torch.nn.functional.kl_div
+    jsd = beta * kl(log_m, log_p, reduction="none", log_target=True) \
+        + (1 - beta) * kl(log_m, log_q, reduction="none", log_target=True)
+    return jsd.sum() / (jsd.numel() // jsd.shape[-1])
+
+
+def _jax_jsd(jax, jnp, student, teacher, beta=0.5):
+    log_q = jax.nn.log_softmax(student, axis=-1)
+    log_p = jax.nn.log_softmax(teacher, axis=-1)
+    log_m = jnp.logaddexp(log_q + jnp.log(1 - beta), log_p + jnp.log(beta))
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    rows = beta * jnp.sum(p * (log_p - log_m), -1) + (1 - beta) * jnp.sum(q * (log_q - log_m), -1)
+    return jnp.mean(rows)
+
+
+OPS.update({op.name: op for op in [
+    Op("jsd_logits", "loss", ("student_logits", "teacher_logits"), _teacher_logits,
+       torch=_torch_jsd, jax=_jax_jsd, torch_layer=lambda fst, s, t: fst.jsd_logits(s, t),
+       floor=(2, 0)),
+    Op("jsd_logits_with_grad", "loss", ("student_logits", "teacher_logits"), _teacher_logits,
+       torch=_torch_with_grad(_torch_jsd), jax=_jax_with_grad(_jax_jsd),
+       torch_layer=_torch_with_grad(lambda fst, s, t: fst.jsd_logits(s, t)),
+       grad_of="jsd_logits", out=True, floor=(2, 1)),
 ]})

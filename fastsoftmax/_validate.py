@@ -538,3 +538,59 @@ def vocab_shard_args(logits, target, weight, ignore_index, reduction, label_smoo
         may_ignore = bool((target == ignore_index).any())
     return CrossEntropyArgs(logits, target, probabilities, class_weights(weight, logits),
                             ignore_index, may_ignore, reduction, label_smoothing), vocab_start
+
+
+# ---- JSD / KL between two sets of logits (issue 17) ----
+
+@dataclass(frozen=True)
+class JSDArgs:
+    """Normalised jsd_logits arguments."""
+    logits: np.ndarray       # the student's, float32/float64, shape (..., C)
+    teacher: np.ndarray      # the teacher's, same shape and dtype
+    beta: float              # in [0, 1]
+    temperature: float       # > 0
+    reduction: str
+
+    @property
+    def loss_shape(self):
+        return self.logits.shape[:-1]
+
+
+def _real_option(value, name):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+
+
+def jsd_args(student_logits, teacher_logits, beta, temperature, reduction):
+    """Check jsd_logits' arguments: two float arrays of one shape and dtype (classes last,
+    at least one class), beta in [0, 1], a finite temperature > 0, a known reduction."""
+    student = float_array(student_logits, "student_logits")
+    teacher = float_array(teacher_logits, "teacher_logits")
+    same_shape_and_dtype(student, teacher, "student_logits", "teacher_logits")
+    if student.ndim == 0:
+        raise ValueError("student_logits and teacher_logits must have at least one dimension "
+                         "(classes last), got 0-d arrays")
+    if student.shape[-1] == 0:
+        raise ValueError(f"student_logits has shape {student.shape}: no classes on the last "
+                         "axis")
+    beta = _real_option(beta, "beta")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1] (0: KL(teacher || student), 1: "
+                         f"KL(student || teacher)), got {beta}")
+    temperature = _real_option(temperature, "temperature")
+    if not 0.0 < temperature < np.inf:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    return JSDArgs(student, teacher, beta, temperature, _reduction(reduction, REDUCTIONS))
+
+
+def separate_out(out, inputs):
+    """``out`` may not share memory with any of ``inputs`` (a kernel that reads its inputs
+    after it has started writing ``out``)."""
+    if out is None:
+        return
+    for name, a in inputs.items():
+        if np.shares_memory(out, a):
+            raise ValueError(f"out shares memory with {name}; the kernel reads {name} after "
+                             "it starts writing the gradient: pass a separate array")

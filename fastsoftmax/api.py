@@ -780,3 +780,122 @@ def sigmoid(x, *, out=None, kernels):
     """)
 def log_sigmoid(x, *, out=None, kernels):
     return _elementwise_output(kernels.log_sigmoid, x, out)
+
+
+# ---- JSD / KL between two sets of logits (issue 17): distillation ----
+
+_JSD_DOC = """student_logits : array_like
+        float32 or float64 logits of shape ``(..., C)``: classes on the last axis.
+    teacher_logits : array_like
+        The teacher's logits: the student's shape and dtype. No gradient is taken for it.
+    beta : float, optional
+        In [0, 1]: the teacher's weight in the mixture ``M``. 0 is the forward
+        ``KL(P || Q)``, 1 the reverse ``KL(Q || P)``, 0.5 (default) the symmetric JSD.
+    temperature : float, optional
+        T > 0: both logit arrays are divided by it. No T**2 factor is applied.
+    reduction : {{"none", "mean", "sum"}}, optional
+        "none": one loss per row; "mean" (default): their mean over the rows (TRL's and
+        Liger's "batchmean" per token; over no rows it is NaN); "sum"."""
+
+_JSD_FORMULA = """With ``P = softmax(teacher_logits / T)``, ``Q = softmax(student_logits / T)`` and
+    ``M = beta P + (1 - beta) Q`` per row, the loss is TRL's and Liger's generalised JSD
+    ``beta KL(P || M) + (1 - beta) KL(Q || M)`` for 0 < beta < 1, and its limits as the
+    named divergences: ``KL(P || Q)`` at beta = 0, ``KL(Q || P)`` at beta = 1 (the
+    formula itself is 0 at both ends). A term weighted by a probability of 0 adds 0, also
+    for -inf logits (no NaN from ``0 * log 0``); a class with ``Q = 0 < P`` makes the
+    forward KL +inf, one with ``P = 0 < Q`` the reverse KL +inf (its gradient is then NaN).
+    A row holding NaN or +inf, or of only -inf, in either array gives NaN. Each row's
+    loss is accumulated in float64."""
+
+
+def _run_jsd(kernels, args, grad, grad_output):
+    """Run the backend's JSD kernel; return the loss in the logits' dtype."""
+    x = args.logits
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    teacher = np.ascontiguousarray(args.teacher).reshape(rows.shape)
+    denominator = np.float64(rows.shape[0]) if args.reduction == "mean" else np.float64(1.0)
+    scale, row_scale = _grad_scales(grad_output, denominator)
+    row_loss = np.empty(rows.shape[0], dtype=np.float64)
+    kernels.jsd_logits(rows, teacher, args.beta, 1.0 / args.temperature, scale, row_scale,
+                       row_loss, grad)
+    return _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
+
+
+@_dispatch
+@_doc("""Generalised Jensen-Shannon divergence between the softmaxes of a student's and a
+    teacher's logits (knowledge distillation), per row.
+
+    """ + _JSD_FORMULA + """
+
+    Parameters
+    ----------
+    """ + _JSD_DOC + """
+    {backend}
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        A scalar of the logits' dtype for "mean"/"sum", an array of shape
+        ``student_logits.shape[:-1]`` for "none".
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> s, t = np.log([[0.5, 0.5]]), np.log([[0.25, 0.75]])
+    >>> round(float(fs.jsd_logits(s, t, beta=0.0)), 12)  # KL(P || Q) = sum P log(P / Q)
+    0.130812035941
+    """)
+def jsd_logits(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, reduction="mean",
+               kernels):
+    args = _validate.jsd_args(student_logits, teacher_logits, beta, temperature, reduction)
+    return _run_jsd(kernels, args, None, np.float64(1.0))
+
+
+@_dispatch
+@_doc("""Generalised JSD between a student's and a teacher's logits (as :func:`jsd_logits`)
+    and its gradient with respect to the student's logits, in one sweep.
+
+    Each pair of rows is read from memory once; the loss and
+    ``d(loss * grad_output) / d student_logits`` come out of the same passes. The
+    teacher is a constant. """ + _JSD_FORMULA + """
+
+    Gradient, in closed form (``z = student_logits / T``, ``r = log Q - log M``):
+    ``d JSD / d z = (1 - beta) Q (r - sum(Q r))``; at beta = 0 ``Q - P``; at beta = 1
+    ``Q (log Q - log P - KL(Q || P))``; ``d / d student_logits`` is that divided by T.
+
+    Parameters
+    ----------
+    """ + _JSD_DOC + """
+    grad_output : float or array_like, optional
+        Gradient flowing into the loss: a scalar, or for ``reduction="none"`` an array
+        of the loss's shape. Default 1.
+    out : ndarray, optional
+        Where to write the gradient: the student's shape and dtype, sharing no memory
+        with either logit array (the kernel reads them after it starts writing).
+    {backend}
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As :func:`jsd_logits`.
+    grad : ndarray
+        The gradient, shape and dtype of ``student_logits`` (``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastsoftmax as fs
+    >>> s, t = np.log([[0.5, 0.5]]), np.log([[0.25, 0.75]])
+    >>> loss, grad = fs.jsd_logits_with_grad(s, t, beta=0.0)
+    >>> grad  # Q - P
+    array([[ 0.25, -0.25]])
+    """)
+def jsd_logits_with_grad(student_logits, teacher_logits, *, beta=0.5, temperature=1.0,
+                         reduction="mean", grad_output=1.0, out=None, kernels):
+    args = _validate.jsd_args(student_logits, teacher_logits, beta, temperature, reduction)
+    g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    inputs = {"student_logits": args.logits, "teacher_logits": args.teacher}
+    _validate.separate_out(out, inputs)
+    result, grad = _gradient_buffer(args, student_logits, out, False, inputs)
+    loss = _run_jsd(kernels, args, grad, g)
+    _copy_back(result, grad)
+    return loss, result

@@ -3,7 +3,8 @@
 ``torch`` is imported when this module is imported, never by ``import fastsoftmax``.
 Importing it registers the ops ``torch.ops.fastsoftmax.*`` with ``torch.library``:
 ``softmax``, ``log_softmax``, their ``*_backward``, ``cross_entropy``,
-``cross_entropy_`` (in place) and ``entropy``. Each has a CPU kernel that hands the
+``cross_entropy_`` (in place), ``entropy``, ``kl_div``, ``binary_cross_entropy_with_logits``,
+``jsd_logits``, ``sigmoid`` and ``log_sigmoid``. Each has a CPU kernel that hands the
 tensors' memory to the NumPy kernels (no copy when the class dim is contiguous), a
 fake kernel for ``torch.compile`` and, for the functional ones, an autograd formula, so
 ``torch.compile(..., fullgraph=True)`` sees each op as one opaque graph node.
@@ -965,3 +966,144 @@ __all__ += ["sampled_softmax_loss", "SampledSoftmaxLoss"]
 from .torch_vocab_parallel import vocab_parallel_cross_entropy  # noqa: E402
 
 __all__ += ["vocab_parallel_cross_entropy"]
+
+
+# ------------------------------------ KL and JSD between two sets of logits (issue 17)
+# One op returning (loss, d loss / d student_logits) from one sweep; the backward pass
+# only scales the kept gradient. The teacher is a constant: a teacher that requires grad
+# is refused (torch has no built-in JSD; TRL and Liger likewise give the teacher none).
+
+@torch.library.custom_op("fastsoftmax::jsd_logits", mutates_args=(), device_types="cpu")
+def _jsd_op(student: torch.Tensor, teacher: torch.Tensor, beta: float, temperature: float,
+            reduction: str, compute_grad: bool,
+            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d student); the gradient is an empty (0,) tensor unless compute_grad."""
+    options = dict(beta=beta, temperature=temperature, reduction=reduction,
+                   backend=_kernel_backend(backend))
+    if not compute_grad:
+        return _loss_tensor(api.jsd_logits(_numpy(student), _numpy(teacher), **options)), \
+            student.new_empty(0)
+    loss, grad = api.jsd_logits_with_grad(_numpy(student), _numpy(teacher), **options)
+    return _loss_tensor(loss), torch.from_numpy(grad)
+
+
+@_jsd_op.register_fake
+def _jsd_fake(student, teacher, beta, temperature, reduction, compute_grad, backend):
+    loss = student.new_empty(student.shape[:-1] if reduction == "none" else ())
+    return loss, torch.empty(student.shape, dtype=student.dtype) if compute_grad else \
+        student.new_empty(0)
+
+
+def _jsd_setup(ctx, inputs, output):
+    student, _, _, _, reduction, compute_grad, _ = inputs
+    if ctx.needs_input_grad[0] and not compute_grad:
+        raise RuntimeError("fastsoftmax::jsd_logits was called with compute_grad=False on "
+                           "student logits that require grad; pass compute_grad=True")
+    if ctx.needs_input_grad[1]:
+        raise NotImplementedError(_TEACHER_GRAD_MESSAGE)
+    ctx.set_materialize_grads(False)
+    ctx.reduction = reduction
+    ctx.input_is_leaf = student.is_leaf
+    ctx.save_for_backward(output[1])
+
+
+def _jsd_vjp(ctx, grad_loss, _grad_of_grad):
+    _first_order_only("jsd_logits", grad_loss)
+    (grad,) = ctx.saved_tensors
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) * 7
+    scale = grad_loss.unsqueeze(-1) if ctx.reduction == "none" else grad_loss
+    return (_scaled(grad, scale, may_return_grad=not ctx.input_is_leaf), *(None,) * 6)
+
+
+_jsd = _register_autograd("jsd_logits", _jsd_op, _jsd_vjp, _jsd_setup)
+
+_TEACHER_GRAD_MESSAGE = (
+    "fastsoftmax.torch.jsd_logits treats the teacher as a constant and has no gradient for "
+    "teacher_logits, which requires grad; pass teacher_logits.detach() (or compute the "
+    "teacher under torch.no_grad()), or write the loss in torch where the teacher is learnt")
+
+
+def jsd_logits(student_logits, teacher_logits, beta=0.5, temperature=1.0, reduction="mean", *,
+               backend=None):
+    """Generalised Jensen-Shannon divergence between the softmaxes of a student's and a
+    teacher's logits (distillation), autograd-aware; torch has no built-in.
+
+    TRL's ``generalized_jsd_loss`` and Liger's ``LigerJSD`` convention, no T**2 factor:
+    ``beta KL(P || M) + (1 - beta) KL(Q || M)`` with ``P = softmax(teacher / T)``,
+    ``Q = softmax(student / T)``, ``M = beta P + (1 - beta) Q``; beta = 0 is the forward
+    ``KL(P || Q)``, beta = 1 the reverse ``KL(Q || P)`` (see
+    :func:`fastsoftmax.jsd_logits_with_grad` for the edge cases and the gradient). With a
+    gradient required, the forward pass computes it too (one sweep over both logit
+    tensors) and the backward pass only scales it. Backed by
+    ``torch.ops.fastsoftmax.jsd_logits``.
+
+    The gradient is for ``student_logits`` only: a ``teacher_logits`` that requires grad
+    raises NotImplementedError (pass it detached) instead of silently getting none.
+
+    Parameters
+    ----------
+    student_logits : torch.Tensor
+        CPU float32/float64 logits, classes on the last dim.
+    teacher_logits : torch.Tensor
+        The teacher's logits: the student's shape and dtype.
+    beta : float, optional
+        In [0, 1]. Default 0.5.
+    temperature : float, optional
+        T > 0. Default 1.
+    reduction : {"mean", "sum", "none"}, optional
+        "mean" (default) over the rows (all dims but the last), "none": per row.
+    backend : str, optional
+        A fastsoftmax backend name; default: the current one (read when the kernel runs).
+
+    Returns
+    -------
+    torch.Tensor
+        0-d, or ``student_logits.shape[:-1]`` for "none".
+    """
+    _check_tensor(student_logits, "student_logits")
+    _check_tensor(teacher_logits, "teacher_logits")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student_logits has shape {tuple(student_logits.shape)} but "
+                         f"teacher_logits has shape {tuple(teacher_logits.shape)}; they must "
+                         "be equal")
+    if student_logits.dtype != teacher_logits.dtype:
+        raise TypeError(f"student_logits has dtype {student_logits.dtype} but teacher_logits "
+                        f"has dtype {teacher_logits.dtype}; convert one with .to()")
+    if student_logits.dim() == 0:
+        raise ValueError("student_logits must have at least one dimension (classes last), "
+                         "got a 0-d tensor")
+    if teacher_logits.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError(_TEACHER_GRAD_MESSAGE)
+    _elementwise_loss_shape(student_logits, reduction, _validate.REDUCTIONS)
+    compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    loss, _ = _jsd(student_logits, teacher_logits, float(beta), float(temperature), reduction,
+                   compute_grad, _backend_argument(backend))
+    return loss
+
+
+class JSDLoss(torch.nn.Module):
+    """Generalised JSD distillation loss backed by :func:`jsd_logits` (torch has no
+    built-in; the convention is TRL's and Liger's).
+
+    Parameters
+    ----------
+    beta : float, optional
+        In [0, 1]: 0 is KL(teacher || student), 1 is KL(student || teacher). Default 0.5.
+    temperature : float, optional
+        T > 0 (no T**2 factor). Default 1.
+    reduction : {"mean", "sum", "none"}, optional
+    """
+
+    def __init__(self, beta=0.5, temperature=1.0, reduction="mean"):
+        super().__init__()
+        self.beta = beta
+        self.temperature = temperature
+        self.reduction = reduction
+
+    def forward(self, student_logits, teacher_logits):
+        return jsd_logits(student_logits, teacher_logits, self.beta, self.temperature,
+                          self.reduction)
+
+
+__all__ += ["jsd_logits", "JSDLoss"]

@@ -152,7 +152,7 @@ def test_every_op_has_opcheck_samples():
     """A registered op without an opcheck test above fails here."""
     tested = {"cross_entropy", "cross_entropy_", "softmax", "log_softmax", "softmax_backward",
               "log_softmax_backward", "entropy", "kl_div", "binary_cross_entropy_with_logits",
-              "sigmoid", "log_sigmoid"}
+              "sigmoid", "log_sigmoid", "jsd_logits"}
     registered = {name for name in dir(OPS) if not name.startswith("_")
                   and isinstance(getattr(OPS, name), torch._ops.OpOverloadPacket)}
     assert registered == tested
@@ -468,3 +468,31 @@ SIGMOID_SAMPLES = {
 @pytest.mark.parametrize("name", SIGMOID_SAMPLES)
 def test_opcheck_sigmoid_family(op, name):
     _opcheck(getattr(OPS, op).default, (SIGMOID_SAMPLES[name], ""))
+
+
+# ---------------------------------- KL and JSD between two sets of logits (issue 17)
+
+def _jsd_sample(shape, beta=0.5, temperature=1.0, reduction="mean", dtype=F64,
+                layout="contiguous", grad=True):
+    student = _logits(shape, dtype, layout=layout, requires_grad=grad)
+    teacher = _logits(shape, dtype, seed=6, layout=layout)
+    return (student, teacher, beta, temperature, reduction, grad)
+
+
+JSD_SAMPLES = {
+    "2d-mean": _jsd_sample((4, 6)),
+    "2d-forward-kl": _jsd_sample((4, 6), beta=0.0, reduction="sum"),
+    "2d-reverse-kl-none": _jsd_sample((4, 6), beta=1.0, reduction="none"),
+    "3d-temperature-none": _jsd_sample((2, 3, 5), beta=0.3, temperature=2.0, reduction="none"),
+    "1d": _jsd_sample((7,)),
+    "one-class": _jsd_sample((5, 1)),
+    "empty-rows": _jsd_sample((0, 4), reduction="sum"),
+    "non-contiguous": _jsd_sample((4, 6), layout="strided"),
+    "float32": _jsd_sample((4, 6), dtype=torch.float32, temperature=0.5),
+    "no-grad": _jsd_sample((4, 6), grad=False),
+}
+
+
+@pytest.mark.parametrize("name", JSD_SAMPLES)
+def test_opcheck_jsd_logits(name):
+    _opcheck(OPS.jsd_logits.default, (*JSD_SAMPLES[name], ""))

@@ -43,6 +43,10 @@ cdef extern from "rows.h" nogil:
     double fs_entropy_row_f(const float *x, double s, Py_ssize_t n, float *grad, int threads)
     double fs_entropy_row_d(const double *x, double s, Py_ssize_t n, double *grad,
                             int threads)
+    double fs_jsd_row_f(const float *s, const float *t, double beta, double inv_t, double scale,
+                        Py_ssize_t n, float *grad, int threads)
+    double fs_jsd_row_d(const double *s, const double *t, double beta, double inv_t,
+                        double scale, Py_ssize_t n, double *grad, int threads)
 
     float fs_short_shift_max_f(const float *row, Py_ssize_t n, float *out)
     double fs_short_shift_max_d(const double *row, Py_ssize_t n, double *out)
@@ -686,6 +690,30 @@ def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1]
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _entropy_row(&logits[i, 0], scale * row_scale[i] if per_row else scale,
                                    n, &grad[i, 0], split)
+
+
+# ---- KL and JSD between two sets of logits: formulas in fastsoftmax/_numba/_jsd.py ----
+
+cdef inline double _jsd_row(const real *s, const real *t, double beta, double inv_t,
+                            double scale, Py_ssize_t n, real *grad, int threads) noexcept nogil:
+    if real is float:
+        return fs_jsd_row_f(s, t, beta, inv_t, scale, n, grad, threads)
+    else:
+        return fs_jsd_row_d(s, t, beta, inv_t, scale, n, grad, threads)
+
+
+def jsd_logits(const real[:, ::1] student, const real[:, ::1] teacher, double beta,
+               double inv_temperature, double scale, const double[::1] row_scale,
+               double[::1] row_loss, real[:, ::1] grad):
+    """Per-row generalised JSD (beta 0 and 1: the forward and reverse KL) and, when grad is
+    not None (and neither input), the scaled gradient for the student."""
+    cdef Py_ssize_t i, n = student.shape[1]
+    cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
+    cdef int split = _split_threads(student.shape[0], n)
+    for i in prange(student.shape[0], nogil=True, num_threads=_row_threads(split)):
+        row_loss[i] = _jsd_row(&student[i, 0], &teacher[i, 0], beta, inv_temperature,
+                               scale * row_scale[i] if per_row else scale, n,
+                               &grad[i, 0] if want_grad else NULL, split)
 
 
 include "elementwise.pxi"

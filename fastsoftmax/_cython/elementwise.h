@@ -7,7 +7,7 @@
  * the vector lanes of double (float32, two threads, bench.ab: kl_div + grad 2.60 -> 1.26
  * ns/elem at 16777x1000, BCE + grad 4.50 -> 1.92), and the losses are summed in that type
  * over blocks of FS_BLOCK elements, the block sums in double. exp is rows.h's; log is rows.h's for
- * double and fs_ew_log_normal_f below for float.
+ * double and fs_log_normal_f for float.
  *
  * A "stream" is a small array read periodically: element i of the flat input uses
  * stream[i % period]. Weights that broadcast over the last axis, a scalar grad_output
@@ -27,6 +27,7 @@ static inline float fs_exp_f(float x) __attribute__((always_inline));
 static inline double fs_exp_core_d(double x) __attribute__((always_inline));
 static inline double fs_exp_d(double x) __attribute__((always_inline));
 static inline double fs_log_d(double x) __attribute__((always_inline));
+static inline float fs_log_normal_f(float x) __attribute__((always_inline));
 
 /* Elements per parallel task; chunk partial sums are added in chunk order, so a loss
  * does not depend on the thread count. */
@@ -40,33 +41,9 @@ static inline double fs_log_d(double x) __attribute__((always_inline));
     (loss && grad ? call_with(loss, grad) : loss ? call_with(loss, NULL)             \
      : grad ? call_with(NULL, grad) : call_with(NULL, NULL))
 
-/* log(x) for a normal float x, 0 (-inf), +inf and NaN: fs_log_d's method in float.
- * x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) = 2 (t + t^3/3 + ... +
- * t^9/9), t = (f - 1) / (f + 1), |t| <= 0.172: truncation < 2e-9 relative (float's
- * half ulp is 6e-8); k ln2 in two parts (k * 0.693359375 is exact). */
-FS_EW_INLINE float fs_ew_log_normal_f(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    float k = (float)(int32_t)(bits >> 23) - 127.0f;
-    uint32_t mantissa_bits = (bits & 0x007fffffU) | 0x3f800000U;
-    float f;
-    memcpy(&f, &mantissa_bits, sizeof f);  /* f in [1, 2) */
-    int high = f > 1.41421356f;
-    f = high ? 0.5f * f : f;
-    k = high ? k + 1.0f : k;
-    float t = (f - 1.0f) / (f + 1.0f), t2 = t * t;
-    float p = 1.0f / 9;
-    p = p * t2 + 1.0f / 7;
-    p = p * t2 + 1.0f / 5;
-    p = p * t2 + 1.0f / 3;
-    float y = k * 0.693359375f + (2.0f * t + (2.0f * t * t2 * p + k * -2.12194440e-4f));
-    y = x > 0.0f ? y : (x == 0.0f ? -INFINITY : NAN);
-    return x == INFINITY ? x : y;  /* NaN stays NaN through the compare-selects */
-}
-
 #define FS_T float
 #define FS_S f
-#define FS_EW_LOG_NORMAL fs_ew_log_normal_f
+#define FS_EW_LOG_NORMAL fs_log_normal_f
 #define FS_EW_MIN_NORMAL 1.17549435e-38f
 #define FS_EW_SUBNORMAL_BITS 24
 #define FS_EW_SERIES_END 9

@@ -25,6 +25,9 @@ typedef struct {
     FS_T *out;        /* the output row, or NULL */
     FS_T m, k, f, keep, eps;
     FS_T cap;         /* logit soft-capping (cross-entropy; fs_softcap): 0 for none */
+    /* JSD (fs_jsd_row): t's max, 1 / temperature, the logs of both rows' exp sums, 1 / the
+     * first's, beta, KL(Q || M) */
+    FS_T m_t, inv_t, log_sum, log_sum_t, inv_sum, beta, kl;
 } FS_ARGS;
 
 typedef void (*FS_FN(fs_chunk_fn))(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
@@ -152,6 +155,48 @@ static inline void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo,
     FS_FN(fs_entropy_grad)(a->x + lo, a->m, a->out + lo, n, a->k, a->f);
 }
 
+/* max of the second row t */
+static inline void FS_FN(fs_max_t_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
+    r[0] = FS_FN(fs_row_max)(a->t + lo, n);
+}
+
+/* the JSD's exp sums of x and t (fs_jsd_sums); exp of x into out */
+static inline void FS_FN(fs_jsd_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                            double *r) {
+    r[0] = FS_FN(fs_jsd_sums)(a->x + lo, a->t + lo, n, a->m, a->m_t, a->inv_t,
+                              FS_FN(fs_out_from)(a->out, lo), &r[1]);
+}
+
+/* the JSD's loss and KL(Q || M) (fs_jsd_terms), one function per mode */
+static inline void FS_FN(fs_jsd_terms_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                             double *r, int mode) {
+    r[0] = FS_FN(fs_jsd_terms)(a->x + lo, a->t + lo, n, a->m, a->m_t, a->inv_t, a->log_sum,
+                               a->log_sum_t, a->inv_sum, a->beta, a->k,
+                               FS_FN(fs_out_from)(a->out, lo), mode, &r[1]);
+}
+
+static inline void FS_FN(fs_jsd_forward_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                               double *r) {
+    FS_FN(fs_jsd_terms_chunk)(a, lo, n, r, FS_JSD_FORWARD);
+}
+
+static inline void FS_FN(fs_jsd_reverse_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                               double *r) {
+    FS_FN(fs_jsd_terms_chunk)(a, lo, n, r, FS_JSD_REVERSE);
+}
+
+static inline void FS_FN(fs_jsd_mixture_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                               double *r) {
+    FS_FN(fs_jsd_terms_chunk)(a, lo, n, r, FS_JSD_MIXTURE);
+}
+
+/* the JSD gradient k Q (r - kl) (fs_jsd_grad) */
+static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                            double *r) {
+    (void)r;
+    FS_FN(fs_jsd_grad)(a->x + lo, n, a->m, a->inv_t, a->log_sum, a->k, a->kl, a->out + lo);
+}
+
 /* ---- row functions: `threads` as for fs_over_chunks ---- */
 
 /* A helper of the row function's arguments `a` over its row (n, threads). */
@@ -262,6 +307,36 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const 
         FS_OVER(fs_entropy_grad_chunk, 0, NULL);
     }
     return log(sum_e) - mean_d;
+}
+
+/* The generalised JSD of one pair of rows, student s and teacher t (formulas and passes
+ * in fastsoftmax/_numba/_jsd.py; beta 0 and 1: the forward and reverse KL); with grad
+ * (not NULL, neither s nor t), also scale * d loss / d s into grad. */
+static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T *s, const FS_T *t, double beta, double inv_t,
+                                                                     double scale, Py_ssize_t n, FS_T *grad, int threads) {
+    FS_ARGS a = {.x = s, .t = t, .out = grad, .inv_t = (FS_T)inv_t, .beta = (FS_T)beta};
+    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.m_t = (FS_T)FS_OVER(fs_max_t_chunk, FS_MERGE_MAX, NULL);
+    if (!isfinite(a.m) || !isfinite(a.m_t))  /* NaN, +inf or all -inf in a row: NaN */
+        return FS_FN(fs_nan_row)(grad, n);
+    double sum_t, sum_s = FS_OVER(fs_jsd_sums_chunk, 2, &sum_t);
+    int mode = beta == 0 ? FS_JSD_FORWARD : beta == 1 ? FS_JSD_REVERSE : FS_JSD_MIXTURE;
+    a.k = (FS_T)(scale * inv_t * (mode == FS_JSD_MIXTURE ? 1.0 - beta : 1.0));
+    a.log_sum = (FS_T)log(sum_s);
+    a.log_sum_t = (FS_T)log(sum_t);
+    a.inv_sum = (FS_T)(1.0 / sum_s);
+    double kl_q, loss = mode == FS_JSD_FORWARD ? FS_OVER(fs_jsd_forward_chunk, 2, &kl_q)
+                      : mode == FS_JSD_REVERSE ? FS_OVER(fs_jsd_reverse_chunk, 2, &kl_q)
+                      : FS_OVER(fs_jsd_mixture_chunk, 2, &kl_q);
+    if (grad && mode != FS_JSD_FORWARD) {
+        if (isfinite(kl_q)) {
+            a.kl = (FS_T)kl_q;
+            FS_OVER(fs_jsd_grad_chunk, 0, NULL);
+        } else {  /* an infinite reverse KL (Q > 0 = P somewhere) has no gradient */
+            FS_FN(fs_nan_row)(grad, n);
+        }
+    }
+    return loss;
 }
 
 #undef FS_OVER

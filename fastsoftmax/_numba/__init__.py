@@ -21,12 +21,12 @@ import numba
 
 from .. import _backends, _ops
 from . import _target  # noqa: F401  (must run before the first compile)
-from . import _cross_entropy, _elementwise, _entropy, _small, _softmax, _vocab_parallel
+from . import _cross_entropy, _elementwise, _entropy, _jsd, _small, _softmax, _vocab_parallel
 from ._math import JIT
 
 # Where the kernels live: a row kernel ``<name>``, and for some a block kernel for few
 # classes, ``<name>_blocks``.
-_KERNEL_MODULES = (_softmax, _cross_entropy, _small, _entropy, _elementwise,
+_KERNEL_MODULES = (_softmax, _cross_entropy, _small, _entropy, _elementwise, _jsd,
                    _vocab_parallel)
 
 max_threads = numba.config.NUMBA_NUM_THREADS

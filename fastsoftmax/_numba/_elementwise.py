@@ -65,7 +65,7 @@ def _make_log(dtype, int_type, mantissa_bits, n_terms):
     """log(x) for every x of one float type (0: -inf, < 0 or NaN: NaN, +inf: +inf),
     vectorisable: x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) with
     t = (f - 1) / (f + 1), |t| <= 0.172, summed to t^(2 n_terms - 1) (rows.h's fs_log_d;
-    elementwise.h's fs_ew_log_normal_f for float32); a subnormal x is scaled to a normal
+    rows.h's fs_log_normal_f for float32); a subnormal x is scaled to a normal
     one first."""
     f = dtype.type
     info = np.finfo(dtype)

@@ -1,0 +1,192 @@
+"""Numba kernel of the generalised JSD between a student's and a teacher's logits (and its
+limits, the forward and reverse KL), with the gradient for the student in the same passes.
+
+Per row, with a = s / T and b = t / T (student s, teacher t, temperature T),
+log Q = a - lse(a), log P = b - lse(b), M = beta P + (1 - beta) Q:
+    L = beta KL(P || M) + (1 - beta) KL(Q || M)                       (0 < beta < 1)
+      = beta sum P (log P - log M) + (1 - beta) sum Q (log Q - log M)
+    L = KL(P || Q) = sum P (log P - log Q)                            (beta = 0)
+    L = KL(Q || P) = sum Q (log Q - log P)                            (beta = 1)
+Gradient, in closed form. As a function of Q alone (P is a constant),
+dL/dQ_j = (1 - beta) (log Q_j + 1) - (1 - beta) (log M_j + 1) = (1 - beta) r_j with
+r = log Q - log M; the softmax's Jacobian dQ_k/da_j = Q_k (delta_kj - Q_j) then gives
+    dL/da_j = (1 - beta) Q_j (r_j - K),   K = sum_k Q_k r_k = KL(Q || M),
+and likewise Q_j (r_j - K) with r = log Q - log P at beta = 1 (K = the loss) and
+Q_j - P_j at beta = 0; dL/ds = dL/da / T.
+
+Passes over a row (each array is read from memory once, in the first; the later passes
+find the row in cache): the maxima m_s, m_t; the sums S = sum(exp((x - m) / T)) of both
+rows, exp((s - m_s) / T) kept in grad; the loss and K, where grad gets r (or, at beta = 0,
+the gradient itself, which needs no K); the gradient k Q (r - K), Q computed again. A
+term weighted by a probability of 0 adds 0 (a select, not 0 * log 0); M is clamped to the
+smallest normal number before its log, so that it stays finite where both probabilities
+underflow (a term that differs by this is below 1e-37).
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._elementwise import vlog
+from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
+                    row_scale_at, scalar_like, vexp_core)
+from ._split import over_chunks, row_chunks, splittable
+
+FORWARD, REVERSE, MIXTURE = 0, 1, 2  # beta = 0, beta = 1, 0 < beta < 1
+
+
+@njit(**JIT_ROW_WRITER)
+def _sums_blocks(s, t, c, out):
+    """(sum(exp((s - m_s) / T)), sum(exp((t - m_t) / T))) as float64, c = (m_s, m_t, 1/T);
+    with ``out`` (not None), also out = exp((s - m_s) / T)."""
+    m_s, m_t, inv_t = scalar_like(s, c[0]), scalar_like(s, c[1]), scalar_like(s, c[2])
+    sum_s = 0.0
+    sum_t = 0.0
+    for start in range(0, s.size, BLOCK):
+        acc_s = scalar_like(s, 0)
+        acc_t = scalar_like(s, 0)
+        block_s, block_t = s[start:start + BLOCK], t[start:start + BLOCK]
+        if out is not None:
+            dest = out[start:start + BLOCK]
+        for j in range(block_s.size):
+            e_s = vexp_core((block_s[j] - m_s) * inv_t)
+            if out is not None:
+                dest[j] = e_s
+            acc_s += e_s
+            acc_t += vexp_core((block_t[j] - m_t) * inv_t)
+        sum_s += acc_s
+        sum_t += acc_t
+    return sum_s, sum_t
+
+
+@splittable(2)
+@njit(**JIT_REDUCTION)
+def _jsd_sums(s, t, c, out):
+    return _sums_blocks(s, t, c, out)
+
+
+@njit(**JIT_ROW_WRITER)
+def _terms_blocks(s, t, c, out, mode):
+    """(loss, K) of the row as float64 (see the top of this file), c = (m_s, m_t, 1/T,
+    log S_s, log S_t, 1/S_s, beta, k). With ``out`` (not None, holding exp((s - m_s) / T)),
+    also out = r, or at beta = 0 the gradient k (Q - P). ``mode`` (a constant)."""
+    m_s, m_t, inv_t = scalar_like(s, c[0]), scalar_like(s, c[1]), scalar_like(s, c[2])
+    log_sum_s, log_sum_t = scalar_like(s, c[3]), scalar_like(s, c[4])
+    inv_sum_s, beta, k = scalar_like(s, c[5]), scalar_like(s, c[6]), scalar_like(s, c[7])
+    keep = scalar_like(s, 1.0 - c[6])
+    zero = scalar_like(s, 0)
+    tiny = scalar_like(s, np.finfo(s.dtype).tiny)
+    loss = 0.0
+    kl_q = 0.0
+    for start in range(0, s.size, BLOCK):
+        acc_loss = scalar_like(s, 0)
+        acc_kl_q = scalar_like(s, 0)
+        block_s, block_t = s[start:start + BLOCK], t[start:start + BLOCK]
+        if out is not None:
+            dest = out[start:start + BLOCK]
+        for j in range(block_s.size):
+            log_q = (block_s[j] - m_s) * inv_t - log_sum_s
+            log_p = (block_t[j] - m_t) * inv_t - log_sum_t
+            q = dest[j] * inv_sum_s if out is not None else vexp_core(log_q)
+            p = vexp_core(log_p)
+            if mode == FORWARD:
+                acc_loss += p * (log_p - log_q) if p > zero else zero
+                if out is not None:
+                    dest[j] = k * (q - p)
+            elif mode == REVERSE:
+                acc_loss += q * (log_q - log_p) if q > zero else zero
+                if out is not None:
+                    dest[j] = log_q - log_p
+            else:
+                mix = beta * p + keep * q
+                log_m = vlog(mix if mix > tiny else tiny)
+                term_q = q * (log_q - log_m) if q > zero else zero
+                term_p = p * (log_p - log_m) if p > zero else zero
+                acc_loss += beta * term_p + keep * term_q
+                acc_kl_q += term_q
+                if out is not None:
+                    dest[j] = log_q - log_m
+        loss += acc_loss
+        kl_q += acc_kl_q
+    return loss, (loss if mode == REVERSE else kl_q)
+
+
+@splittable(2)
+@njit(**JIT_REDUCTION)
+def _forward_terms(s, t, c, out):
+    return _terms_blocks(s, t, c, out, FORWARD)
+
+
+@splittable(2)
+@njit(**JIT_REDUCTION)
+def _reverse_terms(s, t, c, out):
+    return _terms_blocks(s, t, c, out, REVERSE)
+
+
+@splittable(2)
+@njit(**JIT_REDUCTION)
+def _mixture_terms(s, t, c, out):
+    return _terms_blocks(s, t, c, out, MIXTURE)
+
+
+@splittable(0)
+@njit(**JIT)
+def _jsd_gradient(s, c, out):
+    """out = k Q (r - K), out holding r; c = (m_s, 1/T, log S_s, k, K)."""
+    m_s, inv_t, log_sum_s = scalar_like(s, c[0]), scalar_like(s, c[1]), scalar_like(s, c[2])
+    k, kl_q = scalar_like(s, c[3]), scalar_like(s, c[4])
+    zero = scalar_like(s, 0)
+    for j in range(s.size):
+        q = vexp_core((s[j] - m_s) * inv_t - log_sum_s)
+        out[j] = k * q * (out[j] - kl_q) if q > zero else zero
+
+
+@njit(**JIT_ROW)
+def _jsd_row(s, t, beta, inv_t, scale, grad, chunks):
+    """The loss of one row; with grad (not None, not s or t), also scale * dL/ds into it."""
+    m_s = over_chunks("row_max", chunks, s)
+    m_t = over_chunks("row_max", chunks, t)
+    if not (math.isfinite(m_s) and math.isfinite(m_t)):  # NaN, +inf or all -inf: NaN
+        if grad is not None:
+            grad[:] = np.nan
+        return np.nan
+    sum_s, sum_t = over_chunks("_jsd_sums", chunks, s, t, (float(m_s), float(m_t), inv_t),
+                               grad)
+    mode = FORWARD if beta == 0.0 else (REVERSE if beta == 1.0 else MIXTURE)
+    k = scale * inv_t * (1.0 - beta if mode == MIXTURE else 1.0)
+    c = (float(m_s), float(m_t), inv_t, math.log(sum_s), math.log(sum_t), 1.0 / sum_s, beta, k)
+    if mode == FORWARD:
+        loss, kl_q = over_chunks("_forward_terms", chunks, s, t, c, grad)
+    elif mode == REVERSE:
+        loss, kl_q = over_chunks("_reverse_terms", chunks, s, t, c, grad)
+    else:
+        loss, kl_q = over_chunks("_mixture_terms", chunks, s, t, c, grad)
+    if grad is not None and mode != FORWARD:
+        if math.isfinite(kl_q):
+            over_chunks("_jsd_gradient", chunks, s, (c[0], inv_t, c[3], k, kl_q), grad)
+        else:  # an infinite reverse KL (Q > 0 = P somewhere) has no gradient
+            grad[:] = np.nan
+    return loss
+
+
+# The row function gets grad[i] from a branch on ``grad is None`` (pruned at compile
+# time), as in _cross_entropy._ce_row_at.
+@njit(**JIT_ROW)
+def _jsd_row_at(student, teacher, i, beta, inv_t, scale, row_scale, grad, chunks):
+    s = row_scale_at(scale, row_scale, i)
+    if grad is None:
+        return _jsd_row(student[i], teacher[i], beta, inv_t, s, None, chunks)
+    return _jsd_row(student[i], teacher[i], beta, inv_t, s, grad[i], chunks)
+
+
+@njit(**JIT_PARALLEL)
+def jsd_logits(student, teacher, beta, inv_temperature, scale, row_scale, row_loss, grad):
+    chunks = row_chunks(student.shape[0], student.shape[1])
+    if chunks == 1:
+        for i in prange(student.shape[0]):
+            row_loss[i] = _jsd_row_at(student, teacher, i, beta, inv_temperature, scale,
+                                      row_scale, grad, 1)
+    else:
+        for i in range(student.shape[0]):
+            row_loss[i] = _jsd_row_at(student, teacher, i, beta, inv_temperature, scale,
+                                      row_scale, grad, chunks)
