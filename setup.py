@@ -122,15 +122,14 @@ def _extensions():
                   ("FS_CYTHON_VERSION", _c_string(Cython.__version__))]
         extension = Extension(f"fastsoftmax._cython._kernels_{level}",
                               ["fastsoftmax/_cython/_kernels.pyx"],
-                              include_dirs=["fastsoftmax/_cython"], depends=headers,
-                              define_macros=macros, extra_compile_args=args,
-                              extra_link_args=openmp)
+                              include_dirs=["fastsoftmax/_cython"], extra_link_args=openmp)
         # one C file per level (the module name is in it), each in its own directory
         [module] = cythonize([extension], compiler_directives={"language_level": 3}, quiet=True,
                              build_dir=os.path.join("build", "cython", level))
-        # cythonize merges the options of every Extension made from one .pyx (it caches
-        # them per file): give each module its own again
+        # Options set after cythonize, which merges those of every Extension made from one
+        # .pyx (it caches them per file), and would copy the headers beside the C file.
         module.define_macros, module.extra_compile_args = macros, args
+        module.depends = headers
         modules.append(module)
     return modules
 
