@@ -8,6 +8,7 @@ the median ns per logit element of each build and their ratio, per op::
     python -m bench.ab ../old-checkout 1677721x10 167772x100 --threads 2
     python -m bench.ab ../old-checkout 1677721x10 --backend numba
     python -m bench.ab ../old-checkout 1677721x10 --other-weight ones
+    python -m bench.ab . 1677721x10 --isa avx2 --other-isa avx512
 
 The cross-entropy kernels get ``weight=None`` (every class weighs 1), as the API passes
 for ``weight=None``; ``--other-weight ones`` gives the other build a cached ones(C)
@@ -23,7 +24,6 @@ allocation): this measures the kernels, the benchmark suite measures the API.
 import argparse
 import inspect
 import functools
-import glob
 import importlib
 import importlib.util
 import os
@@ -34,18 +34,26 @@ import time
 
 import numpy as np
 
-from fastsoftmax import _ops
+from fastsoftmax import _isa, _ops
 
 HERE = pathlib.Path(__file__).resolve().parent.parent
 
 
-def load_kernels(checkout, name):
-    """The built Cython kernel module of a checkout, under its own module name."""
-    paths = glob.glob(str(pathlib.Path(checkout) / "fastsoftmax/_cython/_kernels*.so"))
-    if not paths:
+def load_kernels(checkout, level):
+    """The built Cython kernel module of a checkout at an ISA level (None: the level the
+    checkout's dispatch would pick here), under its own module name. A checkout from before
+    the per-level modules (2026-12-02) has one ``_kernels`` module, which any level takes."""
+    folder = pathlib.Path(checkout) / "fastsoftmax/_cython"
+    modules = {path.name.split(".")[0]: path for path in folder.glob("_kernels*.so")}
+    if not modules:
         raise SystemExit(f"no built Cython extension under {checkout}; run "
                          "`python setup.py build_ext --inplace` there")
-    spec = importlib.util.spec_from_file_location(name, paths[0])
+    if "_kernels" in modules and len(modules) == 1:
+        name = "_kernels"
+    else:
+        built = [name.removeprefix("_kernels_") for name in modules]
+        name = "_kernels_" + _isa.choose(level, built, _isa.cpu_features())
+    spec = importlib.util.spec_from_file_location(f"fastsoftmax._cython.{name}", modules[name])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -240,14 +248,18 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["cython", "numba"], default="cython")
     parser.add_argument("--other-weight", choices=["none", "ones"], default="none",
                         help="what the other build's cross-entropy kernels get for weight=None")
+    parser.add_argument("--isa", default=None,
+                        help="Cython: the ISA level of this checkout's kernels (baseline, avx2, "
+                             "avx512, native; default: what the dispatch picks)")
+    parser.add_argument("--other-isa", default=None, help="the same for the other checkout")
     args = parser.parse_args(argv)
     if args.backend == "numba":
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastsoftmax-ab-")
         this = importlib.import_module("fastsoftmax._numba")
         other = load_numba_kernels(args.other, "fastsoftmax_other")
     else:
-        this = load_kernels(HERE, "fastsoftmax._cython._kernels")
-        other = load_kernels(args.other, "fastsoftmax._cython._kernels")
+        this = load_kernels(HERE, args.isa)
+        other = load_kernels(args.other, args.other_isa)
     for kernels in (this, other):
         kernels.set_num_threads(args.threads or kernels.max_threads)
     other = OlderBuild(other, ones_for_no_weight=args.other_weight == "ones")

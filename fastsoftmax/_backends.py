@@ -33,6 +33,7 @@ _default = None  # set by set_backend(); None means: $FASTSOFTMAX_BACKEND, else 
 _override = contextvars.ContextVar("fastsoftmax_backend", default=None)
 _num_threads = None
 _forked_child = False
+_cython_slower = None  # _cython_below_numba(), computed once
 
 
 def _after_fork_in_child():
@@ -60,8 +61,25 @@ def _load(name):
     return _modules.get(name)
 
 
+def _cython_below_numba():
+    """Whether the Cython level in use is below the level Numba compiles for (for example
+    the baseline module forced, or the only one built, on an AVX2 CPU): its kernels are
+    then several times slower than Numba's (C = 1000 CE + grad, AVX2 EPYC: 6.5 vs 0.74
+    ns/elem), so "auto" prefers Numba. Decided by the levels, not by timing."""
+    global _cython_slower
+    if _cython_slower is None:
+        from . import _isa
+        features = _isa.cpu_features()
+        _cython_slower = (_isa.rank(_modules["cython"].ISA, features)
+                          < _isa.rank(_isa.numba_level(features), features))
+    return _cython_slower
+
+
 def available_backends():
     """Names of the backends that work in this process, fastest first.
+
+    "cython" comes first unless its instruction-set level (``show_config()["isa"]``) is
+    below Numba's: then "numba" does.
 
     Returns
     -------
@@ -69,7 +87,11 @@ def available_backends():
         A subset of ``"cython"``, ``"numba"``, ``"numpy"``; ``"numpy"`` (the reference) is
         always there.
     """
-    return [name for name, path in BACKENDS.items() if path is None or _load(name) is not None]
+    names = [name for name, path in BACKENDS.items() if path is None or _load(name) is not None]
+    if "cython" in names and "numba" in names and _cython_below_numba():
+        names.remove("cython")
+        names.insert(names.index("numba") + 1, "cython")
+    return names
 
 
 def _check_name(name, source):
@@ -189,27 +211,57 @@ def get_num_threads():
 
 
 def show_config():
-    """Print and return how fastsoftmax runs in this process.
+    """Print and return how fastsoftmax runs in this process (paste it into bug reports).
 
     Returns
     -------
     dict
-        ``version``, ``backends`` (available, fastest first), ``backend`` (what a call
-        uses now), ``threads``, ``forked_child``, ``numba_threading_layer`` (None until
-        the first parallel Numba kernel has run, which is when Numba picks it; calls are
-        serialised under "workqueue", the one layer that is not thread-safe) and
-        ``cython`` (the extension's vector width in bytes and whether it has OpenMP, or
-        None when it is not built).
+        ``version``; ``versions`` (Python, NumPy, Numba, llvmlite); ``backends``
+        (available, fastest first); ``auto`` (what "auto" picks); ``backend`` (what a call
+        uses now); ``threads``; ``forked_child``; ``numba_threading_layer`` (None until the
+        first parallel Numba kernel has run, which is when Numba picks it; calls are
+        serialised under "workqueue", the one layer that is not thread-safe); ``isa``: the
+        CPU's level (``cpu``), its features that the levels need (``cpu_features``) and
+        those it lacks (``missing``), ``FASTSOFTMAX_ISA`` (``forced``), the level Numba
+        compiles for (``numba``); ``cython``: the level in use (``isa``), the levels this
+        install built (``built``), the compiler flags, compiler and Cython versions, the
+        vector width in bytes and whether it has OpenMP; None when it is not built.
     """
-    from . import __version__
-    config = {"version": __version__, "backends": available_backends(),
-              "backend": get_backend(), "threads": get_num_threads(),
-              "forked_child": _forked_child, "numba_threading_layer": None, "cython": None}
+    import platform
+
+    import llvmlite
+    import numba
+    import numpy
+
+    from . import __version__, _isa
+    features = _isa.cpu_features()
+    relevant = _isa.REQUIRED_FEATURES[_isa.LEVELS[-1]]
+    config = {"version": __version__,
+              "versions": {"python": platform.python_version(), "numpy": numpy.__version__,
+                           "numba": numba.__version__, "llvmlite": llvmlite.__version__},
+              "backends": available_backends(), "auto": resolve(AUTO), "backend": get_backend(),
+              "threads": get_num_threads(), "forked_child": _forked_child,
+              "numba_threading_layer": None,
+              "isa": {"cpu": _isa.cpu_level(features),
+                      "cpu_features": sorted(set(relevant) & features),
+                      "missing": _isa.missing_features(_isa.LEVELS[-1], features),
+                      "forced": _isa.forced_level(), "numba": _isa.numba_level(features)},
+              "cython": None}
     if _load("numba") is not None:
         config["numba_threading_layer"] = _modules["numba"].threading_layer()
     if _load("cython") is not None:
-        kernels = _modules["cython"]._kernels
-        config["cython"] = {"vector_bytes": kernels.VECTOR_BYTES, "openmp": kernels.openmp}
+        package = _modules["cython"]
+        kernels = package._kernels
+        config["cython"] = {"isa": package.ISA, "built": package.BUILT,
+                            "flags": kernels.BUILD["flags"],
+                            "compiler": kernels.BUILD["compiler"],
+                            "cython_version": kernels.BUILD["cython"],
+                            "vector_bytes": kernels.VECTOR_BYTES, "openmp": kernels.openmp}
     for key, value in config.items():
-        print(f"{key}: {value}")
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, item in value.items():
+                print(f"    {name}: {item}")
+        else:
+            print(f"{key}: {value}")
     return config

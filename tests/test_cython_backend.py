@@ -20,7 +20,9 @@ def _run(args, **env):
 
 
 def test_registry_without_the_extension_falls_back_to_numba():
-    code = ("import sys; sys.modules['fastsoftmax._cython._kernels'] = None\n"
+    code = ("import sys\n"
+            "for level in ('baseline', 'avx2', 'avx512', 'native'):\n"
+            "    sys.modules[f'fastsoftmax._cython._kernels_{level}'] = None\n"
             "import fastsoftmax as fs, numpy as np\n"
             "print(fs.available_backends(), fs.get_backend())\n"
             "fs.softmax(np.zeros((2, 3)))\n"

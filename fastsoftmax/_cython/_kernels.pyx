@@ -117,6 +117,16 @@ max_threads = _usable_cores() if FS_OPENMP else 1
 openmp = bool(FS_OPENMP)
 VECTOR_BYTES = FS_VEC_BYTES  # the short-row vector width this build was compiled for
 
+# What setup.py compiled this module for and with (its -D macros), for fs.show_config().
+cdef extern from *:
+    const char *FS_ISA_LEVEL
+    const char *FS_BUILD_FLAGS
+    const char *FS_CYTHON_VERSION
+    const char *FS_COMPILER_VERSION "__VERSION__"
+
+BUILD = {"isa": FS_ISA_LEVEL.decode(), "flags": FS_BUILD_FLAGS.decode(),
+         "cython": FS_CYTHON_VERSION.decode(), "compiler": FS_COMPILER_VERSION.decode()}
+
 ctypedef fused real:
     float
     double
