@@ -84,6 +84,23 @@ _BACKEND_DOC = """backend : str, optional
         default: the current backend (see :func:`fastsoftmax.set_backend`)."""
 
 
+# backend= of the functions that run the cross-entropy kernel on arrays they build
+# (linear_ce, sampled_softmax)
+CROSS_ENTROPY_BACKEND_DOC = """backend : str, optional
+        Backend of the cross-entropy kernel (``"cython"``, ``"numba"``, ``"numpy"``,
+        ``"auto"``); default: the current backend."""
+
+
+def filled_doc(**parts):
+    """Decorator: each ``{name}`` of the function's docstring replaced by ``parts[name]``
+    (str.replace, so the docstring's other braces need no escaping)."""
+    def decorate(func):
+        for name, text in parts.items():
+            func.__doc__ = func.__doc__.replace("{" + name + "}", text)
+        return func
+    return decorate
+
+
 def _doc(text):
     """Fill the shared parameter descriptions into a docstring."""
     def decorate(func):

@@ -355,15 +355,7 @@ _PARAMETERS_DOC = """h : array_like
         Budget in bytes of the per-chunk buffers (the chunk's logits, plus two chunks of
         h rows when targets are ignored); at least one row per chunk. Default: the
         global setting (:func:`set_linear_cross_entropy_chunk_bytes`, 64 MiB)."""
-_BACKEND_DOC = """backend : str, optional
-        Backend of the cross-entropy kernel (``"cython"``, ``"numba"``, ``"numpy"``,
-        ``"auto"``); default: the current backend."""
-
-
-def _documented(func):
-    func.__doc__ = func.__doc__.replace("{parameters}", _PARAMETERS_DOC).replace(
-        "{backend}", _BACKEND_DOC)
-    return func
+_documented = api.filled_doc(parameters=_PARAMETERS_DOC, backend=api.CROSS_ENTROPY_BACKEND_DOC)
 
 
 @_documented

@@ -202,15 +202,7 @@ _PARAMETERS_DOC = """weights : array_like
         set to ``np.finfo(dtype).min``: probability and gradient 0). Default True.
     seed : None, int or numpy.random.Generator, optional
         Seed of the default sampler (None: fresh entropy on every call)."""
-_BACKEND_DOC = """backend : str, optional
-        Backend of the cross-entropy kernel (``"cython"``, ``"numba"``, ``"numpy"``,
-        ``"auto"``); default: the current backend."""
-
-
-def _documented(func):
-    func.__doc__ = func.__doc__.replace("{parameters}", _PARAMETERS_DOC).replace(
-        "{backend}", _BACKEND_DOC)
-    return func
+_documented = api.filled_doc(parameters=_PARAMETERS_DOC, backend=api.CROSS_ENTROPY_BACKEND_DOC)
 
 
 @_documented

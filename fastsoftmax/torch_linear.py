@@ -50,8 +50,8 @@ def _check(x, name, floating=True):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it with "
-                         f".cpu(), or use torch.nn.functional.linear_cross_entropy there")
+        raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it "
+                         f"with .cpu()")
     if floating and x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} has dtype {x.dtype}; fastsoftmax supports float32 and float64 "
                         f"(convert with .float())")

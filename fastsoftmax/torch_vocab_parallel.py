@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import vocab_parallel
+from .torch_linear import _check
 
 __all__ = ["vocab_parallel_cross_entropy", "TorchCommunicator"]
 
@@ -38,17 +39,6 @@ class TorchCommunicator:
     def allreduce_sum(self, array):
         """Reduce a 1-D float64 array in place: the elementwise sum over the ranks."""
         dist.all_reduce(torch.from_numpy(array), op=dist.ReduceOp.SUM, group=self.group)
-
-
-def _check(x, name, floating=True):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it "
-                         f"with .cpu()")
-    if floating and x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} has dtype {x.dtype}; fastsoftmax supports float32 and "
-                        f"float64 (convert with .float())")
 
 
 def _run(input, target, weight, options, inplace):
