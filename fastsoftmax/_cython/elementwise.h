@@ -19,16 +19,6 @@
 
 #include "rows.h"
 
-/* rows.h's exp and log, inlined into every loop here: in the whole extension GCC's
- * inlining budget left them as scalar calls, which kept the loops scalar (kl_div + grad
- * 9.7 -> 1.3 ns/elem, BCE 26 -> 2.2, one thread, float32). */
-static inline float fs_exp_core_f(float x) __attribute__((always_inline));
-static inline float fs_exp_f(float x) __attribute__((always_inline));
-static inline double fs_exp_core_d(double x) __attribute__((always_inline));
-static inline double fs_exp_d(double x) __attribute__((always_inline));
-static inline double fs_log_d(double x) __attribute__((always_inline));
-static inline float fs_log_normal_f(float x) __attribute__((always_inline));
-
 /* Elements per parallel task; chunk partial sums are added in chunk order, so a loss
  * does not depend on the thread count. */
 #define FS_EW_CHUNK 16384

@@ -19,7 +19,7 @@
 #define FS_INDEX_VEC FS_FN(fs_index_vec)                     /* fs_index_vec_f, ... */
 #define FS_LANES ((Py_ssize_t)(FS_VEC_BYTES / sizeof(FS_T)))  /* lanes of a vector */
 
-static inline FS_T FS_FN(fs_exp)(FS_T x) {
+FS_MATH FS_T FS_FN(fs_exp)(FS_T x) {
     return x > FS_EXP_HI ? (FS_T)INFINITY : FS_FN(fs_exp_core)(x);
 }
 
@@ -27,7 +27,7 @@ static inline FS_T FS_FN(fs_exp)(FS_T x) {
  * e = exp(-2|u|) above (cancellation costs at most a bit there). NaN gives NaN (e is
  * NaN), +-inf gives +-1 (e = 0). Max error over [-20, 20]: float 4.2 ulp, double 2.7 ulp
  * (measured against tanh in a wider type, with the Numba twin). */
-static inline FS_T FS_FN(fs_tanh)(FS_T u) {
+FS_MATH FS_T FS_FN(fs_tanh)(FS_T u) {
     FS_T a = u < 0 ? -u : u;
     FS_T e = FS_FN(fs_exp_core)(-2 * a);
     FS_T big = (1 - e) / (1 + e);
@@ -39,12 +39,12 @@ static inline FS_T FS_FN(fs_tanh)(FS_T u) {
  * so that the uncapped loop compiles as before (the selects on cap fold away). A capped
  * cross-entropy keeps z, not exp(z - m), from its exp pass: the write pass then has z
  * for the slope dz/dx = 1 - (z / cap)^2 and computes exp(z - m) again. */
-static inline FS_T FS_FN(fs_softcap)(FS_T x, FS_T cap) {
+FS_MATH FS_T FS_FN(fs_softcap)(FS_T x, FS_T cap) {
     return cap != 0 ? cap * FS_FN(fs_tanh)(x / cap) : x;
 }
 
 /* dz/dx of z = fs_softcap(x, cap), from z; 1 for cap = 0 */
-static inline FS_T FS_FN(fs_softcap_slope)(FS_T z, FS_T cap) {
+FS_MATH FS_T FS_FN(fs_softcap_slope)(FS_T z, FS_T cap) {
     FS_T u = z / cap;
     return cap != 0 ? (1 - u) * (1 + u) : 1;  /* 1 - u^2 without its cancellation */
 }
@@ -199,7 +199,7 @@ static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const F
 
 /* The exponential of an element v kept by the exp pass: v, or exp(v - m) when capped
  * (v is then the capped logit z, whose slope is fs_softcap_slope(v, cap)) */
-static inline FS_T FS_FN(fs_kept_exp)(FS_T v, FS_T m, FS_T cap) {
+FS_MATH FS_T FS_FN(fs_kept_exp)(FS_T v, FS_T m, FS_T cap) {
     return cap != 0 ? FS_FN(fs_exp_core)(v - m) : v;
 }
 
