@@ -11,7 +11,7 @@ import os
 from libc.math cimport log, isfinite, NAN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from libc.stdint cimport int64_t
+from libc.stdint cimport int16_t, int64_t, uint16_t
 from cython.parallel cimport prange
 
 cdef extern from "rows.h" nogil:
@@ -40,6 +40,33 @@ cdef extern from "rows.h" nogil:
                                   const double *w, double weight_sum, double smoothing,
                                   double z_loss, double softcap, double s, double s_z,
                                   Py_ssize_t n, double *grad, double *z_term, int threads)
+    # 16-bit storage, float math: bfloat16 bits (b, uint16_t), float16 bits (h, int16_t)
+    float fs_load_b(uint16_t bits)
+    uint16_t fs_store_b(float x)
+    float fs_load_h(int16_t bits)
+    int16_t fs_store_h(float x)
+    void fs_softmax_row_b(const uint16_t *x, uint16_t *out, Py_ssize_t n, int threads)
+    void fs_softmax_row_h(const int16_t *x, int16_t *out, Py_ssize_t n, int threads)
+    void fs_log_softmax_row_b(const uint16_t *x, uint16_t *out, Py_ssize_t n, int threads)
+    void fs_log_softmax_row_h(const int16_t *x, int16_t *out, Py_ssize_t n, int threads)
+    float fs_logsumexp_row_b(const uint16_t *x, Py_ssize_t n, int threads)
+    float fs_logsumexp_row_h(const int16_t *x, Py_ssize_t n, int threads)
+    void fs_softmax_backward_row_b(const uint16_t *y, const uint16_t *dy, uint16_t *out,
+                                   Py_ssize_t n, int threads)
+    void fs_softmax_backward_row_h(const int16_t *y, const int16_t *dy, int16_t *out,
+                                   Py_ssize_t n, int threads)
+    void fs_log_softmax_backward_row_b(const uint16_t *logp, const uint16_t *dy, uint16_t *out,
+                                       Py_ssize_t n, int threads)
+    void fs_log_softmax_backward_row_h(const int16_t *logp, const int16_t *dy, int16_t *out,
+                                       Py_ssize_t n, int threads)
+    double fs_cross_entropy_row_b(const uint16_t *x, const int64_t *y, const uint16_t *t,
+                                  const float *w, double weight_sum, double smoothing,
+                                  double z_loss, double softcap, double s, double s_z,
+                                  Py_ssize_t n, uint16_t *grad, double *z_term, int threads)
+    double fs_cross_entropy_row_h(const int16_t *x, const int64_t *y, const int16_t *t,
+                                  const float *w, double weight_sum, double smoothing,
+                                  double z_loss, double softcap, double s, double s_z,
+                                  Py_ssize_t n, int16_t *grad, double *z_term, int threads)
     double fs_entropy_row_f(const float *x, double s, Py_ssize_t n, float *grad, int threads)
     double fs_entropy_row_d(const double *x, double s, Py_ssize_t n, double *grad,
                             int threads)
@@ -131,6 +158,16 @@ ctypedef fused real:
     float
     double
 
+# The kernels of issue 18 also take 16-bit arrays, as the bits: bfloat16 as uint16,
+# float16 as int16 (/work/LOWP_CONTRACT.md); they compute in float32. Their class weights
+# are float32. Short rows (n < SMALL_C) of a 16-bit array run the row functions, not the
+# block kernels (fewer kernels to build; measured in the comment at SMALL_C).
+ctypedef fused anyreal:
+    float
+    double
+    uint16_t
+    int16_t
+
 cdef int _threads = max_threads
 
 # Below SMALL_C classes a task takes a block of rows (BLOCK_ELEMENTS elements, so that
@@ -176,56 +213,86 @@ cdef inline double _weight(const real *w, int64_t j) noexcept nogil:
     return w[j] if w != NULL else 1
 
 
-cdef inline void _softmax_row(const real *x, real *out, Py_ssize_t n,
+cdef inline void _softmax_row(const anyreal *x, anyreal *out, Py_ssize_t n,
                               int threads) noexcept nogil:
-    if real is float:
+    if anyreal is float:
         fs_softmax_row_f(x, out, n, threads)
-    else:
+    elif anyreal is double:
         fs_softmax_row_d(x, out, n, threads)
+    elif anyreal is uint16_t:
+        fs_softmax_row_b(x, out, n, threads)
+    else:
+        fs_softmax_row_h(x, out, n, threads)
 
 
-cdef inline void _log_softmax_row(const real *x, real *out, Py_ssize_t n,
+cdef inline void _log_softmax_row(const anyreal *x, anyreal *out, Py_ssize_t n,
                                   int threads) noexcept nogil:
-    if real is float:
+    if anyreal is float:
         fs_log_softmax_row_f(x, out, n, threads)
-    else:
+    elif anyreal is double:
         fs_log_softmax_row_d(x, out, n, threads)
-
-
-cdef inline real _logsumexp_row(const real *x, Py_ssize_t n, int threads) noexcept nogil:
-    if real is float:
-        return fs_logsumexp_row_f(x, n, threads)
+    elif anyreal is uint16_t:
+        fs_log_softmax_row_b(x, out, n, threads)
     else:
-        return fs_logsumexp_row_d(x, n, threads)
+        fs_log_softmax_row_h(x, out, n, threads)
 
 
-cdef inline void _softmax_backward_row(const real *y, const real *dy, real *out, Py_ssize_t n,
-                                       int threads) noexcept nogil:
-    if real is float:
+cdef inline void _logsumexp_row(const anyreal *x, Py_ssize_t n, int threads,
+                                anyreal *out) noexcept nogil:
+    """*out = the row's logsumexp (16-bit: computed in float, rounded once)"""
+    if anyreal is float:
+        out[0] = fs_logsumexp_row_f(x, n, threads)
+    elif anyreal is double:
+        out[0] = fs_logsumexp_row_d(x, n, threads)
+    elif anyreal is uint16_t:
+        out[0] = fs_store_b(fs_logsumexp_row_b(x, n, threads))
+    else:
+        out[0] = fs_store_h(fs_logsumexp_row_h(x, n, threads))
+
+
+cdef inline void _softmax_backward_row(const anyreal *y, const anyreal *dy, anyreal *out,
+                                       Py_ssize_t n, int threads) noexcept nogil:
+    if anyreal is float:
         fs_softmax_backward_row_f(y, dy, out, n, threads)
-    else:
+    elif anyreal is double:
         fs_softmax_backward_row_d(y, dy, out, n, threads)
+    elif anyreal is uint16_t:
+        fs_softmax_backward_row_b(y, dy, out, n, threads)
+    else:
+        fs_softmax_backward_row_h(y, dy, out, n, threads)
 
 
-cdef inline void _log_softmax_backward_row(const real *logp, const real *dy, real *out,
-                                           Py_ssize_t n, int threads) noexcept nogil:
-    if real is float:
+cdef inline void _log_softmax_backward_row(const anyreal *logp, const anyreal *dy,
+                                           anyreal *out, Py_ssize_t n,
+                                           int threads) noexcept nogil:
+    if anyreal is float:
         fs_log_softmax_backward_row_f(logp, dy, out, n, threads)
-    else:
+    elif anyreal is double:
         fs_log_softmax_backward_row_d(logp, dy, out, n, threads)
-
-
-cdef inline double _cross_entropy_row(const real *x, const int64_t *y, const real *t,
-                                      const real *w, double weight_sum, double smoothing,
-                                      double z_loss, double softcap, double s, double s_z,
-                                      Py_ssize_t n, real *grad, double *z_term,
-                                      int threads) noexcept nogil:
-    if real is float:
-        return fs_cross_entropy_row_f(x, y, t, w, weight_sum, smoothing, z_loss, softcap, s,
-                                      s_z, n, grad, z_term, threads)
+    elif anyreal is uint16_t:
+        fs_log_softmax_backward_row_b(logp, dy, out, n, threads)
     else:
-        return fs_cross_entropy_row_d(x, y, t, w, weight_sum, smoothing, z_loss, softcap, s,
-                                      s_z, n, grad, z_term, threads)
+        fs_log_softmax_backward_row_h(logp, dy, out, n, threads)
+
+
+cdef inline double _cross_entropy_row(const anyreal *x, const int64_t *y, const anyreal *t,
+                                      const void *w, double weight_sum, double smoothing,
+                                      double z_loss, double softcap, double s, double s_z,
+                                      Py_ssize_t n, anyreal *grad, double *z_term,
+                                      int threads) noexcept nogil:
+    """w: the class weights (NULL: ones), double for a double x, float32 otherwise"""
+    if anyreal is float:
+        return fs_cross_entropy_row_f(x, y, t, <const float *>w, weight_sum, smoothing,
+                                      z_loss, softcap, s, s_z, n, grad, z_term, threads)
+    elif anyreal is double:
+        return fs_cross_entropy_row_d(x, y, t, <const double *>w, weight_sum, smoothing,
+                                      z_loss, softcap, s, s_z, n, grad, z_term, threads)
+    elif anyreal is uint16_t:
+        return fs_cross_entropy_row_b(x, y, t, <const float *>w, weight_sum, smoothing,
+                                      z_loss, softcap, s, s_z, n, grad, z_term, threads)
+    else:
+        return fs_cross_entropy_row_h(x, y, t, <const float *>w, weight_sum, smoothing,
+                                      z_loss, softcap, s, s_z, n, grad, z_term, threads)
 
 
 cdef inline double _entropy_row(const real *x, double s, Py_ssize_t n, real *grad,
@@ -477,43 +544,46 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
     _release(sc)
 
 
-def softmax(const real[:, ::1] x, real[:, ::1] out):
+def softmax(const anyreal[:, ::1] x, anyreal[:, ::1] out):
     cdef Py_ssize_t i, n = x.shape[1]
     cdef int split = _split_threads(x.shape[0], n)
-    if n < SMALL_C:
-        if x.shape[0]:
-            with nogil:
-                _softmax_family_small(x, &out[0, 0], 0, n)
-        _raise_if_scratch_failed()
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C:
+            if x.shape[0]:
+                with nogil:
+                    _softmax_family_small(x, &out[0, 0], 0, n)
+            _raise_if_scratch_failed()
+            return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         _softmax_row(&x[i, 0], &out[i, 0], n, split)
 
 
-def log_softmax(const real[:, ::1] x, real[:, ::1] out):
+def log_softmax(const anyreal[:, ::1] x, anyreal[:, ::1] out):
     cdef Py_ssize_t i, n = x.shape[1]
     cdef int split = _split_threads(x.shape[0], n)
-    if n < SMALL_C:
-        if x.shape[0]:
-            with nogil:
-                _softmax_family_small(x, &out[0, 0], 1, n)
-        _raise_if_scratch_failed()
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C:
+            if x.shape[0]:
+                with nogil:
+                    _softmax_family_small(x, &out[0, 0], 1, n)
+            _raise_if_scratch_failed()
+            return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         _log_softmax_row(&x[i, 0], &out[i, 0], n, split)
 
 
-def logsumexp(const real[:, ::1] x, real[::1] out):
+def logsumexp(const anyreal[:, ::1] x, anyreal[::1] out):
     cdef Py_ssize_t i, n = x.shape[1]
     cdef int split = _split_threads(x.shape[0], n)
-    if n < SMALL_C:
-        if x.shape[0]:
-            with nogil:
-                _softmax_family_small(x, &out[0], 2, 1)
-        _raise_if_scratch_failed()
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C:
+            if x.shape[0]:
+                with nogil:
+                    _softmax_family_small(x, &out[0], 2, 1)
+            _raise_if_scratch_failed()
+            return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
-        out[i] = _logsumexp_row(&x[i, 0], n, split)
+        _logsumexp_row(&x[i, 0], n, split, &out[i])
 
 
 cdef void _short_softmax_bwd(const real *y, const real *dy, real *out,
@@ -536,37 +606,56 @@ cdef void _short_log_softmax_bwd(const real *logp, const real *dy, real *out,
 # row helpers ran them in their scalar epilogues (C = 10, float32, 2 threads, kernel:
 # softmax_backward 3.21 -> 1.04 ns/elem, log_softmax_backward 4.79 -> 1.66).
 
-def softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] out):
+def softmax_backward(const anyreal[:, ::1] y, const anyreal[:, ::1] dy, anyreal[:, ::1] out):
     cdef Py_ssize_t i, n = y.shape[1]
     cdef int split = _split_threads(y.shape[0], n)
-    if n < SMALL_C:
-        for i in prange(y.shape[0], nogil=True, num_threads=_threads):
-            _short_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C:
+            for i in prange(y.shape[0], nogil=True, num_threads=_threads):
+                _short_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
+            return
     for i in prange(y.shape[0], nogil=True, num_threads=_row_threads(split)):
         _softmax_backward_row(&y[i, 0], &dy[i, 0], &out[i, 0], n, split)
 
 
-def log_softmax_backward(const real[:, ::1] logp, const real[:, ::1] dy, real[:, ::1] out):
+def log_softmax_backward(const anyreal[:, ::1] logp, const anyreal[:, ::1] dy,
+                         anyreal[:, ::1] out):
     cdef Py_ssize_t i, n = logp.shape[1]
     cdef int split = _split_threads(logp.shape[0], n)
-    if n < SMALL_C:
-        for i in prange(logp.shape[0], nogil=True, num_threads=_threads):
-            _short_log_softmax_bwd(&logp[i, 0], &dy[i, 0], &out[i, 0], n)
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C:
+            for i in prange(logp.shape[0], nogil=True, num_threads=_threads):
+                _short_log_softmax_bwd(&logp[i, 0], &dy[i, 0], &out[i, 0], n)
+            return
     for i in prange(logp.shape[0], nogil=True, num_threads=_row_threads(split)):
         _log_softmax_backward_row(&logp[i, 0], &dy[i, 0], &out[i, 0], n, split)
 
 
-def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
-                        const real[::1] weight, double weight_sum, int64_t ignore_index,
+cdef const void *_weights(anyreal *like, weight) except? NULL:
+    """The class weights' data (NULL for None): double for a double x, float32 for the
+    others (the caller's `weight` keeps the data alive); a weight array of another type
+    raises ValueError (from the memoryview)."""
+    cdef const float[::1] wf
+    cdef const double[::1] wd
+    if weight is None:
+        return NULL
+    if anyreal is double:
+        wd = weight
+        return &wd[0]
+    else:
+        wf = weight
+        return &wf[0]
+
+
+def cross_entropy_index(const anyreal[:, ::1] x, const int64_t[::1] target,
+                        weight, double weight_sum, int64_t ignore_index,
                         double smoothing, double z_loss, softcap, double scale,
                         double z_scale, const double[::1] row_scale, double[::1] row_loss,
-                        double[::1] row_z_loss, real[:, ::1] grad):
+                        double[::1] row_z_loss, anyreal[:, ::1] grad):
     """Per-row loss, z-loss (when row_z_loss is not empty) and, when grad is not None, the
-    gradient; formulas in _numba. weight=None: every class weighs 1; softcap=None: no
-    capping."""
-    cdef const real *w = &weight[0] if weight is not None else NULL
+    gradient; formulas in _numba. weight=None: every class weighs 1 (a weight array: x's
+    type, float32 for a 16-bit x); softcap=None: no capping."""
+    cdef const void *w = _weights(<anyreal *>NULL, weight)
     cdef double cap = 0 if softcap is None else softcap
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
@@ -574,24 +663,25 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
     cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
     # The block functions have no soft-capping: capped short rows run the row functions.
-    if n < SMALL_C and cap == 0:
-        for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
-            lo = b * rows
-            _cross_entropy_block(&x[lo, 0], &target[lo], NULL, w, weight_sum, ignore_index,
-                                 smoothing, z_loss, scale, z_scale,
-                                 &row_scale[lo] if per_row else NULL,
-                                 min(rows, x.shape[0] - lo), n, &row_loss[lo],
-                                 &row_z_loss[lo] if want_z else NULL,
-                                 &grad[lo, 0] if want_grad else NULL)
-        _raise_if_scratch_failed()
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C and cap == 0:
+            for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
+                lo = b * rows
+                _cross_entropy_block(&x[lo, 0], &target[lo], NULL, <const anyreal *>w,
+                                     weight_sum, ignore_index, smoothing, z_loss, scale,
+                                     z_scale, &row_scale[lo] if per_row else NULL,
+                                     min(rows, x.shape[0] - lo), n, &row_loss[lo],
+                                     &row_z_loss[lo] if want_z else NULL,
+                                     &grad[lo, 0] if want_grad else NULL)
+            _raise_if_scratch_failed()
+            return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         if target[i] == ignore_index:
             row_loss[i] = 0
             if want_z:
                 row_z_loss[i] = 0
             if want_grad:
-                memset(&grad[i, 0], 0, n * sizeof(real))
+                memset(&grad[i, 0], 0, n * sizeof(anyreal))
         else:
             row_loss[i] = _cross_entropy_row(&x[i, 0], &target[i], NULL, w, weight_sum,
                                              smoothing, z_loss, cap,
@@ -601,28 +691,30 @@ def cross_entropy_index(const real[:, ::1] x, const int64_t[::1] target,
                                              &row_z_loss[i] if want_z else NULL, split)
 
 
-def cross_entropy_prob(const real[:, ::1] x, const real[:, ::1] target, const real[::1] weight,
+def cross_entropy_prob(const anyreal[:, ::1] x, const anyreal[:, ::1] target, weight,
                        double smoothing, double z_loss, softcap, double scale, double z_scale,
                        const double[::1] row_scale, double[::1] row_loss,
-                       double[::1] row_z_loss, real[:, ::1] grad):
-    """cross_entropy_index for probability targets."""
-    cdef const real *w = &weight[0] if weight is not None else NULL
+                       double[::1] row_z_loss, anyreal[:, ::1] grad):
+    """cross_entropy_index for probability targets (of x's type)."""
+    cdef const void *w = _weights(<anyreal *>NULL, weight)
     cdef double cap = 0 if softcap is None else softcap
     cdef Py_ssize_t i, n = x.shape[1]
     cdef bint want_grad = grad is not None, per_row = row_scale.shape[0] > 0
     cdef bint want_z = row_z_loss.shape[0] > 0
     cdef int split = _split_threads(x.shape[0], n)
     cdef Py_ssize_t b, lo, rows = _block_rows(n)
-    if n < SMALL_C and cap == 0:
-        for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
-            lo = b * rows
-            _cross_entropy_block(&x[lo, 0], NULL, &target[lo, 0], w, 0, 0, smoothing, z_loss,
-                                 scale, z_scale, &row_scale[lo] if per_row else NULL,
-                                 min(rows, x.shape[0] - lo), n, &row_loss[lo],
-                                 &row_z_loss[lo] if want_z else NULL,
-                                 &grad[lo, 0] if want_grad else NULL)
-        _raise_if_scratch_failed()
-        return
+    if anyreal is float or anyreal is double:
+        if n < SMALL_C and cap == 0:
+            for b in prange((x.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
+                lo = b * rows
+                _cross_entropy_block(&x[lo, 0], NULL, &target[lo, 0], <const anyreal *>w, 0,
+                                     0, smoothing, z_loss, scale, z_scale,
+                                     &row_scale[lo] if per_row else NULL,
+                                     min(rows, x.shape[0] - lo), n, &row_loss[lo],
+                                     &row_z_loss[lo] if want_z else NULL,
+                                     &grad[lo, 0] if want_grad else NULL)
+            _raise_if_scratch_failed()
+            return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _cross_entropy_row(&x[i, 0], NULL, &target[i, 0], w, 0, smoothing, z_loss,
                                          cap,

@@ -1,5 +1,6 @@
 /* The row driver and the row functions of the Cython backend, written once and included
- * by rows.h twice, after rows_typed.h, with the same FS_T / FS_S names (see there).
+ * by rows.h once per element type, after rows_typed.h, with the same FS_T / FS_C / FS_S
+ * names (see there); the 16-bit instances leave out the entropy and the JSD.
  *
  * A row function computes one op on one row from the helpers of rows_typed.h. It calls
  * each helper through the row driver, fs_over_chunks: on the whole row in the calling
@@ -21,20 +22,20 @@
 typedef struct {
     const FS_T *x;    /* the row: logits, or softmax / log_softmax output */
     const FS_T *t;    /* a second row: probability targets, or the upstream gradient */
-    const FS_T *w;    /* class weights (NULL: all ones) */
+    const FS_C *w;    /* class weights (NULL: all ones) */
     FS_T *out;        /* the output row, or NULL */
-    FS_T m, k, f, keep, eps;
-    FS_T cap;         /* logit soft-capping (cross-entropy; fs_softcap): 0 for none */
+    FS_C m, k, f, keep, eps;
+    FS_C cap;         /* logit soft-capping (cross-entropy; fs_softcap): 0 for none */
     /* JSD (fs_jsd_row): t's max, 1 / temperature, the logs of both rows' exp sums, 1 / the
      * first's, beta, KL(Q || M) */
-    FS_T m_t, inv_t, log_sum, log_sum_t, inv_sum, beta, kl;
+    FS_C m_t, inv_t, log_sum, log_sum_t, inv_sum, beta, kl;
 } FS_ARGS;
 
 typedef void (*FS_FN(fs_chunk_fn))(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                     double *results);
 
 /* p + lo, or NULL for NULL (an absent row, or weights that are all ones) */
-static inline const FS_T *FS_FN(fs_from)(const FS_T *p, Py_ssize_t lo) {
+static inline const FS_C *FS_FN(fs_from)(const FS_C *p, Py_ssize_t lo) {
     return p ? p + lo : NULL;
 }
 
@@ -58,9 +59,9 @@ static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(FS_FN(
         for (Py_ssize_t c = 0; c < count; c++)
             fn(a, c * size, FS_MIN(size, n - c * size), part[c]);
         if (merge == FS_MERGE_MAX) {
-            FS_T maxima[FS_SPLIT_MAX_CHUNKS] = {0};  /* (GCC cannot see that count >= 1) */
-            for (Py_ssize_t c = 0; c < count; c++) maxima[c] = (FS_T)part[c][0];
-            results[0] = FS_FN(fs_row_max)(maxima, count);
+            FS_C maxima[FS_SPLIT_MAX_CHUNKS] = {0};  /* (GCC cannot see that count >= 1) */
+            for (Py_ssize_t c = 0; c < count; c++) maxima[c] = (FS_C)part[c][0];
+            results[0] = FS_CFN(fs_row_max)(maxima, count);
         } else {
             for (Py_ssize_t c = 0; c < count; c++)
                 for (int r = 0; r < merge; r++) results[r] += part[c][r];
@@ -111,14 +112,14 @@ static inline void FS_FN(fs_prob_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py
 static inline void FS_FN(fs_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                     double *r) {
     (void)r;
-    FS_FN(fs_rescale)(a->out + lo, a->k, a->f, FS_FN(fs_from)(a->w, lo), n, a->m, a->cap);
+    FS_FN(fs_rescale)(a->x + lo, a->out + lo, a->k, a->f, FS_FN(fs_from)(a->w, lo), n, a->m, a->cap);
 }
 
 /* out = e * k - f * w * (keep * t + eps), e as for fs_rescale_chunk */
 static inline void FS_FN(fs_prob_rescale_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
     (void)r;
-    FS_FN(fs_prob_rescale)(a->out + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), a->k, a->f,
+    FS_FN(fs_prob_rescale)(a->x + lo, a->out + lo, a->t + lo, FS_FN(fs_from)(a->w, lo), a->k, a->f,
                            a->keep, a->eps, n, a->m, a->cap);
 }
 
@@ -142,6 +143,7 @@ static inline void FS_FN(fs_log_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t 
     FS_FN(fs_log_softmax_bwd)(a->x + lo, a->t + lo, a->k, a->out + lo, n);
 }
 
+#if !FS_LOWP  /* entropy and JSD: float and double only */
 /* sum(e), sum(e d) of the entropy (fs_entropy_sums) */
 static inline void FS_FN(fs_entropy_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
@@ -197,6 +199,8 @@ static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_
     FS_FN(fs_jsd_grad)(a->x + lo, n, a->m, a->inv_t, a->log_sum, a->k, a->kl, a->out + lo);
 }
 
+#endif
+
 /* ---- row functions: `threads` as for fs_over_chunks ---- */
 
 /* A helper of the row function's arguments `a` over its row (n, threads). */
@@ -204,37 +208,37 @@ static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_
 
 static inline __attribute__((always_inline)) void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x, .out = out};
-    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
-    a.k = (FS_T)(1.0 / FS_OVER(fs_sumexp_chunk, 1, NULL));
+    a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.k = (FS_C)(1.0 / FS_OVER(fs_sumexp_chunk, 1, NULL));
     FS_OVER(fs_rescale_chunk, 0, NULL);  /* f = 0: out = exp(x - m) * k */
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x};
-    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
-    a.k = (FS_T)log(FS_OVER(fs_sumexp_chunk, 1, NULL));
+    a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.k = (FS_C)log(FS_OVER(fs_sumexp_chunk, 1, NULL));
     a.out = out;
     FS_OVER(fs_shift_chunk, 0, NULL);
 }
 
-static inline __attribute__((always_inline)) FS_T FS_FN(fs_logsumexp_row)(const FS_T *x, Py_ssize_t n, int threads) {
+static inline __attribute__((always_inline)) FS_C FS_FN(fs_logsumexp_row)(const FS_T *x, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x};
-    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     /* as torch.logsumexp: a NaN, +inf or all -inf row gives its max (NaN, +inf, -inf) */
-    return isfinite(a.m) ? (FS_T)(a.m + log(FS_OVER(fs_sumexp_chunk, 1, NULL))) : a.m;
+    return isfinite(a.m) ? (FS_C)(a.m + log(FS_OVER(fs_sumexp_chunk, 1, NULL))) : a.m;
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_softmax_backward_row)(const FS_T *y, const FS_T *dy, FS_T *out,
                                            Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = y, .t = dy, .out = out};
-    a.k = (FS_T)FS_OVER(fs_dot_chunk, 1, NULL);
+    a.k = (FS_C)FS_OVER(fs_dot_chunk, 1, NULL);
     FS_OVER(fs_softmax_bwd_chunk, 0, NULL);
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_backward_row)(const FS_T *logp, const FS_T *dy, FS_T *out,
                                                Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = logp, .t = dy, .out = out};
-    a.k = (FS_T)FS_OVER(fs_sum_chunk, 1, NULL);
+    a.k = (FS_C)FS_OVER(fs_sum_chunk, 1, NULL);
     FS_OVER(fs_log_softmax_bwd_chunk, 0, NULL);
 }
 
@@ -247,20 +251,20 @@ static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_backward_
  * lookups, where a probability row is summed in the exp pass. The max of the capped row
  * is the cap of the max (tanh is increasing). */
 static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(const FS_T *x, const int64_t *y, const FS_T *t,
-                                          const FS_T *w, double weight_sum, double smoothing,
+                                          const FS_C *w, double weight_sum, double smoothing,
                                           double z_loss, double softcap, double s, double s_z,
                                           Py_ssize_t n, FS_T *grad, double *z_term, int threads) {
     double keep = 1.0 - smoothing, eps_c = smoothing / n, sum_exp, total_wt, shifted_wt;
-    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .keep = (FS_T)keep, .eps = (FS_T)eps_c,
-                 .cap = (FS_T)softcap};
-    a.m = FS_FN(fs_softcap)((FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL), a.cap);
-    FS_T slope_y = 1;
+    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .keep = (FS_C)keep, .eps = (FS_C)eps_c,
+                 .cap = (FS_C)softcap};
+    a.m = FS_CFN(fs_softcap)((FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL), a.cap);
+    FS_C slope_y = 1, z_y = 0;
     if (y) {
-        double w_y = FS_FN(fs_weight)(w, *y);
+        double w_y = FS_CFN(fs_weight)(w, *y);
         /* read x before the exp pass writes grad */
-        FS_T z_y = FS_FN(fs_softcap)(x[*y], a.cap);
+        z_y = FS_CFN(fs_softcap)(FS_LOAD(x[*y]), a.cap);
         double shifted_y = z_y - a.m;
-        slope_y = FS_FN(fs_softcap_slope)(z_y, a.cap);
+        slope_y = FS_CFN(fs_softcap_slope)(z_y, a.cap);
         double shifted_w = smoothing != 0 ? FS_OVER(fs_shifted_dot_chunk, 1, NULL) : 0;
         sum_exp = FS_OVER(fs_sumexp_chunk, 1, NULL);
         total_wt = keep * w_y + eps_c * weight_sum;
@@ -276,26 +280,32 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
     if (grad) {
         double exp_scale = s * total_wt;
         if (z_loss != 0) exp_scale += 2.0 * z_loss * s_z * lse;  /* d(lse**2)/dx = 2 lse p */
-        a.k = (FS_T)(exp_scale / sum_exp);
+        a.k = (FS_C)(exp_scale / sum_exp);
         if (y) {
-            a.f = (FS_T)(s * eps_c);
+            a.f = (FS_C)(s * eps_c);
             a.w = smoothing != 0 ? w : NULL;  /* f = 0: the weights need not be read */
             FS_OVER(fs_rescale_chunk, 0, NULL);
-            grad[*y] -= (FS_T)(s * keep * FS_FN(fs_weight)(w, *y)) * slope_y;
+            FS_C c = (FS_C)(s * keep * FS_CFN(fs_weight)(w, *y)) * slope_y;
+            if (FS_LOWP)  /* the target's value from z_y, not from its rounded write */
+                grad[*y] = FS_STORE((FS_CFN(fs_exp_core)(z_y - a.m) * a.k
+                                     - a.f * FS_CFN(fs_weight)(a.w, *y)) * slope_y - c);
+            else
+                grad[*y] -= c;
         } else {
-            a.f = (FS_T)s;
+            a.f = (FS_C)s;
             FS_OVER(fs_prob_rescale_chunk, 0, NULL);
         }
     }
     return total_wt * log_sum - shifted_wt;
 }
 
+#if !FS_LOWP
 /* Entropy of one row (formulas in fastsoftmax/_numba/_entropy.py); with grad (not NULL),
  * also s * dH/dx into grad, which may be x. */
 static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const FS_T *x, double s, Py_ssize_t n, FS_T *grad,
                                     int threads) {
     FS_ARGS a = {.x = x, .out = grad};
-    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     if (!isfinite(a.m))  /* a NaN, +inf or all -inf row: NaN, as torch */
         return FS_FN(fs_nan_row)(grad, n);
     double sum_ed;
@@ -315,7 +325,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T *s, const FS_T *t, double beta, double inv_t,
                                                                      double scale, Py_ssize_t n, FS_T *grad, int threads) {
     FS_ARGS a = {.x = s, .t = t, .out = grad, .inv_t = (FS_T)inv_t, .beta = (FS_T)beta};
-    a.m = (FS_T)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
+    a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     a.m_t = (FS_T)FS_OVER(fs_max_t_chunk, FS_MERGE_MAX, NULL);
     if (!isfinite(a.m) || !isfinite(a.m_t))  /* NaN, +inf or all -inf in a row: NaN */
         return FS_FN(fs_nan_row)(grad, n);
@@ -338,6 +348,8 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T
     }
     return loss;
 }
+
+#endif  /* !FS_LOWP */
 
 #undef FS_OVER
 #undef FS_ARGS

@@ -2,9 +2,10 @@
  *
  * The same algorithms as fastsoftmax/_numba/_math.py. Each helper is written once, as
  * plain C in rows_typed.h, and each row function (one op on one row, over the row
- * driver) in row_functions_typed.h; the end of this header includes both twice: for
- * float (suffix f) and for double (suffix d); FS_FN(fs_row_max) is fs_row_max_f in the
- * float instance. This header holds what does not depend on the type.
+ * driver) in row_functions_typed.h; the end of this header includes both for float
+ * (suffix f), double (d), and the 16-bit storage types bfloat16 (b) and float16 (h),
+ * computed in float; FS_FN(fs_row_max) is fs_row_max_f in the float instance. This
+ * header holds what does not depend on the type.
  * Reductions use `#pragma omp simd reduction`, which lets GCC split them into vector
  * lanes under -fopenmp-simd without -ffast-math (which would break NaN/inf
  * semantics and re-round the two-step ln2 reduction in exp).
@@ -236,11 +237,85 @@ static inline Py_ssize_t fs_chunk_length(Py_ssize_t n) {
 #define FS_CAT_(a, b) a##b
 #define FS_CAT(a, b) FS_CAT_(a, b)
 #define FS_FN(name) FS_CAT(FS_CAT(name, _), FS_S)
+#define FS_CFN(name) FS_CAT(FS_CAT(name, _), FS_CS)  /* the compute type's function */
 #define FS_MM(name) FS_CAT(name, FS_P)
 
-/* The two instances: FS_T the element type, FS_S the name suffix, FS_P the suffix of
- * the x86 intrinsics, FS_I the lane index type (the element width), FS_EXP_HI the
- * bound above which fs_exp_* gives +inf (127 ln2, 1023 ln2: 2^k stays normal). */
+/* 16-bit storage (issue 18, /work/LOWP_CONTRACT.md): a row of bfloat16 or float16
+ * arrives as the bits (uint16_t, int16_t) and is computed in float.
+ * bfloat16 -> float: the bits shifted up 16 (exact). float -> bfloat16: round to
+ * nearest even on the float bits (adding 0x7fff plus the lowest kept bit carries
+ * into the kept bits exactly when the dropped half is above a half, or a half with an
+ * odd kept part; values above the bfloat16 max carry into the exponent and give inf);
+ * a NaN keeps its sign and top mantissa bits and is made quiet. Written as selects, so
+ * that the loops that call them vectorise. */
+FS_MATH float fs_load_b(uint16_t bits) {
+    uint32_t wide = (uint32_t)bits << 16;
+    float x;
+    memcpy(&x, &wide, sizeof x);
+    return x;
+}
+
+FS_MATH uint16_t fs_store_b(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    return (uint16_t)(x != x ? (bits >> 16) | 0x40u : rounded);
+}
+
+/* float16 <-> float in integer and float operations, as selects. GCC 12 does not
+ * vectorise _Float16 conversions without AVX512-FP16 (a loop of (float)h stays scalar
+ * vcvtph2ps on x86-64-v3 and v4: "no vectype", -fopt-info-vec), so the bits are
+ * converted by hand, the same code at every level.
+ * Decode: the 15 bits moved to float's place (shifted up 13) are the value times
+ * 2^-112, exactly, subnormals included (float has the range); inf / NaN (exponent 31)
+ * get float's all-ones exponent. Encode (round to nearest even): a value >= 65536 (or
+ * inf) gives inf, a NaN a quiet NaN with its top payload bits; a normal half rebias
+ * the exponent and round by adding 0xfff plus the lowest kept bit (a carry out of the
+ * mantissa bumps the exponent; 65520 and up give inf); below 2^-14 (half subnormals,
+ * zero) adding 0.5 leaves the rounded half mantissa in float's low bits, rounded by
+ * the float addition itself. The sign is put back. */
+FS_MATH float fs_load_h(int16_t bits) {
+    uint32_t h = (uint16_t)bits, magnitude = (h & 0x7fffu) << 13;
+    float scaled;
+    memcpy(&scaled, &magnitude, sizeof scaled);
+    scaled *= 0x1p112f;
+    uint32_t out;
+    memcpy(&out, &scaled, sizeof out);
+    out = magnitude >= (0x7c00u << 13) ? magnitude | 0x7f800000u : out;
+    out |= (h & 0x8000u) << 16;
+    float x;
+    memcpy(&x, &out, sizeof x);
+    return x;
+}
+
+FS_MATH int16_t fs_store_h(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    uint32_t sign = bits & 0x80000000u, a = bits ^ sign;
+    uint32_t special = a > 0x7f800000u ? 0x7e00u | ((a >> 13) & 0x3ffu) : 0x7c00u;
+    uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13;  /* -112 << 23 + 0xfff */
+    float absx, half = 0.5f;
+    memcpy(&absx, &a, sizeof absx);
+    float shifted = absx + half;
+    uint32_t small;
+    memcpy(&small, &shifted, sizeof small);
+    small -= 0x3f000000u;
+    uint32_t h = a >= 0x47800000u ? special : a < 0x38800000u ? small : normal;
+    return (int16_t)(uint16_t)(h | (sign >> 16));
+}
+
+/* The four instances: FS_T the storage type, FS_C the compute type, FS_S and FS_CS
+ * their name suffixes, FS_LOWP 1 for 16-bit storage, FS_LOAD / FS_STORE the
+ * conversions between them, FS_P the suffix of the x86 intrinsics, FS_I the lane index
+ * type (the element width), FS_EXP_HI the bound above which fs_exp_* gives +inf
+ * (127 ln2, 1023 ln2: 2^k stays normal). The 16-bit instances (b: bfloat16, h:
+ * float16) have the long-row helpers and row functions only (rows_typed.h). */
+#define FS_IDENTITY(v) (v)
+#define FS_C float
+#define FS_CS f
+#define FS_LOWP 0
+#define FS_LOAD FS_IDENTITY
+#define FS_STORE FS_IDENTITY
 #define FS_T float
 #define FS_S f
 #define FS_P ps
@@ -252,6 +327,11 @@ static inline Py_ssize_t fs_chunk_length(Py_ssize_t n) {
 #include "row_functions_typed.h"
 #undef FS_T
 #undef FS_S
+#undef FS_C
+#undef FS_CS
+
+#define FS_C double
+#define FS_CS d
 #undef FS_P
 #undef FS_I
 #undef FS_EXP_HI
@@ -269,6 +349,51 @@ static inline Py_ssize_t fs_chunk_length(Py_ssize_t n) {
 #include "row_functions_typed.h"
 #undef FS_T
 #undef FS_S
+#undef FS_C
+#undef FS_CS
+#undef FS_LOWP
+#undef FS_LOAD
+#undef FS_STORE
+#undef FS_P
+#undef FS_I
+#undef FS_EXP_HI
+#undef FS_LOG_NORMAL
+#undef FS_MIN_NORMAL
+
+#define FS_C float
+#define FS_CS f
+#define FS_LOWP 1
+#define FS_P ps
+#define FS_I int32_t
+#define FS_EXP_HI (127.0f * 0.69314718f)
+#define FS_LOG_NORMAL fs_log_normal_f
+#define FS_MIN_NORMAL 1.17549435e-38f
+
+#define FS_T uint16_t
+#define FS_S b
+#define FS_LOAD fs_load_b
+#define FS_STORE fs_store_b
+#include "rows_typed.h"
+#include "row_functions_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_LOAD
+#undef FS_STORE
+
+#define FS_T int16_t
+#define FS_S h
+#define FS_LOAD fs_load_h
+#define FS_STORE fs_store_h
+#include "rows_typed.h"
+#include "row_functions_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_LOAD
+#undef FS_STORE
+
+#undef FS_C
+#undef FS_CS
+#undef FS_LOWP
 #undef FS_P
 #undef FS_I
 #undef FS_EXP_HI

@@ -1,17 +1,28 @@
-/* The typed row helpers of rows.h, written once and included there twice, with
- *   FS_T       the element type (float, double)
- *   FS_S       the name suffix (f, d): FS_FN(fs_row_max) is fs_row_max_f or fs_row_max_d
+/* The typed row helpers of rows.h, written once and included there once per element type,
+ * with
+ *   FS_T       the storage type of a row (float, double; uint16_t for bfloat16 bits,
+ *              int16_t for float16 bits)
+ *   FS_C       the compute type (FS_T, or float for the 16-bit types)
+ *   FS_S, FS_CS  the name suffixes of FS_T and FS_C (f, d, b, h): FS_FN(fs_row_max) is
+ *              fs_row_max_f, ..., FS_CFN(fs_exp_core) is the compute type's exp
+ *   FS_LOWP    1 for the 16-bit types: their instance has the long-row helpers only
+ *   FS_LOAD(v), FS_STORE(v)  a stored element to FS_C and back (rounded to nearest
+ *              even); the identity for float and double
  *   FS_P       the x86 intrinsic suffix (ps, pd): FS_MM(_mm512_max_) is _mm512_max_ps
  *   FS_I       the integer type of a lane index (int32_t, int64_t)
  *   FS_EXP_HI  fs_exp's bound: above it exp(x) is +inf
  *   FS_LOG_NORMAL, FS_MIN_NORMAL  log of a normal FS_T, and the smallest normal FS_T
+ * Class weights are FS_C (float32 for a 16-bit row). Every read of a row goes through
+ * FS_LOAD and every write through FS_STORE, so that a helper is written once for the
+ * four types.
  * No include guard: each inclusion is one instance. Not to be included elsewhere. */
 #ifndef FASTSOFTMAX_ROWS_H
 #error "rows_typed.h is included by rows.h only"
 #endif
-#if !defined(FS_T) || !defined(FS_S) || !defined(FS_P) || !defined(FS_I) || !defined(FS_EXP_HI) \
-    || !defined(FS_LOG_NORMAL) || !defined(FS_MIN_NORMAL)
-#error "rows_typed.h needs FS_T, FS_S, FS_P, FS_I, FS_EXP_HI, FS_LOG_NORMAL and FS_MIN_NORMAL"
+#if !defined(FS_T) || !defined(FS_C) || !defined(FS_S) || !defined(FS_CS) || !defined(FS_LOWP) \
+    || !defined(FS_LOAD) || !defined(FS_STORE) || !defined(FS_P) || !defined(FS_I) \
+    || !defined(FS_EXP_HI) || !defined(FS_LOG_NORMAL) || !defined(FS_MIN_NORMAL)
+#error "rows_typed.h needs FS_T, FS_C, FS_S, FS_CS, FS_LOWP, FS_LOAD, FS_STORE, FS_P, FS_I, FS_EXP_HI, FS_LOG_NORMAL and FS_MIN_NORMAL"
 #endif
 
 /* Names local to this file (#undef at its end). */
@@ -19,6 +30,9 @@
 #define FS_INDEX_VEC FS_FN(fs_index_vec)                     /* fs_index_vec_f, ... */
 #define FS_LANES ((Py_ssize_t)(FS_VEC_BYTES / sizeof(FS_T)))  /* lanes of a vector */
 
+/* The scalar math runs in the compute type FS_C and is defined by the float and double
+ * instances only; a 16-bit instance calls the float one (FS_CFN). */
+#if !FS_LOWP
 FS_MATH FS_T FS_FN(fs_exp)(FS_T x) {
     return x > FS_EXP_HI ? (FS_T)INFINITY : FS_FN(fs_exp_core)(x);
 }
@@ -59,42 +73,65 @@ static inline FS_T FS_FN(fs_weight)(const FS_T *w, Py_ssize_t j) {
     return w ? w[j] : (FS_T)1;
 }
 
+/* The exponential of an element v kept by the exp pass: v, or exp(v - m) when capped
+ * (v is then the capped logit z, whose slope is fs_softcap_slope(v, cap)) */
+FS_MATH FS_T FS_FN(fs_kept_exp)(FS_T v, FS_T m, FS_T cap) {
+    return cap != 0 ? FS_FN(fs_exp_core)(v - m) : v;
+}
+#endif
+
+/* The write pass's exponential e of element j, and v, the value whose softcap slope
+ * is taken (the capped logit, or anything when uncapped). float / double: the exp pass
+ * kept exp(z - m), or z when capped, in out. 16-bit: nothing was kept (a rounded
+ * 16-bit exponential rescaled here would be rounded twice); z and exp(z - m) are
+ * computed again from x. */
+#if FS_LOWP
+#define FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap)                       \
+    FS_C v = FS_CFN(fs_softcap)(FS_LOAD((x)[j]), cap);                    \
+    FS_C e = FS_CFN(fs_exp_core)(v - (m))
+#else
+#define FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap)                       \
+    FS_C v = (out)[j];                                                    \
+    FS_C e = FS_CFN(fs_kept_exp)(v, m, cap)
+#endif
+
 /* Largest element; NaN if the row holds a NaN. */
-static inline FS_T FS_FN(fs_row_max)(const FS_T *row, Py_ssize_t n) {
-    FS_T m = row[0];
+static inline FS_C FS_FN(fs_row_max)(const FS_T *row, Py_ssize_t n) {
+    FS_C m = FS_LOAD(row[0]);
     int nan = 0;
     #pragma omp simd reduction(max:m) reduction(|:nan)
     for (Py_ssize_t j = 0; j < n; j++) {
-        m = row[j] > m ? row[j] : m;
-        nan |= row[j] != row[j];
+        FS_C v = FS_LOAD(row[j]);
+        m = v > m ? v : m;
+        nan |= v != v;
     }
-    return nan ? (FS_T)NAN : m;
+    return nan ? (FS_C)NAN : m;
 }
 
 /* A row whose max is NaN or +-inf: its exponentials (out, if given) are NaN. */
 static inline double FS_FN(fs_nan_row)(FS_T *out, Py_ssize_t n) {
-    if (out) for (Py_ssize_t j = 0; j < n; j++) out[j] = (FS_T)NAN;
+    if (out) for (Py_ssize_t j = 0; j < n; j++) out[j] = FS_STORE((FS_C)NAN);
     return NAN;
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
-        const FS_T *row, Py_ssize_t n, FS_T m, FS_T cap, FS_T *out) {
+        const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap, FS_T *out) {
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc = 0;
+        FS_C acc = 0;
         if (out) {
             #pragma omp simd reduction(+:acc)
             for (Py_ssize_t j = start; j < stop; j++) {
-                FS_T z = FS_FN(fs_softcap)(row[j], cap);
-                FS_T e = FS_FN(fs_exp_core)(z - m);
-                out[j] = cap != 0 ? z : e;
+                FS_C z = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap);
+                FS_C e = FS_CFN(fs_exp_core)(z - m);
+                out[j] = FS_STORE(cap != 0 ? z : e);
                 acc += e;
             }
         } else {
             #pragma omp simd reduction(+:acc)
             for (Py_ssize_t j = start; j < stop; j++)
-                acc += FS_FN(fs_exp_core)(FS_FN(fs_softcap)(row[j], cap) - m);
+                acc += FS_CFN(fs_exp_core)(FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap) - m);
         }
         total += acc;
     }
@@ -104,10 +141,12 @@ static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
 /* sum(exp(z - m)), z = fs_softcap(row, cap), NaN when m is not finite; with out, also
  * out = exp(z - m), or z when capped (out may be row). Storing the exponentials lets
  * the write pass rescale them instead of computing exp again: CE + grad 0.96 -> 0.81
- * ns/elem at 512 x 32768. */
-static inline double FS_FN(fs_row_sumexp)(const FS_T *row, Py_ssize_t n, FS_T m, FS_T cap,
+ * ns/elem at 512 x 32768. A 16-bit instance stores nothing (FS_WRITE_PASS_EXP), only
+ * the NaN row. */
+static inline double FS_FN(fs_row_sumexp)(const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap,
                                           FS_T *out) {
     if (!isfinite(m)) return FS_FN(fs_nan_row)(out, n);
+    if (FS_LOWP) out = NULL;
     return cap != 0 ? FS_FN(fs_row_sumexp_loop)(row, n, m, cap, out)
                     : FS_FN(fs_row_sumexp_loop)(row, n, m, 0, out);
 }
@@ -117,9 +156,10 @@ static inline __attribute__((always_inline)) double FS_FN(fs_row_dot_loop)(
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc = 0;
+        FS_C acc = 0;
         #pragma omp simd reduction(+:acc)
-        for (Py_ssize_t j = start; j < stop; j++) acc += a[j] * FS_FN(fs_weight)(b, j);
+        for (Py_ssize_t j = start; j < stop; j++)
+            acc += FS_LOAD(a[j]) * (b ? FS_LOAD(b[j]) : (FS_C)1);
         total += acc;
     }
     return total;
@@ -131,22 +171,22 @@ static inline double FS_FN(fs_row_dot)(const FS_T *a, const FS_T *b, Py_ssize_t 
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_shifted_dot_loop)(
-        const FS_T *w, const FS_T *row, Py_ssize_t n, FS_T m, FS_T cap) {
+        const FS_C *w, const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap) {
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc = 0;
+        FS_C acc = 0;
         #pragma omp simd reduction(+:acc)
         for (Py_ssize_t j = start; j < stop; j++)
-            acc += FS_FN(fs_weight)(w, j) * (FS_FN(fs_softcap)(row[j], cap) - m);
+            acc += FS_CFN(fs_weight)(w, j) * (FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap) - m);
         total += acc;
     }
     return total;
 }
 
 /* sum(w * (fs_softcap(row, cap) - m)) (w NULL: ones) */
-static inline double FS_FN(fs_row_shifted_dot)(const FS_T *w, const FS_T *row, Py_ssize_t n,
-                                               FS_T m, FS_T cap) {
+static inline double FS_FN(fs_row_shifted_dot)(const FS_C *w, const FS_T *row, Py_ssize_t n,
+                                               FS_C m, FS_C cap) {
     if (cap != 0)
         return w ? FS_FN(fs_row_shifted_dot_loop)(w, row, n, m, cap)
                  : FS_FN(fs_row_shifted_dot_loop)(NULL, row, n, m, cap);
@@ -155,18 +195,18 @@ static inline double FS_FN(fs_row_shifted_dot)(const FS_T *w, const FS_T *row, P
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
-        const FS_T *row, const FS_T *t, const FS_T *w, Py_ssize_t n, FS_T m, FS_T keep,
-        FS_T eps, FS_T cap, FS_T *out, double *total_wt, double *shifted_wt) {
+        const FS_T *row, const FS_T *t, const FS_C *w, Py_ssize_t n, FS_C m, FS_C keep,
+        FS_C eps, FS_C cap, FS_T *out, double *total_wt, double *shifted_wt) {
     double sum_exp = 0.0, twt = 0.0, swt = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_exp = 0, acc_wt = 0, acc_shifted = 0;
+        FS_C acc_exp = 0, acc_wt = 0, acc_shifted = 0;
         #pragma omp simd reduction(+:acc_exp,acc_wt,acc_shifted)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T capped = FS_FN(fs_softcap)(row[j], cap), z = capped - m;
-            FS_T wt = FS_FN(fs_weight)(w, j) * (t[j] * keep + eps);
-            FS_T e = FS_FN(fs_exp_core)(z);
-            if (out) out[j] = cap != 0 ? capped : e;
+            FS_C capped = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap), z = capped - m;
+            FS_C wt = FS_CFN(fs_weight)(w, j) * (FS_LOAD(t[j]) * keep + eps);
+            FS_C e = FS_CFN(fs_exp_core)(z);
+            if (out) out[j] = FS_STORE(cap != 0 ? capped : e);
             acc_exp += e;
             acc_wt += wt;
             acc_shifted += wt * z;
@@ -180,14 +220,16 @@ static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
 /* One pass for probability targets t' = keep * t + eps (w NULL: ones), with
  * z = fs_softcap(row, cap): returns sum(exp(z - m)), sets *total_wt = sum(w t') and
  * *shifted_wt = sum(w t' (z - m)); with out, also out = exp(z - m), or z when capped
- * (out may be row). All three are NaN when m is not finite. */
-static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const FS_T *w,
-                                         Py_ssize_t n, FS_T m, FS_T keep, FS_T eps, FS_T cap,
+ * (out may be row; a 16-bit instance stores nothing, as fs_row_sumexp). All three are
+ * NaN when m is not finite. */
+static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const FS_C *w,
+                                         Py_ssize_t n, FS_C m, FS_C keep, FS_C eps, FS_C cap,
                                          FS_T *out, double *total_wt, double *shifted_wt) {
     if (!isfinite(m)) {
         *total_wt = *shifted_wt = NAN;
         return FS_FN(fs_nan_row)(out, n);
     }
+    if (FS_LOWP) out = NULL;
     if (cap != 0)
         return FS_FN(fs_prob_sums_loop)(row, t, w, n, m, keep, eps, cap, out, total_wt,
                                         shifted_wt);
@@ -197,69 +239,75 @@ static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const F
                                         shifted_wt);
 }
 
-/* The exponential of an element v kept by the exp pass: v, or exp(v - m) when capped
- * (v is then the capped logit z, whose slope is fs_softcap_slope(v, cap)) */
-FS_MATH FS_T FS_FN(fs_kept_exp)(FS_T v, FS_T m, FS_T cap) {
-    return cap != 0 ? FS_FN(fs_exp_core)(v - m) : v;
-}
-
 static inline __attribute__((always_inline)) void FS_FN(fs_rescale_loop)(
-        FS_T *out, FS_T k, FS_T f, const FS_T *w, Py_ssize_t n, FS_T m, FS_T cap) {
+        const FS_T *x, FS_T *out, FS_C k, FS_C f, const FS_C *w, Py_ssize_t n, FS_C m,
+        FS_C cap) {
+    (void)x;
     #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++)
-        out[j] = (FS_FN(fs_kept_exp)(out[j], m, cap) * k - f * FS_FN(fs_weight)(w, j))
-                 * FS_FN(fs_softcap_slope)(out[j], cap);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap);
+        out[j] = FS_STORE((e * k - f * FS_CFN(fs_weight)(w, j))
+                          * FS_CFN(fs_softcap_slope)(v, cap));
+    }
 }
 
-/* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k, bit for bit), with e = out;
- * with cap (not 0), out holds the capped logits z of the exp pass, e = exp(z - m) and
- * the result is multiplied by dz/dx. */
-static inline void FS_FN(fs_rescale)(FS_T *out, FS_T k, FS_T f, const FS_T *w, Py_ssize_t n,
-                                     FS_T m, FS_T cap) {
-    if (cap != 0) FS_FN(fs_rescale_loop)(out, k, f, w, n, m, cap);
-    else if (w) FS_FN(fs_rescale_loop)(out, k, f, w, n, m, 0);
-    else FS_FN(fs_rescale_loop)(out, k, f, NULL, n, m, 0);
+/* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k, bit for bit), e the write
+ * pass's exponential (FS_WRITE_PASS_EXP) of row x; with cap (not 0), the result is
+ * multiplied by dz/dx. */
+static inline void FS_FN(fs_rescale)(const FS_T *x, FS_T *out, FS_C k, FS_C f,
+                                     const FS_C *w, Py_ssize_t n, FS_C m, FS_C cap) {
+    if (cap != 0) FS_FN(fs_rescale_loop)(x, out, k, f, w, n, m, cap);
+    else if (w) FS_FN(fs_rescale_loop)(x, out, k, f, w, n, m, 0);
+    else FS_FN(fs_rescale_loop)(x, out, k, f, NULL, n, m, 0);
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_prob_rescale_loop)(
-        FS_T *out, const FS_T *t, const FS_T *w, FS_T k, FS_T f, FS_T keep, FS_T eps,
-        Py_ssize_t n, FS_T m, FS_T cap) {
+        const FS_T *x, FS_T *out, const FS_T *t, const FS_C *w, FS_C k, FS_C f, FS_C keep,
+        FS_C eps, Py_ssize_t n, FS_C m, FS_C cap) {
+    (void)x;
     #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++)
-        out[j] = (FS_FN(fs_kept_exp)(out[j], m, cap) * k
-                  - f * FS_FN(fs_weight)(w, j) * (t[j] * keep + eps))
-                 * FS_FN(fs_softcap_slope)(out[j], cap);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap);
+        out[j] = FS_STORE((e * k - f * FS_CFN(fs_weight)(w, j) * (FS_LOAD(t[j]) * keep + eps))
+                          * FS_CFN(fs_softcap_slope)(v, cap));
+    }
 }
 
 /* out = e * k - f * w * (t * keep + eps) (w NULL: ones), e and cap as in fs_rescale */
-static inline void FS_FN(fs_prob_rescale)(FS_T *out, const FS_T *t, const FS_T *w, FS_T k,
-                                          FS_T f, FS_T keep, FS_T eps, Py_ssize_t n, FS_T m,
-                                          FS_T cap) {
-    if (cap != 0) FS_FN(fs_prob_rescale_loop)(out, t, w, k, f, keep, eps, n, m, cap);
-    else if (w) FS_FN(fs_prob_rescale_loop)(out, t, w, k, f, keep, eps, n, m, 0);
-    else FS_FN(fs_prob_rescale_loop)(out, t, NULL, k, f, keep, eps, n, m, 0);
+static inline void FS_FN(fs_prob_rescale)(const FS_T *x, FS_T *out, const FS_T *t,
+                                          const FS_C *w, FS_C k, FS_C f, FS_C keep, FS_C eps,
+                                          Py_ssize_t n, FS_C m, FS_C cap) {
+    if (cap != 0) FS_FN(fs_prob_rescale_loop)(x, out, t, w, k, f, keep, eps, n, m, cap);
+    else if (w) FS_FN(fs_prob_rescale_loop)(x, out, t, w, k, f, keep, eps, n, m, 0);
+    else FS_FN(fs_prob_rescale_loop)(x, out, t, NULL, k, f, keep, eps, n, m, 0);
 }
 
 /* out = (row - m) - log_sum */
-static inline void FS_FN(fs_shift)(const FS_T *row, FS_T m, FS_T log_sum, FS_T *out,
+static inline void FS_FN(fs_shift)(const FS_T *row, FS_C m, FS_C log_sum, FS_T *out,
                                    Py_ssize_t n) {
     #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++) out[j] = (row[j] - m) - log_sum;
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = FS_STORE((FS_LOAD(row[j]) - m) - log_sum);
 }
 
 /* out = y * (dy - dot) */
-static inline void FS_FN(fs_softmax_bwd)(const FS_T *y, const FS_T *dy, FS_T dot, FS_T *out,
+static inline void FS_FN(fs_softmax_bwd)(const FS_T *y, const FS_T *dy, FS_C dot, FS_T *out,
                                          Py_ssize_t n) {
     #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++) out[j] = y[j] * (dy[j] - dot);
+    for (Py_ssize_t j = 0; j < n; j++)
+        out[j] = FS_STORE(FS_LOAD(y[j]) * (FS_LOAD(dy[j]) - dot));
 }
 
 /* out = dy - exp(logp) * total */
-static inline void FS_FN(fs_log_softmax_bwd)(const FS_T *logp, const FS_T *dy, FS_T total,
+static inline void FS_FN(fs_log_softmax_bwd)(const FS_T *logp, const FS_T *dy, FS_C total,
                                              FS_T *out, Py_ssize_t n) {
     #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++) out[j] = dy[j] - FS_FN(fs_exp)(logp[j]) * total;
+    for (Py_ssize_t j = 0; j < n; j++)
+        out[j] = FS_STORE(FS_LOAD(dy[j]) - FS_CFN(fs_exp)(FS_LOAD(logp[j])) * total);
 }
+
+/* Entropy, JSD and the short rows: float and double only (the kernels raise TypeError
+ * for a 16-bit array). */
+#if !FS_LOWP
 
 /* The shifted logit d = max(x - m, FS_ENTROPY_FLOOR) of the entropy */
 static inline FS_T FS_FN(fs_entropy_d)(FS_T x, FS_T m) {
@@ -748,7 +796,10 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
     }
 }
 
+#endif  /* !FS_LOWP */
+
 #undef FS_FOR_EACH_VECTOR
+#undef FS_WRITE_PASS_EXP
 #undef FS_LANES
 #undef FS_INDEX_VEC
 #undef FS_VEC
