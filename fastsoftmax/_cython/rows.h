@@ -304,6 +304,21 @@ FS_MATH int16_t fs_store_h(float x) {
     return (int16_t)(uint16_t)(h | (sign >> 16));
 }
 
+/* A block of 16-bit rows to float and back: short rows of a 16-bit array run the float
+ * block kernels on a float copy (_kernels.pyx). */
+#define FS_CONVERT_ARRAYS(S, T)                                                      \
+    static inline void fs_load_array_##S(const T *x, float *out, Py_ssize_t n) {     \
+        _Pragma("omp simd")                                                          \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = fs_load_##S(x[i]);               \
+    }                                                                                \
+    static inline void fs_store_array_##S(const float *x, T *out, Py_ssize_t n) {    \
+        _Pragma("omp simd")                                                          \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = fs_store_##S(x[i]);              \
+    }
+FS_CONVERT_ARRAYS(b, uint16_t)
+FS_CONVERT_ARRAYS(h, int16_t)
+#undef FS_CONVERT_ARRAYS
+
 /* The four instances: FS_T the storage type, FS_C the compute type, FS_S and FS_CS
  * their name suffixes, FS_LOWP 1 for 16-bit storage, FS_LOAD / FS_STORE the
  * conversions between them, FS_P the suffix of the x86 intrinsics, FS_I the lane index
