@@ -255,8 +255,8 @@ def inplace_buffer(args, out, original_logits):
     """Check that the caller's logits buffer can take the gradient (inplace=True)."""
     logits = args.logits
     if logits is not original_logits:
-        raise ValueError("inplace=True needs logits as a float32/float64 numpy array in native "
-                         "byte order (the gradient is written into that buffer)")
+        raise ValueError("inplace=True needs logits as a NumPy float array in native byte "
+                         "order (the gradient is written into that buffer)")
     if out is not None:
         raise ValueError("inplace=True writes the gradient into logits; do not also pass out")
     if not logits.flags.writeable:

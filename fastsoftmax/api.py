@@ -156,7 +156,9 @@ ROW_FUNCTIONS = [_op.name for _op in _ops.ROW_OPS]
 
 
 _CE_DOC = """logits : array_like
-        float32 or float64 scores of shape ``(..., C)``: classes on the last axis.
+        float32, float64, float16 or bfloat16 scores of shape ``(..., C)``: classes on
+        the last axis. 16-bit logits are computed in float32; the gradient is rounded
+        once to their dtype and the loss is float32.
     target : array_like
         Integer class indices of shape ``logits.shape[:-1]``, or float class
         probabilities of shape ``logits.shape`` (cast to the logits' dtype).
@@ -331,8 +333,9 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     Returns
     -------
     loss : numpy scalar or ndarray
-        A scalar of the logits' dtype for "mean"/"sum" (accumulated in float64),
-        an array of shape ``logits.shape[:-1]`` for "none". It includes the z-loss.
+        A scalar of the logits' dtype (float32 for 16-bit logits) for "mean"/"sum"
+        (accumulated in float64), an array of shape ``logits.shape[:-1]`` for "none".
+        It includes the z-loss.
     z_loss_term : numpy scalar or ndarray
         Only with ``return_z_loss=True``: the z-loss part of ``loss``, alike.
 
@@ -369,8 +372,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         array of the loss's shape. Default 1.
     inplace : bool, optional
         Write the gradient into ``logits`` (which must be a writeable
-        C-contiguous float32/float64 array) and return it: no extra (rows,
-        classes) memory. The logits are lost.
+        C-contiguous NumPy array in native byte order) and return it: no extra
+        (rows, classes) memory. The logits are lost.
     out : ndarray, optional
         Where to write the gradient: the logits' shape and dtype.
     {backend}
