@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
+                    RECOMPUTE_IN_PLACE,
                     class_weight, exps_source, kept_exps, load, restore_exp, row_scale_at,
                     same_buffer, scalar_like, softcap, softcap_slope, softcap_stored, store,
                     vexp_core, weight_block, weighted)
@@ -134,10 +135,15 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad,
         if z_loss != 0.0:  # d(lse**2)/dx = 2 lse p
             exp_scale += 2.0 * z_loss * s_z * lse / sum_exp
         source = exps_source(row, grad)
+        in_place = source is not None and same_buffer(row, grad)
         if t is None:
             if y is not None:
-                over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m, cap,
-                            source)
+                if in_place:
+                    over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m,
+                                cap, RECOMPUTE_IN_PLACE)
+                else:
+                    over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m,
+                                cap, source)
                 # the target's element written again from z_y, as row_rescale wrote it,
                 # minus the target term: one rounding for a 16-bit gradient
                 slope_y = softcap_slope(z_y, cap)
@@ -145,6 +151,9 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad,
                 f = scalar_like(row, s * eps_c)
                 store(grad, y, (vexp_core(z_y - m) * k - weighted(f, weight, y)) * slope_y
                       - scalar_like(row, s * keep * class_weight(weight, y)) * slope_y)
+        elif in_place:
+            over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
+                        eps_c, m, cap, RECOMPUTE_IN_PLACE)
         else:
             over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
                         eps_c, m, cap, source)

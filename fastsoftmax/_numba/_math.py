@@ -412,10 +412,17 @@ def _softcap_restore_overload(v, m, cap):
     return lambda v, m, cap: (vexp_core(v - m), softcap_slope(v, cap))
 
 
+# restore_exp's ``row`` for an in-place write pass of a 16-bit row: recompute from the
+# logits in ``out`` itself. Handing the same buffer as two arrays made LLVM's overlap
+# check fail and run the loop scalar (bf16 CE + grad in place 3.5 vs 0.8 ns/elem out of
+# place at 16777 x 1000).
+RECOMPUTE_IN_PLACE = True
+
+
 def restore_exp(out, row, j, m, cap):
     """(exp(z_j - m), dz/dx at j) in a write pass: from what the exp pass kept in
     ``out[j]`` (``softcap_restore``) when ``row`` is None, else recomputed from logit j of
-    ``row`` (``exps_source``)."""
+    ``row`` (``exps_source``), or of ``out`` for ``RECOMPUTE_IN_PLACE``."""
     raise NotImplementedError("restore_exp is only callable from Numba-compiled code")
 
 
@@ -423,6 +430,11 @@ def restore_exp(out, row, j, m, cap):
 def _restore_exp_overload(out, row, j, m, cap):
     if isinstance(row, (types.NoneType, types.Omitted)):
         return lambda out, row, j, m, cap: softcap_restore(out[j], m, cap)
+    if isinstance(row, types.Boolean):
+        def recompute_in_place(out, row, j, m, cap):
+            z = softcap(load(out, j), cap)
+            return vexp_core(z - m), softcap_slope(z, cap)
+        return recompute_in_place
 
     def recompute(out, row, j, m, cap):
         z = softcap(load(row, j), cap)

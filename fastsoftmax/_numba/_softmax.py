@@ -10,8 +10,8 @@ import math
 
 from numba import njit, prange
 
-from ._math import (JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, exps_source, kept_exps, load,
-                    restore_exp, same_buffer, scalar_like, store, vexp)
+from ._math import (JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, RECOMPUTE_IN_PLACE, exps_source,
+                    kept_exps, load, restore_exp, same_buffer, scalar_like, store, vexp)
 from ._split import over_chunks, row_chunks, splittable
 
 
@@ -53,7 +53,11 @@ def _log_softmax_backward_write(logp, dy, total, out):
 def _softmax_row(row, out, chunks):
     m = over_chunks("row_max", chunks, row)
     inv = scalar_like(row, 1.0 / over_chunks("row_sumexp", chunks, row, m, kept_exps(out)))
-    over_chunks("_scale", chunks, out, inv, m, exps_source(row, out))
+    source = exps_source(row, out)
+    if source is not None and same_buffer(row, out):
+        over_chunks("_scale", chunks, out, inv, m, RECOMPUTE_IN_PLACE)
+    else:
+        over_chunks("_scale", chunks, out, inv, m, source)
 
 
 @njit(**JIT_ROW)
