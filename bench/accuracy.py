@@ -1,12 +1,16 @@
-"""Accuracy of float32 kernels against the float64 reference, next to PyTorch's.
+"""Accuracy of the kernels against the float64 reference, next to PyTorch's.
 
     python -m bench.accuracy [--out docs/ACCURACY.md] [--classes 10 1000 ...]
+                             [--dtypes float32 bfloat16 float16]
 
-For each class count C and logit scale s, logits ~ s * N(0, 1) in float32 (about
-2^21 elements, at least 2 rows) go through softmax, log_softmax and
+For each dtype, class count C and logit scale s, logits ~ s * N(0, 1) rounded to the
+dtype (about 2^21 elements, at least 2 rows) go through softmax, log_softmax and
 cross_entropy_with_grad (reduction "none"; loss and gradient) of every fastsoftmax
-backend and of PyTorch; the error is normwise: max |result - exact| / max |exact|,
-with "exact" the float64 reference applied to the same float32 inputs.
+backend and of PyTorch on the same dtype; the error is normwise: max |result - exact| /
+max |exact|, with "exact" the float64 reference applied to the same rounded inputs and
+not rounded again. For 16-bit inputs, rounding the exact result to the dtype already
+costs up to half a unit in the last place: about 2e-3 (bfloat16) and 2.4e-4 (float16)
+relative to the largest value (the rows "rounding alone").
 """
 import argparse
 import importlib.util
@@ -15,12 +19,15 @@ import platform
 import numpy as np
 
 import fastsoftmax as fs
+from bench.cases import numpy_dtype
 from fastsoftmax import reference
 
 ELEMENTS = 2 ** 21
 CLASSES = [10, 1000, 131072, 1048576]
 SCALES = [1.0, 100.0, 1e4]
 QUANTITIES = ["softmax", "log_softmax", "loss", "grad"]
+DTYPES = ["float32", "bfloat16", "float16"]
+ROUNDING = "rounding alone"  # the exact result rounded to the dtype: the best possible
 
 
 def normwise_error(result, exact):
@@ -39,13 +46,15 @@ def _ours(backend):
 
 def _torch(x, t):
     import torch
-    xt = torch.from_numpy(x).requires_grad_()
+
+    from bench.implementations import _torch_tensor
+    xt = _torch_tensor(torch, x).requires_grad_()
     loss = torch.nn.functional.cross_entropy(xt, torch.from_numpy(t), reduction="none")
     loss.sum().backward()
     with torch.no_grad():
-        return {"softmax": torch.softmax(xt, -1).numpy(),
-                "log_softmax": torch.log_softmax(xt, -1).numpy(),
-                "loss": loss.detach().numpy(), "grad": xt.grad.numpy()}
+        return {"softmax": torch.softmax(xt, -1).float().numpy(),
+                "log_softmax": torch.log_softmax(xt, -1).float().numpy(),
+                "loss": loss.detach().float().numpy(), "grad": xt.grad.float().numpy()}
 
 
 def implementations():
@@ -55,21 +64,26 @@ def implementations():
     return impls
 
 
-def measure(classes=CLASSES, scales=SCALES, elements=ELEMENTS, seed=0):
-    """{(C, scale, quantity): {implementation: error}}."""
+def measure(classes=CLASSES, scales=SCALES, elements=ELEMENTS, seed=0, dtype="float32"):
+    """{(C, scale, quantity): {implementation: error}}; for 16-bit dtypes also the error of
+    the exact result rounded to the dtype (ROUNDING)."""
     rng = np.random.default_rng(seed)
     impls = implementations()
+    dtype = numpy_dtype(dtype)
     table = {}
     for n_classes in classes:
         rows = max(2, elements // n_classes)
         for scale in scales:
-            x = (rng.standard_normal((rows, n_classes)) * scale).astype(np.float32)
+            x = (rng.standard_normal((rows, n_classes)) * scale).astype(dtype)
             t = rng.integers(0, n_classes, rows)
             x64 = x.astype(np.float64)
             exact_loss, exact_grad = reference.cross_entropy_with_grad(x64, t, reduction="none")
             exact = {"softmax": reference.softmax(x64), "log_softmax": reference.log_softmax(x64),
                      "loss": exact_loss, "grad": exact_grad}
             results = {name: run(x, t) for name, run in impls.items()}
+            if dtype.itemsize == 2:
+                results[ROUNDING] = {q: v.astype(dtype if q != "loss" else np.float32)
+                                     for q, v in exact.items()}
             for quantity in QUANTITIES:
                 table[(n_classes, scale, quantity)] = {
                     name: normwise_error(result[quantity], exact[quantity])
@@ -86,7 +100,7 @@ def markdown(table):
     for (n_classes, scale, quantity), errors in table.items():
         cells = [str(n_classes), f"{scale:g}", quantity, *(f"{errors[n]:.1e}" for n in names)]
         if "torch" in errors:
-            ours = max(v for k, v in errors.items() if k != "torch")
+            ours = max(v for k, v in errors.items() if k.startswith("fastsoftmax"))
             cells.append(f"{ours / errors['torch']:.2f}" if errors["torch"] else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -95,10 +109,12 @@ def markdown(table):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=CLASSES)
-    parser.add_argument("--out", help="write the table (with how it was made) to this file")
+    parser.add_argument("--dtypes", nargs="+", default=DTYPES, choices=DTYPES)
+    parser.add_argument("--out", help="write the tables (with how they were made) to this file")
     args = parser.parse_args(argv)
-    table = markdown(measure(args.classes))
-    print(table)
+    tables = "\n\n".join(f"## {dtype}\n\n" + markdown(measure(args.classes, dtype=dtype))
+                          for dtype in args.dtypes)
+    print(tables)
     if args.out:
         import numba
         versions = f"numpy {np.__version__}, numba {numba.__version__}"
@@ -106,10 +122,10 @@ def main(argv=None):
             import torch
             versions += f", torch {torch.__version__}"
         with open(args.out, "w") as f:
-            f.write("# Accuracy of the float32 kernels\n\n"
+            f.write("# Accuracy of the kernels\n\n"
                     f"Generated by `python -m bench.accuracy --out {args.out}` on "
                     f"{platform.processor() or platform.machine()}, {versions}.\n\n"
-                    + __doc__.split("\n\n", 1)[1].strip() + "\n\n" + table + "\n")
+                    + __doc__.split("\n\n", 1)[1].strip() + "\n\n" + tables + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import functools
 
 import numpy as np
 
-from fastsoftmax import _ops
+from fastsoftmax import _dtypes, _ops, _validate
 
 ELEMENTS = 2 ** 24  # default fixed budget: N = elements // C rows
 FULL_CLASSES = [10, 100, 1000, 10000, 32768, 131072, 262144]
@@ -25,8 +25,22 @@ def shapes(full, elements=ELEMENTS):
     return budget + few_rows if full else budget
 
 
+DTYPES = ["float32", "float64", "bfloat16", "float16"]
+
+
 def dtypes(full):
     return ["float32", "float64"] if full else ["float32"]
+
+
+def numpy_dtype(name):
+    """The NumPy dtype of a bench dtype name (bfloat16: ml_dtypes')."""
+    return _dtypes.bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
+def takes(case, dtype):
+    """Whether the op of a case takes ``dtype`` (16-bit: the ops of _validate.HALF_OPS)."""
+    op, _ = CASES[case]
+    return not _dtypes.is_half(numpy_dtype(dtype)) or op.name in _validate.HALF_OPS
 
 
 def ops(full):
@@ -37,7 +51,7 @@ def ops(full):
 def inputs(case, shape, dtype):
     """The NumPy inputs of a case, shared by every implementation in a group (read-only)."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype) * 3
+    x = (rng.standard_normal(shape, dtype=np.float32) * 3).astype(numpy_dtype(dtype))
     _, from_logits = CASES[case]
     arrays = from_logits(x, -1, rng)
     for a in arrays:

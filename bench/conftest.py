@@ -13,7 +13,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-ops", default=None,
                     help="comma-separated ops to run (default: those of the chosen set)")
     group.addoption("--bench-dtypes", default=None,
-                    help="comma-separated dtypes to run (default: those of the chosen set)")
+                    help="comma-separated dtypes to run, of float32, float64, bfloat16, float16 "
+                         "(default: those of the chosen set; 16-bit: the ops that take it)")
     group.addoption("--bench-threads", type=int, default=None,
                     help="threads for fastsoftmax and torch (default: all cores)")
     group.addoption("--bench-elements", type=int, default=cases.ELEMENTS,
@@ -35,13 +36,13 @@ def pytest_generate_tests(metafunc):
     full = metafunc.config.getoption("--bench-full")
     ops = _choice(metafunc.config.getoption("--bench-ops"), cases.ops(full), cases.OPS)
     dtypes = _choice(metafunc.config.getoption("--bench-dtypes"), cases.dtypes(full),
-                     ["float32", "float64"])
+                     cases.DTYPES)
     impls = implementations()
     params, ids = [], []
     # Implementation varies fastest, so one group's inputs are built once.
     for dtype in dtypes:
         for shape in cases.shapes(full, metafunc.config.getoption("--bench-elements")):
-            for op in ops:
+            for op in (op for op in ops if cases.takes(op, dtype)):
                 for name, factories in impls.items():
                     if op in factories:
                         params.append((op, shape, dtype, name, factories[op]))

@@ -15,6 +15,7 @@ from numba import njit, prange
 
 import fastsoftmax as fs
 from bench import cases as cases_module
+from fastsoftmax import _dtypes
 
 MEMORY_FLOOR = "memory-floor"
 REFERENCE = "numpy-reference"
@@ -74,7 +75,7 @@ def _torch_ops(compiled, through_fastsoftmax=False):
         func = torch.compile(run, dynamic=False) if compiled else run
 
         def factory(arrays):
-            tensors = [torch.from_numpy(a) for a in arrays]
+            tensors = [_torch_tensor(torch, a) for a in arrays]
             if op.grad_of is not None:  # autograd inside
                 return lambda: func(*tensors)
 
@@ -86,6 +87,13 @@ def _torch_ops(compiled, through_fastsoftmax=False):
 
     return {case: make(op) for case, (op, _) in cases_module.CASES.items()
             if getattr(op, pick) is not None}
+
+
+def _torch_tensor(torch, a):
+    """A tensor sharing a NumPy array's memory; ml_dtypes' bfloat16 as torch.bfloat16."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _jax_ops():
@@ -135,7 +143,8 @@ def _memory_floor(reads, writes):
     kernel = kernels[(reads, writes)]
 
     def factory(arrays):
-        inputs = [a.reshape(-1) for a in arrays[:reads]]
+        # 16-bit floats as their bits (Numba has no 16-bit float): the same bytes to move
+        inputs = [_dtypes.kernel_view(a.reshape(-1)) for a in arrays[:reads]]
         dst = np.empty_like(inputs[0])
         return lambda: kernel(inputs, dst)
     return factory

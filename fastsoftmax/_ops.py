@@ -129,7 +129,10 @@ def _torch_cross_entropy(torch, x, target):
     return torch.nn.functional.cross_entropy(x, target)
 
 
-_AXIS_INPUT = "x : array_like\n        float32 or float64 logits."
+# the 16-bit note of the ops that take float16/bfloat16 (fastsoftmax/_dtypes.py)
+_HALF = ("float32, float64, float16 or bfloat16 (16-bit: computed in float32, the result "
+         "rounded once to\n        the input dtype)")
+_AXIS_INPUT = f"x : array_like\n        {_HALF} logits."
 
 OPS = {op.name: op for op in [
     Op("softmax", "rows", ("x",), lambda x, axis, rng: (x,),
@@ -152,7 +155,7 @@ OPS = {op.name: op for op in [
        jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True),
     Op("logsumexp", "rows", ("x",), lambda x, axis, rng: (x,), output="reduce",
        summary="Log of the sum of exponentials along ``axis``, computed without overflow.",
-       input_docs=("x : array_like\n        float32 or float64 values.",),
+       input_docs=(f"x : array_like\n        {_HALF} values.",),
        returns="ndarray\n        ``x``'s shape with ``axis`` removed. As ``torch.logsumexp``, a "
                "row of only\n        -inf gives -inf and a row holding +inf gives +inf.",
        torch=lambda torch, x: torch.logsumexp(x, -1),
@@ -160,8 +163,7 @@ OPS = {op.name: op for op in [
     Op("softmax_backward", "rows", ("y", "dy"),
        lambda x, axis, rng: (_softmax_probs(x, axis), _random_like(x, rng)),
        summary="Gradient of softmax: ``dx = y * (dy - sum(y * dy))`` along ``axis``.",
-       input_docs=("y : array_like\n        The softmax output ``softmax(x, axis)``, float32 "
-                   "or float64.",
+       input_docs=(f"y : array_like\n        The softmax output ``softmax(x, axis)``, {_HALF}.",
                    "dy : array_like\n        Gradient of the loss with respect to ``y``; same "
                    "shape and dtype as ``y``."),
        returns="ndarray\n        Gradient with respect to ``x``, same shape and dtype as ``y``.",
@@ -172,7 +174,7 @@ OPS = {op.name: op for op in [
        lambda x, axis, rng: (_log_probs(x, axis), _random_like(x, rng)),
        summary="Gradient of log-softmax: ``dx = dy - exp(logp) * sum(dy)`` along ``axis``.",
        input_docs=("logp : array_like\n        The log-softmax output ``log_softmax(x, axis)``, "
-                   "float32 or float64.",
+                   f"{_HALF}.",
                    "dy : array_like\n        Gradient of the loss with respect to ``logp``; "
                    "same shape and dtype."),
        returns="ndarray\n        Gradient with respect to ``x``, same shape and dtype as "

@@ -8,17 +8,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _dtypes
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
-def float_array(x, name):
-    """``x`` as a float32/float64 ndarray in native byte order (no copy when it already is)."""
+# The ops whose kernels take float16 and bfloat16 (named in the error for the others).
+HALF_OPS = ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
+            "cross_entropy", "cross_entropy_with_grad")
+
+
+def float_array(x, name, half=False):
+    """``x`` as a float ndarray in native byte order (no copy when it already is):
+    float32/float64, and with ``half`` also float16/bfloat16."""
     arr = np.asarray(x)
-    if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
+    if _dtypes.is_float(arr.dtype, half):
         return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+    if _dtypes.is_half(arr.dtype):
+        raise TypeError(f"{name} has dtype {arr.dtype}, which this function does not take yet "
+                        f"(float16 and bfloat16 are taken by {', '.join(HALF_OPS)}); convert "
+                        "with .astype(np.float32)")
+    accepted = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
     hint = (" (convert with .astype(np.float32))" if arr.dtype.kind in "biuf"
             else "")
-    raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}{hint}")
+    raise TypeError(f"{name} must be a {accepted} array, got dtype {arr.dtype}{hint}")
 
 
 def class_axis(x, axis, name="x"):
@@ -39,10 +52,11 @@ def class_axis(x, axis, name="x"):
     return axis
 
 
-def rows_inputs(arrays, axis):
-    """Check the arrays of a rows op (name -> array): float, one shape and dtype, a class
-    axis that is not empty. Returns (name -> normalised array, axis as a positive int)."""
-    checked = {name: float_array(a, name) for name, a in arrays.items()}
+def rows_inputs(arrays, axis, half=False):
+    """Check the arrays of a rows op (name -> array): float (16-bit too with ``half``), one
+    shape and dtype, a class axis that is not empty. Returns (name -> normalised array,
+    axis as a positive int)."""
+    checked = {name: float_array(a, name, half) for name, a in arrays.items()}
     (first_name, first), *others = checked.items()
     for name, a in others:
         same_shape_and_dtype(first, a, first_name, name)
@@ -55,7 +69,7 @@ def same_shape_and_dtype(a, b, name_a, name_b):
                          "they must be equal")
     if a.dtype != b.dtype:
         raise TypeError(f"{name_a} has dtype {a.dtype} but {name_b} has dtype {b.dtype}; "
-                        f"convert one with .astype(np.{a.dtype})")
+                        f"convert {name_b} with .astype({name_a}.dtype)")
 
 
 def _same_view(a, b):
@@ -82,10 +96,10 @@ def out_array(out, shape, dtype, inputs):
 @dataclass(frozen=True)
 class CrossEntropyArgs:
     """Normalised cross-entropy arguments."""
-    logits: np.ndarray       # float32/float64, shape (..., C)
+    logits: np.ndarray       # float32/float64/float16/bfloat16, shape (..., C)
     target: np.ndarray       # int64 of shape logits.shape[:-1], or probabilities like logits
     probabilities: bool      # True for probability targets
-    weight: object           # None or float array of shape (C,) in the logits' dtype
+    weight: object           # None, or floats of shape (C,) in the logits' compute dtype
     ignore_index: int
     may_ignore: bool         # False: no target equals ignore_index
     reduction: str
@@ -126,7 +140,7 @@ def target_array(target, logits):
     """(target, probabilities): class indices as int64 of shape ``logits.shape[:-1]``, or
     probabilities of ``logits``' shape cast to its dtype (values not checked here)."""
     target = np.asarray(target)
-    if target.dtype.kind == "f":
+    if target.dtype.kind == "f" or _dtypes.is_half(target.dtype):
         if target.shape != logits.shape:
             raise ValueError(f"probability target has shape {target.shape} but logits have shape "
                              f"{logits.shape}; they must be equal")
@@ -141,7 +155,8 @@ def target_array(target, logits):
 
 
 def class_weights(weight, logits):
-    """``weight`` (None or C numbers) as a contiguous array of the logits' dtype."""
+    """``weight`` (None or C numbers) as a contiguous array of the logits' compute dtype
+    (float32 for 16-bit logits)."""
     if weight is None:
         return None
     n_classes = logits.shape[-1]
@@ -151,14 +166,14 @@ def class_weights(weight, logits):
     if weight.shape != (n_classes,):
         raise ValueError(f"weight has shape {weight.shape} but logits have shape "
                          f"{logits.shape}; weight must have shape ({n_classes},)")
-    return np.ascontiguousarray(weight, dtype=logits.dtype)
+    return np.ascontiguousarray(weight, dtype=_dtypes.compute_dtype(logits.dtype))
 
 
 def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_smoothing,
                        z_loss=0.0, softcap=None):
     """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
     (and z_loss: a finite number >= 0; softcap: None or a finite number > 0)."""
-    logits = float_array(logits, "logits")
+    logits = float_array(logits, "logits", half=True)
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
     n_classes = logits.shape[-1]
@@ -240,8 +255,8 @@ def inplace_buffer(args, out, original_logits):
     """Check that the caller's logits buffer can take the gradient (inplace=True)."""
     logits = args.logits
     if logits is not original_logits:
-        raise ValueError("inplace=True needs logits as a float32/float64 numpy array in native "
-                         "byte order (the gradient is written into that buffer)")
+        raise ValueError("inplace=True needs logits as a NumPy float array in native byte "
+                         "order (the gradient is written into that buffer)")
     if out is not None:
         raise ValueError("inplace=True writes the gradient into logits; do not also pass out")
     if not logits.flags.writeable:

@@ -9,7 +9,7 @@ import inspect
 
 import numpy as np
 
-from . import _backends, _ops, _validate, reference
+from . import _backends, _dtypes, _ops, _validate, reference
 
 
 def _dispatch(func):
@@ -45,7 +45,7 @@ def _same_shape_output(kernel, inputs, axis, out):
     rows = [_as_rows(a, axis) for a in inputs.values()]
     direct = out is not None and axis == first.ndim - 1 and out.flags.c_contiguous
     result = out.reshape(rows[0].shape) if direct else np.empty_like(rows[0])
-    kernel(*rows, result)
+    kernel(*map(_dtypes.kernel_view, rows), _dtypes.kernel_view(result))
     if direct:
         return out
     shaped = np.moveaxis(result.reshape(np.moveaxis(first, axis, -1).shape), -1, axis)
@@ -62,7 +62,8 @@ def _reduced_output(kernel, inputs, axis, out):
     if out is not None:
         _validate.out_array(out, shape, first.dtype, inputs)
     result = np.empty(int(np.prod(shape)), dtype=first.dtype)
-    kernel(*(_as_rows(a, axis) for a in inputs.values()), result)
+    kernel(*(_dtypes.kernel_view(_as_rows(a, axis)) for a in inputs.values()),
+           _dtypes.kernel_view(result))
     if out is None:
         return result.reshape(shape)
     out[...] = result.reshape(shape)
@@ -138,7 +139,8 @@ def _rows_function(op):
         kernels = _backends.kernels(name)
         if kernels is None:
             return ref(*arrays, arguments["axis"], out=arguments["out"])
-        inputs, axis = _validate.rows_inputs(dict(zip(op.inputs, arrays)), arguments["axis"])
+        inputs, axis = _validate.rows_inputs(dict(zip(op.inputs, arrays)), arguments["axis"],
+                                             half=op.name in _validate.HALF_OPS)
         return run(getattr(kernels, op.name), inputs, axis, arguments["out"])
 
     function.__name__ = function.__qualname__ = op.name
@@ -154,7 +156,9 @@ ROW_FUNCTIONS = [_op.name for _op in _ops.ROW_OPS]
 
 
 _CE_DOC = """logits : array_like
-        float32 or float64 scores of shape ``(..., C)``: classes on the last axis.
+        float32, float64, float16 or bfloat16 scores of shape ``(..., C)``: classes on
+        the last axis. 16-bit logits are computed in float32; the gradient is rounded
+        once to their dtype and the loss is float32.
     target : array_like
         Integer class indices of shape ``logits.shape[:-1]``, or float class
         probabilities of shape ``logits.shape`` (cast to the logits' dtype).
@@ -246,7 +250,7 @@ def _copy_back(result, rows):
 
 def _run_cross_entropy(kernels, args, grad, grad_output):
     """Run the backend's cross-entropy kernel; return (loss, z-loss term) in the logits'
-    dtype, the loss including the z-loss term."""
+    compute dtype (float32 for 16-bit logits), the loss including the z-loss term."""
     x = args.logits
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     n_rows, n_classes = rows.shape
@@ -259,24 +263,27 @@ def _run_cross_entropy(kernels, args, grad, grad_output):
         np.float64(1.0)
     z_scale, _ = _grad_scales(grad_output, z_denominator)
     row_z_loss = np.empty(n_rows if args.z_loss else 0, dtype=np.float64)
+    view, grad = _dtypes.kernel_view(rows), None if grad is None else _dtypes.kernel_view(grad)
     if args.probabilities:
-        kernels.cross_entropy_prob(rows, np.ascontiguousarray(args.target).reshape(rows.shape),
-                                   weight, args.label_smoothing, args.z_loss, args.softcap,
-                                   scale, z_scale, row_scale, row_loss, row_z_loss, grad)
+        target = _dtypes.kernel_view(np.ascontiguousarray(args.target).reshape(rows.shape))
+        kernels.cross_entropy_prob(view, target, weight, args.label_smoothing, args.z_loss,
+                                   args.softcap, scale, z_scale, row_scale, row_loss,
+                                   row_z_loss, grad)
     else:
-        kernels.cross_entropy_index(rows, np.ascontiguousarray(args.target).reshape(-1),
+        kernels.cross_entropy_index(view, np.ascontiguousarray(args.target).reshape(-1),
                                     weight, weight_sum, args.ignore_index,
                                     args.label_smoothing, args.z_loss, args.softcap, scale,
                                     z_scale, row_scale, row_loss, row_z_loss, grad)
+    loss_dtype = _dtypes.compute_dtype(x.dtype)
     if not args.z_loss:
-        loss = _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
-        return loss, np.zeros(np.shape(loss), x.dtype)[()]
+        loss = _reduce(row_loss, args.reduction, denominator, args.loss_shape, loss_dtype)
+        return loss, np.zeros(np.shape(loss), loss_dtype)[()]
     float64 = np.dtype(np.float64)
     loss = _reduce(row_loss, args.reduction, denominator, args.loss_shape, float64)
     z_term = _reduce(row_z_loss, args.reduction, z_denominator, args.loss_shape, float64)
     with np.errstate(over="ignore"):  # beyond float32's range: inf
-        return (np.asarray(loss + z_term).astype(x.dtype)[()],
-                np.asarray(z_term).astype(x.dtype)[()])
+        return (np.asarray(loss + z_term).astype(loss_dtype)[()],
+                np.asarray(z_term).astype(loss_dtype)[()])
 
 
 def _class_weight(weight, n_classes):
@@ -326,8 +333,9 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     Returns
     -------
     loss : numpy scalar or ndarray
-        A scalar of the logits' dtype for "mean"/"sum" (accumulated in float64),
-        an array of shape ``logits.shape[:-1]`` for "none". It includes the z-loss.
+        A scalar of the logits' dtype (float32 for 16-bit logits) for "mean"/"sum"
+        (accumulated in float64), an array of shape ``logits.shape[:-1]`` for "none".
+        It includes the z-loss.
     z_loss_term : numpy scalar or ndarray
         Only with ``return_z_loss=True``: the z-loss part of ``loss``, alike.
 
@@ -364,8 +372,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         array of the loss's shape. Default 1.
     inplace : bool, optional
         Write the gradient into ``logits`` (which must be a writeable
-        C-contiguous float32/float64 array) and return it: no extra (rows,
-        classes) memory. The logits are lost.
+        C-contiguous NumPy array in native byte order) and return it: no extra
+        (rows, classes) memory. The logits are lost.
     out : ndarray, optional
         Where to write the gradient: the logits' shape and dtype.
     {backend}

@@ -1,4 +1,5 @@
-"""PyTorch drop-ins backed by the fastsoftmax kernels (CPU, float32/float64).
+"""PyTorch drop-ins backed by the fastsoftmax kernels (CPU, float32/float64; softmax,
+log_softmax and cross_entropy also bfloat16/float16, computed in float32, with float32 losses).
 
 ``torch`` is imported when this module is imported, never by ``import fastsoftmax``.
 Importing it registers the ops ``torch.ops.fastsoftmax.*`` with ``torch.library``:
@@ -23,22 +24,26 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _backends, _validate, api
+from . import _backends, _dtypes, _validate, api
 
 __all__ = ["cross_entropy", "CrossEntropyLoss", "softmax", "log_softmax", "entropy"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+# 16-bit tensors are taken by the ops of _validate.HALF_OPS (fastsoftmax/_dtypes.py)
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 _CURRENT_BACKEND = ""  # the op argument for "the backend fastsoftmax would pick now"
 
 
-def _check_tensor(x, name):
+def _check_tensor(x, name, half=False):
+    """A CPU float32/float64 tensor, and with ``half`` bfloat16/float16 too."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
         raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it with "
                          f".cpu(), or use torch.nn.functional on {x.device.type}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} has dtype {x.dtype}; fastsoftmax supports float32 and float64 "
+    if x.dtype not in _FLOAT_DTYPES + (_HALF_DTYPES if half else ()):
+        taken = "float32, float64, bfloat16 and float16" if half else "float32 and float64"
+        raise TypeError(f"{name} has dtype {x.dtype}; this function takes {taken} "
                         f"(convert with .float())")
 
 
@@ -55,8 +60,23 @@ def _kernel_backend(backend):
 
 
 def _numpy(x):
-    """A NumPy view of a CPU tensor (no copy)."""
-    return x.detach().numpy()
+    """A NumPy view of a CPU tensor (no copy); a bfloat16 one as ml_dtypes.bfloat16."""
+    x = x.detach()
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(_dtypes.bfloat16())
+    return x.numpy()
+
+
+def _tensor(a):
+    """A tensor sharing a NumPy array's memory (the inverse of :func:`_numpy`)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _loss_dtype(input):
+    """The dtype of a loss of ``input``: float32 for 16-bit inputs (_dtypes.compute_dtype)."""
+    return torch.float32 if input.dtype in _HALF_DTYPES else input.dtype
 
 
 def _class_dim(x):
@@ -93,7 +113,7 @@ def _scaled(grad, scale, may_return_grad):
     retain_graph=True then failed PyTorch's version check)."""
     if may_return_grad and scale.dim() == 0 and _is_plain_eager(scale) and scale.item() == 1.0:
         return grad
-    return grad * scale
+    return (grad * scale).to(grad.dtype)  # a float32 scale of a 16-bit gradient
 
 
 def _first_order_only(name, grad_output):
@@ -237,7 +257,7 @@ def _dim_argument(x, dim):
 def _rows_input(x, dim, dtype):
     if dtype is not None:
         x = x.to(dtype)
-    _check_tensor(x, "x")
+    _check_tensor(x, "x", half=True)
     return x, _dim_argument(x, dim)
 
 
@@ -292,14 +312,14 @@ def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: Optiona
         return _loss_tensor(loss), input.new_empty(0), _loss_tensor(z_term)
     loss, grad, z_term = api.cross_entropy_with_grad(_numpy(logits), **options,
                                                      return_z_loss=True, backend=backend)
-    return (_loss_tensor(loss), _classes_back(torch.from_numpy(grad), input),
+    return (_loss_tensor(loss), _classes_back(_tensor(grad), input),
             _loss_tensor(z_term))
 
 
 @_cross_entropy_op.register_fake
 def _cross_entropy_fake(input, target, weight, ignore_index, reduction, label_smoothing,
                         z_loss, softcap, compute_grad, backend):
-    loss = input.new_empty(_loss_shape(input, reduction))
+    loss = input.new_empty(_loss_shape(input, reduction), dtype=_loss_dtype(input))
     # the kernel's layout: C-contiguous with classes last
     grad = _classes_back(_classes_last(input).new_empty(_classes_last(input).shape), input)
     return loss, grad if compute_grad else input.new_empty(0), torch.empty_like(loss)
@@ -326,7 +346,7 @@ def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor,
 @_cross_entropy_inplace_op.register_fake
 def _cross_entropy_inplace_fake(input, target, weight, ignore_index, reduction, label_smoothing,
                                 z_loss, softcap, backend):
-    loss = input.new_empty(_loss_shape(input, reduction))
+    loss = input.new_empty(_loss_shape(input, reduction), dtype=_loss_dtype(input))
     return loss, torch.empty_like(loss)
 
 
@@ -495,13 +515,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     torch.Tensor
         Only with ``return_z_loss=True``: the z-loss term, shaped as the loss, detached.
     """
-    _check_tensor(input, "input")
+    _check_tensor(input, "input", half=True)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device.type != "cpu":
         raise ValueError(f"target is on {target.device}; move it with .cpu()")
     if weight is not None:
-        _check_tensor(weight, "weight")
+        _check_tensor(weight, "weight", half=True)
         if weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("fastsoftmax.torch.cross_entropy has no gradient for "
                                       "weight (neither has torch's); pass weight.detach()")

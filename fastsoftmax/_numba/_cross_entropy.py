@@ -24,9 +24,10 @@ import numpy as np
 from numba import njit, prange
 
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
-                    class_weight, row_scale_at, same_buffer, scalar_like, softcap,
-                    softcap_restore, softcap_slope, softcap_stored, vexp_core, weight_block,
-                    weighted)
+                    RECOMPUTE_IN_PLACE,
+                    class_weight, exps_source, kept_exps, load, restore_exp, row_scale_at,
+                    same_buffer, scalar_like, softcap, softcap_slope, softcap_stored, store,
+                    vexp_core, weight_block, weighted)
 from ._split import over_chunks, row_chunks, splittable
 
 
@@ -51,9 +52,9 @@ def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place, cap):
             if in_place:
                 block = dest
         for j in range(block.size):
-            capped = softcap(block[j], cap)
+            capped = softcap(load(block, j), cap)
             z = capped - m
-            wt = weighted(block_t[j] * k + e, block_w, j)
+            wt = weighted(load(block_t, j) * k + e, block_w, j)
             exp_z = vexp_core(z)
             if out is not None:
                 dest[j] = softcap_stored(capped, exp_z, cap)
@@ -82,16 +83,16 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c, out, cap):
 
 @splittable(0)
 @njit(**JIT)
-def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c, m, cap):
+def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c, m, cap, row=None):
     """out = e * exp_scale - target_scale * w * t' (weight None: ones), times dz/dx with
-    a cap (e and the slope from out: _math.row_rescale)."""
+    a cap (e and the slope from out, or from row when given: _math.row_rescale)."""
     k = scalar_like(out, exp_scale)
     f = scalar_like(out, target_scale)
     kt = scalar_like(out, keep)
     e = scalar_like(out, eps_c)
     for j in range(out.size):
-        exp_z, slope = softcap_restore(out[j], m, cap)
-        out[j] = (exp_z * k - f * weighted(t[j] * kt + e, weight, j)) * slope
+        exp_z, slope = restore_exp(out, row, j, m, cap)
+        store(out, j, (exp_z * k - f * weighted(load(t, j) * kt + e, weight, j)) * slope)
 
 
 @njit(**JIT_ROW)
@@ -99,11 +100,11 @@ def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, cap, grad, chunks):
     """What _prob_row_sums returns, for t = onehot(y): sum(exp(z - m)) (kept in grad),
     T = keep w_y + eps_c W and sum(w t' (z - m)), the target terms by lookup."""
     # Both read the row before the exp pass overwrites it (inplace=True).
-    shifted_y = float(softcap(row[y], cap) - m)
+    shifted_y = float(softcap(load(row, y), cap) - m)
     shifted_w = 0.0
     if eps_c != 0.0:
         shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m, cap)
-    sum_exp = over_chunks("row_sumexp", chunks, row, m, grad, cap)
+    sum_exp = over_chunks("row_sumexp", chunks, row, m, kept_exps(grad), cap)
     w_y = class_weight(weight, y)
     return sum_exp, keep * w_y + eps_c * weight_sum, keep * w_y * shifted_y + eps_c * shifted_w
 
@@ -121,25 +122,41 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad,
     # inner ``y is not None`` for probability targets, so each kernel compiles one kind.
     if t is None:
         if y is not None:
-            slope_y = softcap_slope(softcap(row[y], cap), cap)  # read before grad is written
+            z_y = softcap(load(row, y), cap)  # read before grad is written
             sum_exp, total_wt, shifted_wt = _index_sums(row, y, weight, weight_sum, m, keep,
                                                         eps_c, cap, grad, chunks)
     else:
         sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
-                                                    m, keep, eps_c, grad, cap)
+                                                    m, keep, eps_c, kept_exps(grad), cap)
     log_sum = math.log(sum_exp)
     lse = m + log_sum
     if grad is not None:
         exp_scale = s * total_wt / sum_exp
         if z_loss != 0.0:  # d(lse**2)/dx = 2 lse p
             exp_scale += 2.0 * z_loss * s_z * lse / sum_exp
+        source = exps_source(row, grad)
+        in_place = source is not None and same_buffer(row, grad)
         if t is None:
             if y is not None:
-                over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m, cap)
-                grad[y] -= scalar_like(row, s * keep * class_weight(weight, y)) * slope_y
+                if in_place:
+                    over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m,
+                                cap, RECOMPUTE_IN_PLACE)
+                else:
+                    over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m,
+                                cap, source)
+                # the target's element written again from z_y, as row_rescale wrote it,
+                # minus the target term: one rounding for a 16-bit gradient
+                slope_y = softcap_slope(z_y, cap)
+                k = scalar_like(row, exp_scale)
+                f = scalar_like(row, s * eps_c)
+                store(grad, y, (vexp_core(z_y - m) * k - weighted(f, weight, y)) * slope_y
+                      - scalar_like(row, s * keep * class_weight(weight, y)) * slope_y)
+        elif in_place:
+            over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
+                        eps_c, m, cap, RECOMPUTE_IN_PLACE)
         else:
             over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
-                        eps_c, m, cap)
+                        eps_c, m, cap, source)
     return total_wt * log_sum - shifted_wt, lse
 
 

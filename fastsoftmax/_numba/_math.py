@@ -74,6 +74,138 @@ def _bitcast_to_float(typingctx, bits):
     return float_type(bits), codegen
 
 
+# ---- 16-bit floats: storage types (fastsoftmax/_dtypes.py) ----
+# Numba has no 16-bit float type on the CPU, so a bfloat16 array reaches a kernel as its
+# bits in a uint16 array and a float16 array as an int16 array. A kernel reads and writes
+# its arrays through ``load`` and ``store``, which are plain indexing for float32/float64
+# and convert for the 16-bit types; the math runs in float32 (``scalar_like``).
+_BFLOAT16_BITS, _FLOAT16_BITS = types.uint16, types.int16
+_HALF_BITS = (_BFLOAT16_BITS, _FLOAT16_BITS)
+
+
+@intrinsic
+def _bfloat16_to_float(typingctx, bits):
+    """float32 from bfloat16 bits: they are the float's top half (exact)."""
+    if bits != _BFLOAT16_BITS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _float_to_bfloat16(typingctx, value):
+    """bfloat16 bits of a float32, rounded to nearest even; NaN stays a (quiet) NaN."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.bitcast(args[0], i32)
+        high = builder.lshr(bits, ir.Constant(i32, 16))
+        odd = builder.and_(high, ir.Constant(i32, 1))
+        # adding 0x7FFF (+1 when the kept half is odd) carries into it exactly when the
+        # dropped half is above one half, or one half and the kept half odd
+        rounded = builder.lshr(builder.add(builder.add(bits, ir.Constant(i32, 0x7FFF)), odd),
+                               ir.Constant(i32, 16))
+        quiet_nan = builder.or_(high, ir.Constant(i32, 0x40))
+        is_nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.trunc(builder.select(is_nan, quiet_nan, rounded), ir.IntType(16))
+
+    return _BFLOAT16_BITS(value), codegen
+
+
+@intrinsic
+def _float16_to_float(typingctx, bits):
+    """float32 from IEEE half bits (exact; LLVM emits vcvtph2ps with F16C)."""
+    if bits != _FLOAT16_BITS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _float_to_float16(typingctx, value):
+    """IEEE half bits of a float32, rounded to nearest even (beyond 65504: +-inf; NaN
+    stays NaN; LLVM emits vcvtps2ph with F16C)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return _FLOAT16_BITS(value), codegen
+
+
+_DECODE = {_BFLOAT16_BITS: _bfloat16_to_float, _FLOAT16_BITS: _float16_to_float}
+_ENCODE = {_BFLOAT16_BITS: _float_to_bfloat16, _FLOAT16_BITS: _float_to_float16}
+
+
+def load(a, j):
+    """Element j of a kernel array (j an index or a tuple of indices) as a compute-type
+    float: ``a[j]``, decoded from 16-bit bits."""
+    raise NotImplementedError("load is only callable from Numba-compiled code")
+
+
+def store(a, j, value):
+    """``a[j] = value``, encoded (rounded to nearest even) for a 16-bit array."""
+    raise NotImplementedError("store is only callable from Numba-compiled code")
+
+
+@overload(load, inline="always")
+def _load_overload(a, j):
+    decode = _DECODE.get(a.dtype)
+    if decode is None:
+        return lambda a, j: a[j]
+    return lambda a, j: decode(a[j])
+
+
+@overload(store, inline="always")
+def _store_overload(a, j, value):
+    encode = _ENCODE.get(a.dtype)
+    if encode is None:
+        def store_float(a, j, value):
+            a[j] = value
+        return store_float
+
+    def store_half(a, j, value):
+        a[j] = encode(np.float32(value))
+    return store_half
+
+
+def kept_exps(out):
+    """``out`` where a row function may keep exp(x - m) in it for its write pass, else
+    None: a 16-bit output would round them, and the write pass recomputes them from the
+    row instead (see ``restore_exp``), so that every output is rounded once."""
+    raise NotImplementedError("kept_exps is only callable from Numba-compiled code")
+
+
+def exps_source(row, out):
+    """The row to recompute exps from in the write pass: None where ``out`` kept them
+    (``kept_exps``), else ``row``."""
+    raise NotImplementedError("exps_source is only callable from Numba-compiled code")
+
+
+@overload(kept_exps)
+def _kept_exps_overload(out):
+    if isinstance(out, types.Array) and out.dtype in _HALF_BITS:
+        return lambda out: None
+    return lambda out: out
+
+
+@overload(exps_source)
+def _exps_source_overload(row, out):
+    if isinstance(out, types.Array) and out.dtype in _HALF_BITS:
+        return lambda row, out: row
+    return lambda row, out: None
+
+
 @intrinsic
 def maximum(typingctx, a, b):
     """IEEE maximum (NaN if either is NaN) via llvm.maximum, which LLVM vectorises as a
@@ -280,16 +412,58 @@ def _softcap_restore_overload(v, m, cap):
     return lambda v, m, cap: (vexp_core(v - m), softcap_slope(v, cap))
 
 
+# restore_exp's ``row`` for an in-place write pass of a 16-bit row: recompute from the
+# logits in ``out`` itself. Handing the same buffer as two arrays made LLVM's overlap
+# check fail and run the loop scalar (bf16 CE + grad in place 3.5 vs 0.8 ns/elem out of
+# place at 16777 x 1000).
+RECOMPUTE_IN_PLACE = True
+
+
+def restore_exp(out, row, j, m, cap):
+    """(exp(z_j - m), dz/dx at j) in a write pass: from what the exp pass kept in
+    ``out[j]`` (``softcap_restore``) when ``row`` is None, else recomputed from logit j of
+    ``row`` (``exps_source``), or of ``out`` for ``RECOMPUTE_IN_PLACE``."""
+    raise NotImplementedError("restore_exp is only callable from Numba-compiled code")
+
+
+@overload(restore_exp, jit_options=dict(fastmath=FASTMATH))
+def _restore_exp_overload(out, row, j, m, cap):
+    if isinstance(row, (types.NoneType, types.Omitted)):
+        return lambda out, row, j, m, cap: softcap_restore(out[j], m, cap)
+    if isinstance(row, types.Boolean):
+        def recompute_in_place(out, row, j, m, cap):
+            z = softcap(load(out, j), cap)
+            return vexp_core(z - m), softcap_slope(z, cap)
+        return recompute_in_place
+
+    def recompute(out, row, j, m, cap):
+        z = softcap(load(row, j), cap)
+        return vexp_core(z - m), softcap_slope(z, cap)
+    return recompute
+
+
 def scalar_like(row, value):
-    """``value`` converted to the dtype of ``row`` (an array or a scalar): keeps float32
-    loops in float32."""
+    """``value`` converted to the compute type of ``row`` (an array or a scalar): its dtype,
+    float32 for 16-bit arrays. Keeps float32 loops in float32."""
     raise NotImplementedError("scalar_like is only callable from Numba-compiled code")
 
 
 @overload(scalar_like)
 def _scalar_like_overload(row, value):
-    convert = np.dtype((row.dtype if isinstance(row, types.Array) else row).name).type
+    dtype = row.dtype if isinstance(row, types.Array) else row
+    convert = np.float32 if dtype in _HALF_BITS else np.dtype(dtype.name).type
     return lambda row, value: convert(value)
+
+
+def empty_like_compute(shape, like):
+    """``np.empty(shape)`` of ``like``'s compute type (float32 for 16-bit arrays)."""
+    raise NotImplementedError("empty_like_compute is only callable from Numba-compiled code")
+
+
+@overload(empty_like_compute)
+def _empty_like_compute_overload(shape, like):
+    dtype = np.float32 if like.dtype in _HALF_BITS else np.dtype(like.dtype.name)
+    return lambda shape, like: np.empty(shape, dtype)
 
 
 # Class weights: an array of C weights, or None for weight=None (every class weighs 1;
@@ -356,9 +530,9 @@ def same_buffer(a, b):
 @njit(**JIT_REDUCTION)
 def row_max(row):
     """Largest element of a non-empty row; NaN if the row holds a NaN."""
-    m = row[0]
+    m = load(row, 0)
     for j in range(1, row.size):
-        m = maximum(m, row[j])
+        m = maximum(m, load(row, j))
     return m
 
 
@@ -373,7 +547,7 @@ def _sumexp_blocks(row, m, out, in_place, cap):
         acc = scalar_like(row, 0)
         if out is None:
             for j in range(block.size):
-                acc += vexp_core(softcap(block[j], cap) - m)
+                acc += vexp_core(softcap(load(block, j), cap) - m)
         else:
             dest = out[start:start + BLOCK]
             src = dest if in_place else block
@@ -393,7 +567,8 @@ def row_sumexp(row, m, out=None, cap=None):
 
     With ``out``, also out = exp(row - m) (``out`` may be ``row``): the write pass then
     rescales the stored values instead of computing exp again (CE + grad 0.96 -> 0.81
-    ns/elem at 512 x 32768, Cython; the same here).
+    ns/elem at 512 x 32768, Cython; the same here). A row function passes
+    ``kept_exps(out)``: None for a 16-bit output.
     """
     if not math.isfinite(m):
         if out is not None:
@@ -406,20 +581,21 @@ def row_sumexp(row, m, out=None, cap=None):
 
 
 @njit(**JIT)
-def row_rescale(out, exp_scale, weight_scale, weight, m=0.0, cap=None):
+def row_rescale(out, exp_scale, weight_scale, weight, m=0.0, cap=None, row=None):
     """out = e * exp_scale - weight_scale * weight (weight term skipped at 0; weight
     None: ones) with e = out; with ``cap``, (...) * dz/dx, e and the slope restored from
-    out as row_sumexp stored them (softcap_restore)."""
+    out as row_sumexp stored them (softcap_restore); with ``row``, e and the slope
+    recomputed from it (``restore_exp``)."""
     k = scalar_like(out, exp_scale)
     if weight_scale != 0.0:
         f = scalar_like(out, weight_scale)
         for j in range(out.size):
-            e, slope = softcap_restore(out[j], m, cap)
-            out[j] = (e * k - weighted(f, weight, j)) * slope
+            e, slope = restore_exp(out, row, j, m, cap)
+            store(out, j, (e * k - weighted(f, weight, j)) * slope)
     else:
         for j in range(out.size):
-            e, slope = softcap_restore(out[j], m, cap)
-            out[j] = e * k * slope
+            e, slope = restore_exp(out, row, j, m, cap)
+            store(out, j, e * k * slope)
 
 
 @njit(**JIT_REDUCTION)
@@ -430,7 +606,7 @@ def row_dot(a, b):
         block_a, block_b = a[start:start + BLOCK], b[start:start + BLOCK]
         acc = scalar_like(a, 0)
         for j in range(block_a.size):
-            acc += block_a[j] * block_b[j]
+            acc += load(block_a, j) * load(block_b, j)
         total += acc
     return total
 
@@ -443,7 +619,7 @@ def row_shifted_dot(w, row, m, cap=None):
         block_w, block = weight_block(w, start, start + BLOCK), row[start:start + BLOCK]
         acc = scalar_like(row, 0)
         for j in range(block.size):
-            acc += weighted(softcap(block[j], cap) - m, block_w, j)
+            acc += weighted(softcap(load(block, j), cap) - m, block_w, j)
         total += acc
     return total
 
@@ -456,6 +632,6 @@ def row_sum(a):
         block = a[start:start + BLOCK]
         acc = scalar_like(a, 0)
         for j in range(block.size):
-            acc += block[j]
+            acc += load(block, j)
         total += acc
     return total

@@ -9,15 +9,16 @@ from the scratch. Measured on one block of 409 x 10 float32, one thread:
 softmax 14.3 ns/elem with row-wise block loops -> 2.8 ns/elem transposed.
 
 Each kernel ``<name>_blocks`` has the signature and semantics of its row-kernel twin
-``<name>``; the exp values are computed once and kept in the scratch.
+``<name>``; the exp values are computed once and kept in the scratch, which is in the
+compute type (float32 for 16-bit arrays, so each output is rounded once).
 """
 import math
 
 import numpy as np
 from numba import njit, prange
 
-from ._math import (JIT, JIT_PARALLEL, class_weight, maximum, row_scale_at, scalar_like, softcap,
-                    softcap_slope, vexp, weighted)
+from ._math import (JIT, JIT_PARALLEL, class_weight, empty_like_compute, load, maximum,
+                    row_scale_at, scalar_like, softcap, softcap_slope, store, vexp, weighted)
 
 SMALL_C = 64           # below this many classes the block kernels are used
 BLOCK_ELEMENTS = 4096  # elements per task: the block and its scratch stay in L1
@@ -35,10 +36,10 @@ def _columns(x, cap=None):
     """(e, m): e[j, r] = z[r, j] - m[r], with z = softcap(x, cap) (x when cap is None) and
     m[r] the max of row r of z."""
     n_rows, n_classes = x.shape
-    e = np.empty((n_classes, n_rows), x.dtype)
+    e = empty_like_compute((n_classes, n_rows), x)
     for r in range(n_rows):
         for j in range(n_classes):
-            e[j, r] = softcap(x[r, j], cap)
+            e[j, r] = softcap(load(x, (r, j)), cap)
     m = e[0].copy()
     for j in range(1, n_classes):
         column = e[j]
@@ -71,7 +72,7 @@ def _softmax_block(x, out):
     for r in range(x.shape[0]):
         inv = scalar_like(x, 1.0 / sums[r])
         for j in range(x.shape[1]):
-            out[r, j] = e[j, r] * inv
+            store(out, (r, j), e[j, r] * inv)
 
 
 @njit(**JIT)
@@ -82,7 +83,7 @@ def _log_softmax_block(x, out):
         log_sum = scalar_like(x, math.log(sums[r]))
         mr = m[r]
         for j in range(x.shape[1]):
-            out[r, j] = (x[r, j] - mr) - log_sum
+            store(out, (r, j), (load(x, (r, j)) - mr) - log_sum)
 
 
 @njit(**JIT)
@@ -91,7 +92,7 @@ def _logsumexp_block(x, out):
     sums = _exp_columns(e)
     for r in range(x.shape[0]):
         # as torch.logsumexp: a row whose max is +-inf gives that max (NaN stays NaN)
-        out[r] = m[r] + math.log(sums[r]) if math.isfinite(m[r]) else m[r]
+        store(out, r, m[r] + math.log(sums[r]) if math.isfinite(m[r]) else m[r])
 
 
 @njit(**JIT_PARALLEL)
@@ -149,7 +150,7 @@ def _prob_block_sums(e, t, weight, keep, eps_c):
     for j in range(n_classes):
         column = e[j]
         for r in range(n_rows):
-            wt = weighted(t[r, j] * k + c, weight, j)
+            wt = weighted(load(t, (r, j)) * k + c, weight, j)
             total_wt[r] += wt
             shifted_wt[r] += wt * column[r]
     return total_wt, shifted_wt
@@ -203,19 +204,22 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
         if t is None:
             if y is not None:
                 f = scalar_like(x, s * eps_c)
-                target_term = scalar_like(x, s * keep * class_weight(weight, y[r])) \
-                    * softcap_slope(softcap(x[r, y[r]], cap), cap)
+                slope_y = softcap_slope(softcap(load(x, (r, y[r])), cap), cap)
+                target_term = scalar_like(x, s * keep * class_weight(weight, y[r])) * slope_y
                 for j in range(n_classes):
-                    out[j] = (e[j, r] * k - weighted(f, weight, j)) \
-                        * softcap_slope(softcap(x[r, j], cap), cap)
-                out[y[r]] -= target_term
+                    store(out, j, (e[j, r] * k - weighted(f, weight, j))
+                          * softcap_slope(softcap(load(x, (r, j)), cap), cap))
+                # the target's element written again, minus the target term: one rounding
+                # for a 16-bit gradient
+                store(out, y[r], (e[y[r], r] * k - weighted(f, weight, y[r])) * slope_y
+                      - target_term)
         else:
             kt = scalar_like(x, keep)
             c = scalar_like(x, eps_c)
             f = scalar_like(x, s)
             for j in range(n_classes):
-                out[j] = (e[j, r] * k - f * weighted(t[r, j] * kt + c, weight, j)) \
-                    * softcap_slope(softcap(x[r, j], cap), cap)
+                store(out, j, (e[j, r] * k - f * weighted(load(t, (r, j)) * kt + c, weight, j))
+                      * softcap_slope(softcap(load(x, (r, j)), cap), cap))
 
 
 @njit(**JIT_PARALLEL)

@@ -10,16 +10,19 @@ import math
 
 from numba import njit, prange
 
-from ._math import JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, same_buffer, scalar_like, vexp
+from ._math import (JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, RECOMPUTE_IN_PLACE, exps_source,
+                    kept_exps, load, restore_exp, same_buffer, scalar_like, store, vexp)
 from ._split import over_chunks, row_chunks, splittable
 
 
 @splittable(0)
 @njit(**JIT)
-def _scale(out, k):
-    """out *= k"""
+def _scale(out, k, m, row):
+    """out = e * k, e = exp(row - m) as row_sumexp kept it in out (row None), or
+    recomputed from row (_math.restore_exp)."""
     for j in range(out.size):
-        out[j] *= k
+        e, _ = restore_exp(out, row, j, m, None)
+        store(out, j, e * k)
 
 
 @splittable(0)
@@ -27,7 +30,7 @@ def _scale(out, k):
 def _shift(row, m, log_sum, out):
     """out = (row - m) - log_sum"""
     for j in range(row.size):
-        out[j] = (row[j] - m) - log_sum
+        store(out, j, (load(row, j) - m) - log_sum)
 
 
 @splittable(0)
@@ -35,7 +38,7 @@ def _shift(row, m, log_sum, out):
 def _softmax_backward_write(y, dy, dot, out):
     """out = y * (dy - dot)"""
     for j in range(y.size):
-        out[j] = y[j] * (dy[j] - dot)
+        store(out, j, load(y, j) * (load(dy, j) - dot))
 
 
 @splittable(0)
@@ -43,14 +46,18 @@ def _softmax_backward_write(y, dy, dot, out):
 def _log_softmax_backward_write(logp, dy, total, out):
     """out = dy - exp(logp) * total"""
     for j in range(logp.size):
-        out[j] = dy[j] - vexp(logp[j]) * total
+        store(out, j, load(dy, j) - vexp(load(logp, j)) * total)
 
 
 @njit(**JIT_ROW)
 def _softmax_row(row, out, chunks):
     m = over_chunks("row_max", chunks, row)
-    inv = scalar_like(row, 1.0 / over_chunks("row_sumexp", chunks, row, m, out))
-    over_chunks("_scale", chunks, out, inv)
+    inv = scalar_like(row, 1.0 / over_chunks("row_sumexp", chunks, row, m, kept_exps(out)))
+    source = exps_source(row, out)
+    if source is not None and same_buffer(row, out):
+        over_chunks("_scale", chunks, out, inv, m, RECOMPUTE_IN_PLACE)
+    else:
+        over_chunks("_scale", chunks, out, inv, m, source)
 
 
 @njit(**JIT_ROW)
@@ -116,10 +123,10 @@ def logsumexp(x, out):
     chunks = row_chunks(x.shape[0], x.shape[1])
     if chunks == 1:
         for i in prange(x.shape[0]):
-            out[i] = _logsumexp_row(x[i], 1)
+            store(out, i, _logsumexp_row(x[i], 1))
     else:
         for i in range(x.shape[0]):
-            out[i] = _logsumexp_row(x[i], chunks)
+            store(out, i, _logsumexp_row(x[i], chunks))
 
 
 @njit(**JIT_PARALLEL)

@@ -30,8 +30,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._math import (JIT, row_dot, row_max, row_rescale, row_shifted_dot, row_sum,
-                    row_sumexp)
+from ._math import (JIT, empty_like_compute, row_dot, row_max, row_rescale, row_shifted_dot,
+                    row_sum, row_sumexp)
 
 SPLIT_ROWS = 4           # split the rows of an array with fewer rows than this ...
 SPLIT_MIN_CHUNK = 16384  # ... and at least 4 chunks of this many classes
@@ -86,11 +86,11 @@ def sum_in_order(parts):
 
 # Arguments of a split helper: at most this many. Fixed names, not *args: Numba cannot
 # lower an inlined overload that takes *args.
-_ARG_NAMES = tuple(f"a{k}" for k in range(9))
+_ARG_NAMES = tuple(f"a{k}" for k in range(10))
 
 
 def over_chunks(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None, a6=None,
-                a7=None, a8=None):
+                a7=None, a8=None, a9=None):
     """``SPLITTABLE[name](a0, a1, ...)``, run over ``chunks`` chunks of the row on all threads
     when chunks > 1, with the partial results merged in chunk order."""
     raise NotImplementedError("over_chunks is only callable from Numba-compiled code")
@@ -98,11 +98,11 @@ def over_chunks(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None, a
 
 @overload(over_chunks, inline="always", prefer_literal=True)
 def _over_chunks_overload(name, chunks, a0, a1=None, a2=None, a3=None, a4=None, a5=None,
-                          a6=None, a7=None, a8=None):
+                          a6=None, a7=None, a8=None, a9=None):
     if not isinstance(name, types.StringLiteral):
         return None
     helper, merge = SPLITTABLE[name.literal_value]
-    given = [t for t in (a0, a1, a2, a3, a4, a5, a6, a7, a8)
+    given = [t for t in (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
              if t is not None and not isinstance(t, types.Omitted)]
     return _split_implementation(helper, merge, given)
 
@@ -115,7 +115,8 @@ def _split_implementation(helper, merge, arg_types):
     per_chunk = ", ".join(f"{n}[lo:hi]" if k in columns else n for k, n in enumerate(names))
     row = names[columns[0]]
     if merge == "max":
-        parts, store, result = f"np.empty(chunks, {row}.dtype)", "parts[c] = r", \
+        # the chunk maxima in the compute type (float32 for a 16-bit row)
+        parts, store, result = f"empty_like_compute(chunks, {row})", "parts[c] = r", \
             "row_max(parts)"
     elif merge == 0:
         parts, store, result = "None", "pass", "None"
@@ -140,6 +141,7 @@ def split_call(name, chunks, {", ".join(n + ("=None" if k else "")
     return {result}
 """
     scope = dict(helper=helper, np=np, prange=prange, _chunk_length=_chunk_length,
-                 sum_in_order=sum_in_order, row_max=row_max)
+                 sum_in_order=sum_in_order, row_max=row_max,
+                 empty_like_compute=empty_like_compute)
     exec(compile(source, f"<over_chunks {helper.py_func.__name__}>", "exec"), scope)
     return scope["split_call"]
