@@ -291,3 +291,60 @@ def test_torch_cross_entropy_in_place(dtype, compiled_backend):
     np.testing.assert_allclose(loss.detach().numpy(), loss_ref, rtol=2e-5)
     _assert_within_one_ulp(_numpy(logits, dtype), grad_ref, f"torch CE in place {dtype}")
     _assert_within_one_ulp(_numpy(leaf.grad, dtype), grad_ref, f"torch CE leaf grad {dtype}")
+
+
+# ---- the Numba backend's 16-bit conversions, exhaustively where it is cheap ----
+
+def test_numba_float16_conversions_match_numpy():
+    """Every float16 decodes exactly and encodes back to itself; float32 bit patterns
+    (random, and the overflow/subnormal edges) encode as NumPy's round to nearest even."""
+    from numba import njit
+
+    from fastsoftmax._numba._math import load, store
+
+    @njit
+    def copy(a, b):
+        for j in range(a.size):
+            store(b, j, load(a, j))
+
+    every = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16)
+    back = np.empty_like(every)
+    copy(every, back)
+    nan = np.isnan(every.view(np.float16))
+    assert np.isnan(back.view(np.float16)[nan]).all()
+    np.testing.assert_array_equal(back[~nan], every[~nan])
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)
+                        .view(np.float32),
+                        np.float32([65504, 65519.99, 65520, 1e-8, 2.98e-8, 5.96e-8, -0.0])])
+    encoded = np.empty(f.size, np.int16)
+    copy(f, encoded)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = f.astype(np.float16)
+    nan = np.isnan(expected)
+    assert np.isnan(encoded.view(np.float16)[nan]).all()
+    np.testing.assert_array_equal(encoded[~nan], expected.view(np.int16)[~nan])
+
+
+def test_numba_bfloat16_conversions_match_ml_dtypes():
+    from numba import njit
+
+    from fastsoftmax._numba._math import load, store
+
+    @njit
+    def copy(a, b):
+        for j in range(a.size):
+            store(b, j, load(a, j))
+
+    rng = np.random.default_rng(1)
+    f = np.concatenate([rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)
+                        .view(np.float32), np.float32([3.4e38, -3.4e38, 1e-40, -0.0])])
+    encoded = np.empty(f.size, np.uint16)
+    copy(f, encoded)
+    expected = f.astype(BF16)
+    nan = np.isnan(f)
+    assert np.isnan(encoded.view(BF16)[nan].astype(np.float32)).all()
+    np.testing.assert_array_equal(encoded[~nan], expected.view(np.uint16)[~nan])
+    back = np.empty(f.size, np.float32)
+    copy(encoded, back)
+    np.testing.assert_array_equal(back[~nan], expected[~nan].astype(np.float32))

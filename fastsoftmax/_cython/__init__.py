@@ -10,7 +10,7 @@ registry then leaves "cython" out of ``available_backends()``. A forced level th
 CPU or the install lacks raises ``fastsoftmax._isa.IsaError``.
 
 The kernels of ``LOW_PRECISION`` also take bfloat16 and float16 arrays as their bits
-(uint16, int16 views; /work/LOWP_CONTRACT.md); the others raise TypeError naming the op.
+(uint16, int16 views; fastsoftmax/_dtypes.py); the others raise TypeError naming the op.
 """
 import functools
 import importlib

@@ -163,7 +163,7 @@ ctypedef fused real:
     double
 
 # The kernels of issue 18 also take 16-bit arrays, as the bits: bfloat16 as uint16,
-# float16 as int16 (/work/LOWP_CONTRACT.md); they compute in float32. Their class weights
+# float16 as int16 (fastsoftmax/_dtypes.py); they compute in float32. Their class weights
 # are float32. Short rows (n < SMALL_C) of a 16-bit array: see _lowp_scratch.
 ctypedef fused anyreal:
     float

@@ -240,7 +240,7 @@ static inline Py_ssize_t fs_chunk_length(Py_ssize_t n) {
 #define FS_CFN(name) FS_CAT(FS_CAT(name, _), FS_CS)  /* the compute type's function */
 #define FS_MM(name) FS_CAT(name, FS_P)
 
-/* 16-bit storage (issue 18, /work/LOWP_CONTRACT.md): a row of bfloat16 or float16
+/* 16-bit storage (issue 18, fastsoftmax/_dtypes.py): a row of bfloat16 or float16
  * arrives as the bits (uint16_t, int16_t) and is computed in float.
  * bfloat16 -> float: the bits shifted up 16 (exact). float -> bfloat16: round to
  * nearest even on the float bits (adding 0x7fff plus the lowest kept bit carries

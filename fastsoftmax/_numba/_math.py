@@ -118,27 +118,62 @@ def _float_to_bfloat16(typingctx, value):
     return _BFLOAT16_BITS(value), codegen
 
 
+# float16 in integer operations, not LLVM's half conversions: those become a libgcc call
+# (__extendhfsf2) that the JIT cannot resolve on a CPU without F16C, which aborted the
+# process (NUMBA_CPU_NAME=generic). These vectorise at every level, as the C backend's
+# fs_load_h / fs_store_h (rows.h) that they mirror.
 @intrinsic
 def _float16_to_float(typingctx, bits):
-    """float32 from IEEE half bits (exact; LLVM emits vcvtph2ps with F16C)."""
+    """float32 from IEEE half bits, exact: the 15 bits moved to float's place are the value
+    times 2^-112 (subnormals included); exponent 31 (inf, NaN) gets float's all-ones."""
     if bits != _FLOAT16_BITS:
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        i32, f32 = ir.IntType(32), ir.FloatType()
+        h = builder.zext(args[0], i32)
+        magnitude = builder.shl(builder.and_(h, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
+        scaled = builder.fmul(builder.bitcast(magnitude, f32), ir.Constant(f32, 2.0 ** 112))
+        special = builder.icmp_unsigned(">=", magnitude, ir.Constant(i32, 0x7C00 << 13))
+        out = builder.select(special, builder.or_(magnitude, ir.Constant(i32, 0x7F800000)),
+                             builder.bitcast(scaled, i32))
+        sign = builder.shl(builder.and_(h, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
+        return builder.bitcast(builder.or_(out, sign), f32)
 
     return types.float32(bits), codegen
 
 
 @intrinsic
 def _float_to_float16(typingctx, value):
-    """IEEE half bits of a float32, rounded to nearest even (beyond 65504: +-inf; NaN
-    stays NaN; LLVM emits vcvtps2ph with F16C)."""
+    """IEEE half bits of a float32, rounded to nearest even. From 65520 up: +-inf; NaN: a
+    quiet NaN with the top payload bits. A normal half: rebias the exponent and round by
+    adding 0xFFF plus the lowest kept bit (a carry bumps the exponent). Below 2^-14
+    (subnormal halves): adding 0.5 leaves the rounded half mantissa in the float's low
+    bits, rounded by the float addition itself."""
     if value != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+        i32, f32 = ir.IntType(32), ir.FloatType()
+
+        def const(v):
+            return ir.Constant(i32, v)
+        bits = builder.bitcast(args[0], i32)
+        sign = builder.and_(bits, const(0x80000000))
+        a = builder.xor(bits, sign)
+        kept = builder.lshr(a, const(13))
+        special = builder.select(builder.icmp_unsigned(">", a, const(0x7F800000)),
+                                 builder.or_(builder.and_(kept, const(0x3FF)), const(0x7E00)),
+                                 const(0x7C00))
+        # a + (-112 << 23) + 0xFFF + lowest kept bit, modulo 2^32
+        normal = builder.lshr(builder.add(builder.add(a, const(0xC8000FFF)),
+                                          builder.and_(kept, const(1))), const(13))
+        shifted = builder.fadd(builder.bitcast(a, f32), ir.Constant(f32, 0.5))
+        small = builder.sub(builder.bitcast(shifted, i32), const(0x3F000000))
+        h = builder.select(builder.icmp_unsigned(">=", a, const(0x47800000)), special,
+                           builder.select(builder.icmp_unsigned("<", a, const(0x38800000)),
+                                          small, normal))
+        return builder.trunc(builder.or_(h, builder.lshr(sign, const(16))), ir.IntType(16))
 
     return _FLOAT16_BITS(value), codegen
 
