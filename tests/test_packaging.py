@@ -45,6 +45,9 @@ def _copy_install(site):
     package = pathlib.Path(fastsoftmax.__file__).parent
     shutil.copytree(package, site / "fastsoftmax",
                     ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
+    vendored = package.parent / "fastsoftmax.libs"  # libgomp, after auditwheel repair
+    if vendored.is_dir():
+        shutil.copytree(vendored, site / vendored.name)
 
 
 def _read_only_command(site, home):
