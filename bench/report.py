@@ -33,6 +33,7 @@ class Run:
         self.threads = info.get("fastsoftmax_threads", cpu.get("count"))
         self.versions = info.get("fastsoftmax_versions", {})
         self.isa = _isa_summary(info)
+        self.details = _cpu_details(cpu)
         self.label = label
         self.ns = defaultdict(dict)      # (op, rows, classes, dtype) -> {impl: ns/element}
         self.cold = {}                   # cache state -> extra_info
@@ -54,7 +55,8 @@ class Run:
 
     def machine_line(self):
         versions = ", ".join(f"{k} {v}" for k, v in self.versions.items())
-        return f"{self.title()}; {versions}"
+        details = f" ({self.details})" if self.details else ""
+        return f"{self.title()}{details}; {versions}"
 
     def keys(self, op=None, dtype=None):
         return sorted(k for k in self.ns if (op is None or k[0] == op)
@@ -77,6 +79,20 @@ def _isa_summary(info):
     if flags:
         parts.append(" ".join(flag if present else f"-{flag}" for flag, present in flags.items()))
     return "; ".join(parts)
+
+
+def _cpu_details(cpu):
+    """"family 25 model 1, L2 512 KiB, L3 32 MiB" from py-cpuinfo's record (as it reports
+    them: the cache sizes may be per core or per package, depending on the OS)."""
+    parts = []
+    if cpu.get("family") is not None:
+        parts.append(f"family {cpu['family']} model {cpu.get('model')}")
+    for level in ("l2", "l3"):
+        size = cpu.get(f"{level}_cache_size")
+        if isinstance(size, int) and size > 0:
+            unit = "MiB" if size >= 2 ** 20 else "KiB"
+            parts.append(f"{level.upper()} {size / 2 ** (20 if unit == 'MiB' else 10):g} {unit}")
+    return ", ".join(parts)
 
 
 def fastest_fastsoftmax(timings):

@@ -8,7 +8,9 @@ BRAND = "AMD EPYC 7B13"
 
 
 def _results(path, cpu_level, flags):
-    info = {"cpu": {"brand_raw": BRAND, "count": 2}, "fastsoftmax_threads": 2,
+    info = {"cpu": {"brand_raw": BRAND, "count": 2, "family": 25, "model": 1,
+                    "l2_cache_size": 1048576, "l3_cache_size": 33554432},
+            "fastsoftmax_threads": 2,
             "fastsoftmax_versions": {"fastsoftmax": "0"},
             "fastsoftmax_isa": {"cpu": cpu_level, "numba": cpu_level, "cython": cpu_level,
                                 "forced": None, "flags": flags}}
@@ -31,6 +33,7 @@ def test_two_epycs_get_different_labels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"CPU1: zen4: {BRAND} [isa cython=avx512" in out
     assert f"CPU2: {BRAND} [isa cython=avx2" in out
+    assert "2 threads (family 25 model 1, L2 1 MiB, L3 32 MiB)" in out
 
 
 def test_flags_from_py_cpuinfo_when_the_isa_was_not_recorded(tmp_path):
