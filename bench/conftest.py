@@ -77,3 +77,19 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastsoftmax_versions"] = versions
     machine_info["fastsoftmax_threads"] = (config.getoption("--bench-threads")
                                            or default_threads())
+    machine_info["fastsoftmax_isa"] = isa_info()
+
+
+def isa_info():
+    """The dispatched ISA levels and the key CPU flags: two CPUs of one brand (an AVX-512
+    EPYC and an AVX2 EPYC) differ here, not in their brand string."""
+    import contextlib
+    import io
+
+    import fastsoftmax as fs
+    with contextlib.redirect_stdout(io.StringIO()):  # show_config prints; keep the log clean
+        config = fs.show_config()
+    isa, cython = config["isa"], config["cython"]
+    return {"cpu": isa["cpu"], "numba": isa["numba"], "forced": isa["forced"],
+            "cython": cython["isa"] if cython else None,
+            "flags": {flag: flag in isa["cpu_features"] for flag in ("avx2", "fma", "avx512f")}}

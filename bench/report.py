@@ -3,6 +3,7 @@
     python -m bench.report results.json [more.json ...]            # tables per CPU
     python -m bench.report a.json b.json --plot speedup.png       # + plot, a panel per CPU
     python -m bench.report results.json --readme README.md        # regenerate README table
+    python -m bench.report a.json b.json --label zen4 --label zen3  # name the runs
 
 Per group (op, shape, dtype) it prints the median time per logit element of every
 implementation, and for the fastest fastsoftmax implementation its speedup over the
@@ -23,7 +24,7 @@ README_OPS = ("cross_entropy_with_grad", "softmax")
 class Run:
     """One results file: the machine it ran on and median ns/element per group and impl."""
 
-    def __init__(self, path):
+    def __init__(self, path, label=None):
         data = json.loads(pathlib.Path(path).read_text())
         info = data["machine_info"]
         cpu = info.get("cpu", {})
@@ -31,6 +32,9 @@ class Run:
         self.cpu = cpu.get("brand_raw") or info.get("processor") or "unknown CPU"
         self.threads = info.get("fastsoftmax_threads", cpu.get("count"))
         self.versions = info.get("fastsoftmax_versions", {})
+        self.isa = _isa_summary(info)
+        self.details = _cpu_details(cpu)
+        self.label = label
         self.ns = defaultdict(dict)      # (op, rows, classes, dtype) -> {impl: ns/element}
         self.cold = {}                   # cache state -> extra_info
         for bench in data["benchmarks"]:
@@ -43,13 +47,52 @@ class Run:
                 self.ns[key][extra["implementation"]] = \
                     bench["stats"]["median"] / extra["elements"] * 1e9
 
+    def title(self):
+        """Short name of the run: --label, else the CPU brand with its ISA summary."""
+        name = f"{self.label}: " if self.label else ""
+        isa = f" [{self.isa}]" if self.isa else ""
+        return f"{name}{self.cpu}{isa}, {self.threads} threads"
+
     def machine_line(self):
         versions = ", ".join(f"{k} {v}" for k, v in self.versions.items())
-        return f"{self.cpu}, {self.threads} threads; {versions}"
+        details = f" ({self.details})" if self.details else ""
+        return f"{self.title()}{details}; {versions}"
 
     def keys(self, op=None, dtype=None):
         return sorted(k for k in self.ns if (op is None or k[0] == op)
                       and (dtype is None or k[3] == dtype))
+
+
+def _isa_summary(info):
+    """"isa cython=avx2 numba=avx2; avx2 fma -avx512f": the dispatched levels (recorded by
+    bench/conftest.py) and the key flags, from that record or else from py-cpuinfo's flag
+    list. Empty when the file has neither (results saved before they were recorded)."""
+    isa = info.get("fastsoftmax_isa") or {}
+    flags = isa.get("flags")
+    if flags is None and info.get("cpu", {}).get("flags"):
+        have = set(info["cpu"]["flags"])
+        flags = {flag: flag in have for flag in ("avx2", "fma", "avx512f")}
+    parts = []
+    levels = " ".join(f"{key}={isa[key]}" for key in ("cython", "numba") if isa.get(key))
+    if levels:
+        parts.append("isa " + levels + (f" (forced {isa['forced']})" if isa.get("forced") else ""))
+    if flags:
+        parts.append(" ".join(flag if present else f"-{flag}" for flag, present in flags.items()))
+    return "; ".join(parts)
+
+
+def _cpu_details(cpu):
+    """"family 25 model 1, L2 512 KiB, L3 32 MiB" from py-cpuinfo's record (as it reports
+    them: the cache sizes may be per core or per package, depending on the OS)."""
+    parts = []
+    if cpu.get("family") is not None:
+        parts.append(f"family {cpu['family']} model {cpu.get('model')}")
+    for level in ("l2", "l3"):
+        size = cpu.get(f"{level}_cache_size")
+        if isinstance(size, int) and size > 0:
+            unit = "MiB" if size >= 2 ** 20 else "KiB"
+            parts.append(f"{level.upper()} {size / 2 ** (20 if unit == 'MiB' else 10):g} {unit}")
+    return ", ".join(parts)
 
 
 def fastest_fastsoftmax(timings):
@@ -148,7 +191,7 @@ def plot(runs, path, op, dtype):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("classes C (N = 2^24 / C rows)")
-        ax.set_title(f"{run.cpu}\n{run.threads} threads", fontsize=9)
+        ax.set_title(run.title().replace(" [", "\n["), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(f"speedup over NumPy reference\n({op}, {dtype})")
     if axes[0][-1].get_legend_handles_labels()[0]:
@@ -181,10 +224,16 @@ def main(argv=None):
     parser.add_argument("--plot", help="write a PNG plot here")
     parser.add_argument("--plot-op", default="cross_entropy_with_grad")
     parser.add_argument("--plot-dtype", default="float32")
+    parser.add_argument("--label", action="append", default=[],
+                        help="name of a run, one per file in order (repeatable)")
     parser.add_argument("--readme", help="regenerate the benchmark table of this README "
                                          "from the first file")
     args = parser.parse_args(argv)
-    runs = [Run(path) for path in args.files]
+    if len(args.label) > len(args.files):
+        parser.error(f"{len(args.label)} --label for {len(args.files)} files: give at most "
+                     "one per file, in the files' order")
+    labels = args.label + [None] * (len(args.files) - len(args.label))
+    runs = [Run(path, label) for path, label in zip(args.files, labels)]
     for run in runs:
         print(report_run(run, args.op, args.dtype))
     if len(runs) > 1:
