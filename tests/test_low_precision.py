@@ -348,3 +348,22 @@ def test_numba_bfloat16_conversions_match_ml_dtypes():
     back = np.empty(f.size, np.float32)
     copy(encoded, back)
     np.testing.assert_array_equal(back[~nan], expected[~nan].astype(np.float32))
+
+
+def test_float16_subnormals_survive_flush_to_zero(backend):
+    """A thread that flushes float32 denormals (torch.set_flush_denormal(True), common in
+    CPU training) must still read float16 subnormals: with logp = -inf the gradient of
+    log_softmax is dy itself. One thread, so the kernel runs on this (flushing) thread."""
+    flush = pytest.importorskip("torch", reason="torch sets the flush mode here")
+    subnormals = np.array([[2.0 ** -24, 3 * 2.0 ** -24, 1023 * 2.0 ** -24, -2.0 ** -20]],
+                          np.float16)
+    logp = np.full(subnormals.shape, -np.inf, np.float16)
+    threads = fs.get_num_threads()
+    fs.set_num_threads(1)
+    assert flush.set_flush_denormal(True), "this CPU cannot flush denormals"
+    try:
+        dx = fs.log_softmax_backward(logp, subnormals, backend=backend)
+    finally:
+        flush.set_flush_denormal(False)
+        fs.set_num_threads(threads)
+    np.testing.assert_array_equal(dx, subnormals)

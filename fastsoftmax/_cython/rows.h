@@ -266,22 +266,24 @@ FS_MATH uint16_t fs_store_b(float x) {
  * vectorise _Float16 conversions without AVX512-FP16 (a loop of (float)h stays scalar
  * vcvtph2ps on x86-64-v3 and v4: "no vectype", -fopt-info-vec), so the bits are
  * converted by hand, the same code at every level.
- * Decode: the 15 bits moved to float's place (shifted up 13) are the value times
- * 2^-112, exactly, subnormals included (float has the range); inf / NaN (exponent 31)
- * get float's all-ones exponent. Encode (round to nearest even): a value >= 65536 (or
+ * Decode: a normal half is its 15 bits moved to float's place (shifted up 13) plus
+ * the exponent bias difference, a subnormal half its mantissa times 2^-24; inf / NaN
+ * (exponent 31) get float's all-ones exponent. Encode (round to nearest even): a value >= 65536 (or
  * inf) gives inf, a NaN a quiet NaN with its top payload bits; a normal half rebias
  * the exponent and round by adding 0xfff plus the lowest kept bit (a carry out of the
  * mantissa bumps the exponent; 65520 and up give inf); below 2^-14 (half subnormals,
  * zero) adding 0.5 leaves the rounded half mantissa in float's low bits, rounded by
  * the float addition itself. The sign is put back. */
 FS_MATH float fs_load_h(int16_t bits) {
-    uint32_t h = (uint16_t)bits, magnitude = (h & 0x7fffu) << 13;
-    float scaled;
-    memcpy(&scaled, &magnitude, sizeof scaled);
-    scaled *= 0x1p112f;
+    uint32_t h = (uint16_t)bits, magnitude = h & 0x7fffu, moved = magnitude << 13;
+    /* no float subnormal on the way (a thread flushing denormals, e.g. after
+     * torch.set_flush_denormal(True), would read it as 0): a subnormal half is its
+     * mantissa times 2^-24, a normal one its bits rebiased by 112 << 23 */
+    float sub = (float)(int32_t)magnitude * 0x1p-24f;
     uint32_t out;
-    memcpy(&out, &scaled, sizeof out);
-    out = magnitude >= (0x7c00u << 13) ? magnitude | 0x7f800000u : out;
+    memcpy(&out, &sub, sizeof out);
+    out = magnitude < 0x400u ? out : magnitude >= 0x7c00u ? moved | 0x7f800000u
+                                                           : moved + (112u << 23);
     out |= (h & 0x8000u) << 16;
     float x;
     memcpy(&x, &out, sizeof x);

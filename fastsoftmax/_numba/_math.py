@@ -124,20 +124,31 @@ def _float_to_bfloat16(typingctx, value):
 # fs_load_h / fs_store_h (rows.h) that they mirror.
 @intrinsic
 def _float16_to_float(typingctx, bits):
-    """float32 from IEEE half bits, exact: the 15 bits moved to float's place are the value
-    times 2^-112 (subnormals included); exponent 31 (inf, NaN) gets float's all-ones."""
+    """float32 from IEEE half bits, exact and without float32 subnormals (which a thread
+    flushing denormals, e.g. after torch.set_flush_denormal(True), would read as 0): a
+    normal half is its 15 bits moved to float's place plus the exponent bias difference
+    (112 << 23); a subnormal one (or 0) is its mantissa times 2^-24; exponent 31 (inf,
+    NaN) gets float's all-ones exponent."""
     if bits != _FLOAT16_BITS:
         return None
 
     def codegen(context, builder, signature, args):
         i32, f32 = ir.IntType(32), ir.FloatType()
+
+        def const(v):
+            return ir.Constant(i32, v)
         h = builder.zext(args[0], i32)
-        magnitude = builder.shl(builder.and_(h, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
-        scaled = builder.fmul(builder.bitcast(magnitude, f32), ir.Constant(f32, 2.0 ** 112))
-        special = builder.icmp_unsigned(">=", magnitude, ir.Constant(i32, 0x7C00 << 13))
-        out = builder.select(special, builder.or_(magnitude, ir.Constant(i32, 0x7F800000)),
-                             builder.bitcast(scaled, i32))
-        sign = builder.shl(builder.and_(h, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
+        magnitude = builder.and_(h, const(0x7FFF))
+        moved = builder.shl(magnitude, const(13))
+        normal = builder.add(moved, const(112 << 23))
+        subnormal = builder.bitcast(builder.fmul(builder.sitofp(magnitude, f32),
+                                                 ir.Constant(f32, 2.0 ** -24)), i32)
+        special = builder.or_(moved, const(0x7F800000))
+        out = builder.select(builder.icmp_unsigned("<", magnitude, const(0x400)), subnormal,
+                             builder.select(builder.icmp_unsigned(">=", magnitude,
+                                                                  const(0x7C00)),
+                                            special, normal))
+        sign = builder.shl(builder.and_(h, const(0x8000)), const(16))
         return builder.bitcast(builder.or_(out, sign), f32)
 
     return types.float32(bits), codegen
