@@ -49,6 +49,7 @@ class Op:
     # (reads, writes): how many arrays of the logits' size the op must read and write at
     # the least; the benchmark's memory floor moves that many
     floor: tuple = (1, 1)
+    half: bool = False              # also takes float16/bfloat16 (fastsoftmax/_dtypes.py)
 
     @property
     def kernel_args(self):
@@ -145,21 +146,21 @@ OPS = {op.name: op for op in [
                "    array([0.25, 0.75])",
        torch=lambda torch, x: torch.softmax(x, -1),
        torch_layer=lambda fst, x: fst.softmax(x, -1),
-       jax=lambda jax, jnp, x: jax.nn.softmax(x, axis=-1), out=True),
+       jax=lambda jax, jnp, x: jax.nn.softmax(x, axis=-1), out=True, half=True),
     Op("log_softmax", "rows", ("x",), lambda x, axis, rng: (x,),
        summary="Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.",
        input_docs=(_AXIS_INPUT,),
        returns="ndarray\n        Log-probabilities, same shape and dtype as ``x``.",
        torch=lambda torch, x: torch.log_softmax(x, -1),
        torch_layer=lambda fst, x: fst.log_softmax(x, -1),
-       jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True),
+       jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True, half=True),
     Op("logsumexp", "rows", ("x",), lambda x, axis, rng: (x,), output="reduce",
        summary="Log of the sum of exponentials along ``axis``, computed without overflow.",
        input_docs=(f"x : array_like\n        {_HALF} values.",),
        returns="ndarray\n        ``x``'s shape with ``axis`` removed. As ``torch.logsumexp``, a "
                "row of only\n        -inf gives -inf and a row holding +inf gives +inf.",
        torch=lambda torch, x: torch.logsumexp(x, -1),
-       jax=lambda jax, jnp, x: jax.nn.logsumexp(x, axis=-1)),
+       jax=lambda jax, jnp, x: jax.nn.logsumexp(x, axis=-1), half=True),
     Op("softmax_backward", "rows", ("y", "dy"),
        lambda x, axis, rng: (_softmax_probs(x, axis), _random_like(x, rng)),
        summary="Gradient of softmax: ``dx = y * (dy - sum(y * dy))`` along ``axis``.",
@@ -169,7 +170,7 @@ OPS = {op.name: op for op in [
        returns="ndarray\n        Gradient with respect to ``x``, same shape and dtype as ``y``.",
        torch=lambda torch, y, dy: torch._softmax_backward_data(dy, y, -1, y.dtype),
        jax=lambda jax, jnp, y, dy: y * (dy - jnp.sum(y * dy, -1, keepdims=True)),
-       vjp_of="softmax", out=True),
+       vjp_of="softmax", out=True, half=True),
     Op("log_softmax_backward", "rows", ("logp", "dy"),
        lambda x, axis, rng: (_log_probs(x, axis), _random_like(x, rng)),
        summary="Gradient of log-softmax: ``dx = dy - exp(logp) * sum(dy)`` along ``axis``.",
@@ -181,18 +182,18 @@ OPS = {op.name: op for op in [
                "``logp``.",
        torch=lambda torch, logp, dy: torch._log_softmax_backward_data(dy, logp, -1, logp.dtype),
        jax=lambda jax, jnp, logp, dy: dy - jnp.exp(logp) * jnp.sum(dy, -1, keepdims=True),
-       vjp_of="log_softmax", out=True),
+       vjp_of="log_softmax", out=True, half=True),
     Op("cross_entropy", "loss", ("logits", "target"),
        lambda x, axis, rng: (x, _index_target(x, axis, rng)),
        torch=_torch_cross_entropy, jax=_jax_cross_entropy,
-       torch_layer=lambda fst, x, target: fst.cross_entropy(x, target)),
+       torch_layer=lambda fst, x, target: fst.cross_entropy(x, target), half=True),
     Op("cross_entropy_with_grad", "loss", ("logits", "target"),
        lambda x, axis, rng: (x, _index_target(x, axis, rng)),
        torch=_torch_with_grad(_torch_cross_entropy),
        torch_layer=_torch_with_grad(lambda fst, x, target: fst.cross_entropy(x, target)),
        jax=_jax_with_grad(_jax_cross_entropy),
        grad_of="cross_entropy", bench_cases={"_prob": lambda x, axis, rng: (
-           x, _prob_target(x, axis, rng))}, inplace=True),
+           x, _prob_target(x, axis, rng))}, inplace=True, half=True),
     Op("entropy", "rows", ("logits",), lambda x, axis, rng: (x,), output="reduce",
        summary="Entropy of ``softmax(logits)`` along ``axis``: ``-sum(p log p)``, in nats.",
        input_docs=("logits : array_like\n        float32 or float64 logits.",),

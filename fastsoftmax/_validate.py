@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _dtypes
+from . import _dtypes, _ops
 
 REDUCTIONS = ("none", "mean", "sum")
 
 
-# The ops whose kernels take float16 and bfloat16 (named in the error for the others).
-HALF_OPS = ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-            "cross_entropy", "cross_entropy_with_grad")
+# The ops whose kernels take float16 and bfloat16 (Op.half in the op table; named in the
+# error for the others).
+HALF_OPS = tuple(name for name, op in _ops.OPS.items() if op.half)
 
 
 def float_array(x, name, half=False):
