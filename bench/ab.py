@@ -34,7 +34,8 @@ import time
 
 import numpy as np
 
-from fastsoftmax import _isa, _ops
+from bench.cases import numpy_dtype
+from fastsoftmax import _dtypes, _isa, _ops
 
 HERE = pathlib.Path(__file__).resolve().parent.parent
 
@@ -74,20 +75,26 @@ def kernel_calls(n_rows, n_classes, dtype):
     """label -> f(kernels): one call of each kernel on shared inputs and outputs.
 
     Every rows op of the op table (inputs from its recipe), and the loss kernels in the
-    variants below; ``LOSS_CALLS`` must name every loss kernel of the table."""
+    variants below; ``LOSS_CALLS`` must name every loss kernel of the table. A 16-bit
+    dtype: the ops that take it (``Op.half``), their arrays passed as the kernels take
+    them (``_dtypes.kernel_view``)."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((n_rows, n_classes)) * 3).astype(dtype)
+    half = _dtypes.is_half(x.dtype)
     calls = {}
     for op in _ops.ROW_OPS:
-        arrays = op.from_logits(x, -1, rng)
+        if half and not op.half:
+            continue
+        arrays = [_dtypes.kernel_view(a) for a in op.from_logits(x, -1, rng)]
         out = np.empty_like(x) if op.output == "same" else np.empty(n_rows, dtype)
-        calls[op.name] = _rows_call(op.name, arrays, out)
+        calls[op.name] = _rows_call(op.name, arrays, _dtypes.kernel_view(out))
     missing = set(_ops.LOSS_KERNELS) - set(LOSS_CALLS)
     if missing:
         raise SystemExit(f"bench.ab: no call for the loss kernels {sorted(missing)}; add them "
                          "to LOSS_CALLS")
-    for make in LOSS_CALLS.values():
-        calls.update(make(x, rng))
+    for op_name, make in LOSS_CALLS.values():
+        if not half or _ops.OPS[op_name].half:
+            calls.update(make(x, rng))
     return calls
 
 
@@ -134,6 +141,8 @@ def _by_name(kernel, **arguments):
             return kernels.call(kernel, arguments)
         return getattr(kernels, kernel)(*(arguments[name]
                                           for name in _ops.LOSS_KERNELS[kernel]))
+    arguments = {name: _dtypes.kernel_view(a) if isinstance(a, np.ndarray) else a
+                 for name, a in arguments.items()}
     return call
 
 
@@ -146,10 +155,10 @@ def _entropy_calls(x, rng):
                 x_inplace, 1.0, no_row_scale, row_loss, x_inplace)}
 
 
-# loss kernel -> (logits, rng) -> {label: f(kernels)}
-LOSS_CALLS = {"cross_entropy_index": _cross_entropy_index_calls,
-              "cross_entropy_prob": _cross_entropy_prob_calls,
-              "entropy_with_grad": _entropy_calls}
+# loss kernel -> (its op, (logits, rng) -> {label: f(kernels)})
+LOSS_CALLS = {"cross_entropy_index": ("cross_entropy", _cross_entropy_index_calls),
+              "cross_entropy_prob": ("cross_entropy", _cross_entropy_prob_calls),
+              "entropy_with_grad": ("entropy", _entropy_calls)}
 
 
 def _elementwise_operands(x, rng):
@@ -172,7 +181,9 @@ def _bce_calls(x, rng):
         flat, target, ones, ones, g, 1.0 / flat.size, None, grad)}
 
 
-LOSS_CALLS.update({"kl_div": _kl_div_calls, "binary_cross_entropy_with_logits": _bce_calls})
+LOSS_CALLS.update({"kl_div": ("kl_div", _kl_div_calls),
+                   "binary_cross_entropy_with_logits": ("binary_cross_entropy_with_logits",
+                                                        _bce_calls)})
 
 
 def _jsd_calls(x, rng):
@@ -189,7 +200,7 @@ def _jsd_calls(x, rng):
             "jsd_logits_with_grad beta=0": call(out, 0.0)}
 
 
-LOSS_CALLS["jsd_logits"] = _jsd_calls
+LOSS_CALLS["jsd_logits"] = ("jsd_logits", _jsd_calls)
 
 
 class OlderBuild:
@@ -265,7 +276,7 @@ def main(argv=None):
     other = OlderBuild(other, ones_for_no_weight=args.other_weight == "ones")
     for shape in args.shapes:
         n_rows, n_classes = map(int, shape.lower().split("x"))
-        compare(this, other, n_rows, n_classes, np.dtype(args.dtype), args.repeats)
+        compare(this, other, n_rows, n_classes, numpy_dtype(args.dtype), args.repeats)
 
 
 if __name__ == "__main__":

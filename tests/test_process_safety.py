@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
+from bench.cases import numpy_dtype
 from conftest import COMPILED_BACKENDS
 
 TIMEOUT = 240  # seconds; a fresh interpreter may compile the serial kernels first
@@ -128,12 +129,17 @@ def test_threads_under_the_workqueue_layer(tmp_path):
     run_script(code, tmp_path, NUMBA_THREADING_LAYER="workqueue")
 
 
-@pytest.mark.parametrize("op", ["softmax", "cross_entropy_with_grad", "entropy"])
-def test_failed_scratch_allocation_raises_memory_error(op):
+# float32 rows of 10: the block kernels' scratch; 16-bit rows of 1000: the float32 row
+# that keeps a 16-bit row's exponentials (fs_kept_row)
+@pytest.mark.parametrize("op, dtype, shape", [
+    ("softmax", "float32", (5000, 10)), ("cross_entropy_with_grad", "float32", (5000, 10)),
+    ("entropy", "float32", (5000, 10)), ("softmax", "bfloat16", (40, 1000)),
+    ("cross_entropy_with_grad", "float16", (40, 1000))])
+def test_failed_scratch_allocation_raises_memory_error(op, dtype, shape):
     kernels = pytest.importorskip("fastsoftmax._cython._kernels",
                                   reason="the Cython extension is not built")
-    x = np.random.default_rng(0).standard_normal((5000, 10)).astype(np.float32)  # blocks
-    args = (x, np.arange(5000) % 10) if op.startswith("cross") else (x,)
+    x = np.random.default_rng(0).standard_normal(shape).astype(numpy_dtype(dtype))
+    args = (x, np.arange(shape[0]) % shape[1]) if op.startswith("cross") else (x,)
     kernels._test_fail_scratch_allocations(True)
     try:
         with pytest.raises(MemoryError, match="scratch"):
@@ -142,8 +148,11 @@ def test_failed_scratch_allocation_raises_memory_error(op):
         kernels._test_fail_scratch_allocations(False)
     result = getattr(fs, op)(*args, backend="cython")  # the next call is unaffected
     want = getattr(fs, op)(*args, backend="numpy")
-    np.testing.assert_allclose(result[0] if isinstance(result, tuple) else result,
-                               want[0] if isinstance(want, tuple) else want, rtol=1e-5)
+    # a 16-bit softmax: within one unit in the last place of the reference's rounding
+    rtol = {"float32": 1e-5, "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}[dtype]
+    np.testing.assert_allclose(
+        np.asarray(result[0] if isinstance(result, tuple) else result, np.float64),
+        np.asarray(want[0] if isinstance(want, tuple) else want, np.float64), rtol=rtol)
 
 
 PEAK_ABOVE_INPUTS = """

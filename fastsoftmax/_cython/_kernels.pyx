@@ -119,11 +119,6 @@ cdef extern from "rows.h" nogil:
 
 cdef extern from *:
     """
-    /* Set by a block whose scratch allocation failed (any thread); read and cleared by
-     * the kernel's Python function after its parallel loop, which then raises MemoryError. */
-    static int fs_scratch_failed = 0;
-    static void fs_flag_scratch_failure(void) { __atomic_store_n(&fs_scratch_failed, 1, __ATOMIC_RELAXED); }
-    static int fs_take_scratch_failure(void) { return __atomic_exchange_n(&fs_scratch_failed, 0, __ATOMIC_RELAXED); }
     #ifdef _OPENMP
     #define FS_OPENMP 1
     #else
@@ -131,11 +126,13 @@ cdef extern from *:
     #endif
     """
     int FS_OPENMP
-    void fs_flag_scratch_failure() nogil
-    int fs_take_scratch_failure() nogil
 
 cdef extern from "rows.h":
     int FS_VEC_BYTES
+    int fs_fail_scratch  # tests: every scratch allocation fails
+    void fs_flag_scratch_failure() nogil
+    int fs_take_scratch_failure() nogil
+    void *fs_scratch_malloc(size_t size) nogil
 
 # Built without OpenMP (FASTSOFTMAX_NO_OPENMP=1) the prange loops run serially.
 def _usable_cores():
@@ -403,18 +400,15 @@ cdef struct Scratch:
     double *b
 
 
-cdef bint _fail_scratch = False  # tests: every scratch allocation fails
-
-
 def _test_fail_scratch_allocations(bint fail):
     """For tests only: make every block's scratch allocation fail (True) or not."""
-    global _fail_scratch
-    _fail_scratch = fail
+    global fs_fail_scratch
+    fs_fail_scratch = fail
 
 
 cdef Scratch _scratch(Py_ssize_t rows, Py_ssize_t n, size_t item) noexcept nogil:
     cdef Scratch s
-    s.e = malloc(rows * n * item) if not _fail_scratch else NULL
+    s.e = malloc(rows * n * item) if not fs_fail_scratch else NULL
     s.m = malloc(rows * item)
     s.log_sums = <double *> malloc(rows * sizeof(double))
     s.inv_sums = <double *> malloc(rows * sizeof(double))
@@ -489,10 +483,7 @@ cdef inline void _store_rows(const float *x, anyreal *out, Py_ssize_t n) noexcep
 
 cdef float *_lowp_scratch(Py_ssize_t count) noexcept nogil:
     """count floats, or NULL (flagged: raised after the parallel loop)"""
-    cdef float *p = <float *> malloc(count * sizeof(float)) if not _fail_scratch else NULL
-    if p == NULL:
-        fs_flag_scratch_failure()
-    return p
+    return <float *> fs_scratch_malloc(count * sizeof(float))
 
 
 cdef void _lowp_softmax_family_block(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, int op,
@@ -621,6 +612,7 @@ def softmax(const anyreal[:, ::1] x, anyreal[:, ::1] out):
         return
     for i in prange(x.shape[0], nogil=True, num_threads=_row_threads(split)):
         _softmax_row(&x[i, 0], &out[i, 0], n, split)
+    _raise_if_scratch_failed()  # a 16-bit row's kept exponentials (fs_kept_row)
 
 
 def log_softmax(const anyreal[:, ::1] x, anyreal[:, ::1] out):
@@ -794,6 +786,7 @@ def cross_entropy_index(const anyreal[:, ::1] x, const int64_t[::1] target,
                                              z_scale * row_scale[i] if per_row else z_scale, n,
                                              &grad[i, 0] if want_grad else NULL,
                                              &row_z_loss[i] if want_z else NULL, split)
+    _raise_if_scratch_failed()  # a 16-bit row's kept exponentials (fs_kept_row)
 
 
 def cross_entropy_prob(const anyreal[:, ::1] x, const anyreal[:, ::1] target, weight,
@@ -826,6 +819,7 @@ def cross_entropy_prob(const anyreal[:, ::1] x, const anyreal[:, ::1] target, we
                                          z_scale * row_scale[i] if per_row else z_scale, n,
                                          &grad[i, 0] if want_grad else NULL,
                                          &row_z_loss[i] if want_z else NULL, split)
+    _raise_if_scratch_failed()  # a 16-bit row's kept exponentials (fs_kept_row)
 
 
 # ---- entropy: formulas in fastsoftmax/_numba/_entropy.py ----

@@ -15,7 +15,30 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* Scratch memory of the kernels. fs_scratch_malloc returns NULL when the allocation
+ * fails (or when tests make every allocation fail: fs_fail_scratch) and flags it; the
+ * kernel's Python function reads and clears the flag after its parallel loop
+ * (fs_take_scratch_failure) and raises MemoryError. A block or row without its scratch
+ * returns without finishing its rows. */
+static int fs_fail_scratch = 0;
+static int fs_scratch_failed = 0;
+
+static inline void fs_flag_scratch_failure(void) {
+    __atomic_store_n(&fs_scratch_failed, 1, __ATOMIC_RELAXED);
+}
+
+static inline int fs_take_scratch_failure(void) {
+    return __atomic_exchange_n(&fs_scratch_failed, 0, __ATOMIC_RELAXED);
+}
+
+static inline void *fs_scratch_malloc(size_t size) {
+    void *p = fs_fail_scratch ? NULL : malloc(size);
+    if (!p) fs_flag_scratch_failure();
+    return p;
+}
 
 /* Partial sums run in the row's type over blocks, added into a double total. */
 #define FS_BLOCK 1024

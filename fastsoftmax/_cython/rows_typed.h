@@ -80,21 +80,6 @@ FS_MATH FS_T FS_FN(fs_kept_exp)(FS_T v, FS_T m, FS_T cap) {
 }
 #endif
 
-/* The write pass's exponential e of element j, and v, the value whose softcap slope
- * is taken (the capped logit, or anything when uncapped). float / double: the exp pass
- * kept exp(z - m), or z when capped, in out. 16-bit: nothing was kept (a rounded
- * 16-bit exponential rescaled here would be rounded twice); z and exp(z - m) are
- * computed again from x. */
-#if FS_LOWP
-#define FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap)                       \
-    FS_C v = FS_CFN(fs_softcap)(FS_LOAD((x)[j]), cap);                    \
-    FS_C e = FS_CFN(fs_exp_core)(v - (m))
-#else
-#define FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap)                       \
-    FS_C v = (out)[j];                                                    \
-    FS_C e = FS_CFN(fs_kept_exp)(v, m, cap)
-#endif
-
 /* Largest element; NaN if the row holds a NaN. */
 static inline FS_C FS_FN(fs_row_max)(const FS_T *row, Py_ssize_t n) {
     FS_C m = FS_LOAD(row[0]);
@@ -115,17 +100,17 @@ static inline double FS_FN(fs_nan_row)(FS_T *out, Py_ssize_t n) {
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
-        const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap, FS_T *out) {
+        const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap, FS_C *kept) {
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
         FS_C acc = 0;
-        if (out) {
+        if (kept) {
             #pragma omp simd reduction(+:acc)
             for (Py_ssize_t j = start; j < stop; j++) {
                 FS_C z = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap);
                 FS_C e = FS_CFN(fs_exp_core)(z - m);
-                out[j] = FS_STORE(cap != 0 ? z : e);
+                kept[j] = cap != 0 ? z : e;
                 acc += e;
             }
         } else {
@@ -138,17 +123,21 @@ static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
     return total;
 }
 
-/* sum(exp(z - m)), z = fs_softcap(row, cap), NaN when m is not finite; with out, also
- * out = exp(z - m), or z when capped (out may be row). Storing the exponentials lets
- * the write pass rescale them instead of computing exp again: CE + grad 0.96 -> 0.81
- * ns/elem at 512 x 32768. A 16-bit instance stores nothing (FS_WRITE_PASS_EXP), only
- * the NaN row. */
+/* kept (if not NULL) = NaN; returns NaN */
+static inline double FS_FN(fs_nan_kept)(FS_C *kept, Py_ssize_t n) {
+    if (kept) for (Py_ssize_t j = 0; j < n; j++) kept[j] = (FS_C)NAN;
+    return NAN;
+}
+
+/* sum(exp(z - m)), z = fs_softcap(row, cap), NaN when m is not finite; with kept (the
+ * row function's FS_ARGS.kept), also kept = exp(z - m), or z when capped (kept may be
+ * row). Keeping the exponentials lets the write pass rescale them instead of computing
+ * exp again: CE + grad 0.96 -> 0.81 ns/elem at 512 x 32768 float32. */
 static inline double FS_FN(fs_row_sumexp)(const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap,
-                                          FS_T *out) {
-    if (!isfinite(m)) return FS_FN(fs_nan_row)(out, n);
-    if (FS_LOWP) out = NULL;
-    return cap != 0 ? FS_FN(fs_row_sumexp_loop)(row, n, m, cap, out)
-                    : FS_FN(fs_row_sumexp_loop)(row, n, m, 0, out);
+                                          FS_C *kept) {
+    if (!isfinite(m)) return FS_FN(fs_nan_kept)(kept, n);
+    return cap != 0 ? FS_FN(fs_row_sumexp_loop)(row, n, m, cap, kept)
+                    : FS_FN(fs_row_sumexp_loop)(row, n, m, 0, kept);
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_dot_loop)(
@@ -196,7 +185,7 @@ static inline double FS_FN(fs_row_shifted_dot)(const FS_C *w, const FS_T *row, P
 
 static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
         const FS_T *row, const FS_T *t, const FS_C *w, Py_ssize_t n, FS_C m, FS_C keep,
-        FS_C eps, FS_C cap, FS_T *out, double *total_wt, double *shifted_wt) {
+        FS_C eps, FS_C cap, FS_C *kept, double *total_wt, double *shifted_wt) {
     double sum_exp = 0.0, twt = 0.0, swt = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
@@ -206,7 +195,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
             FS_C capped = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap), z = capped - m;
             FS_C wt = FS_CFN(fs_weight)(w, j) * (FS_LOAD(t[j]) * keep + eps);
             FS_C e = FS_CFN(fs_exp_core)(z);
-            if (out) out[j] = FS_STORE(cap != 0 ? capped : e);
+            if (kept) kept[j] = cap != 0 ? capped : e;
             acc_exp += e;
             acc_wt += wt;
             acc_shifted += wt * z;
@@ -219,67 +208,63 @@ static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
 
 /* One pass for probability targets t' = keep * t + eps (w NULL: ones), with
  * z = fs_softcap(row, cap): returns sum(exp(z - m)), sets *total_wt = sum(w t') and
- * *shifted_wt = sum(w t' (z - m)); with out, also out = exp(z - m), or z when capped
- * (out may be row; a 16-bit instance stores nothing, as fs_row_sumexp). All three are
- * NaN when m is not finite. */
+ * *shifted_wt = sum(w t' (z - m)); with kept, also kept = exp(z - m), or z when capped
+ * (as fs_row_sumexp). All three are NaN when m is not finite. */
 static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const FS_C *w,
                                          Py_ssize_t n, FS_C m, FS_C keep, FS_C eps, FS_C cap,
-                                         FS_T *out, double *total_wt, double *shifted_wt) {
+                                         FS_C *kept, double *total_wt, double *shifted_wt) {
     if (!isfinite(m)) {
         *total_wt = *shifted_wt = NAN;
-        return FS_FN(fs_nan_row)(out, n);
+        return FS_FN(fs_nan_kept)(kept, n);
     }
-    if (FS_LOWP) out = NULL;
     if (cap != 0)
-        return FS_FN(fs_prob_sums_loop)(row, t, w, n, m, keep, eps, cap, out, total_wt,
+        return FS_FN(fs_prob_sums_loop)(row, t, w, n, m, keep, eps, cap, kept, total_wt,
                                         shifted_wt);
-    return w ? FS_FN(fs_prob_sums_loop)(row, t, w, n, m, keep, eps, 0, out, total_wt,
+    return w ? FS_FN(fs_prob_sums_loop)(row, t, w, n, m, keep, eps, 0, kept, total_wt,
                                         shifted_wt)
-             : FS_FN(fs_prob_sums_loop)(row, t, NULL, n, m, keep, eps, 0, out, total_wt,
+             : FS_FN(fs_prob_sums_loop)(row, t, NULL, n, m, keep, eps, 0, kept, total_wt,
                                         shifted_wt);
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_rescale_loop)(
-        const FS_T *x, FS_T *out, FS_C k, FS_C f, const FS_C *w, Py_ssize_t n, FS_C m,
+        const FS_C *kept, FS_T *out, FS_C k, FS_C f, const FS_C *w, Py_ssize_t n, FS_C m,
         FS_C cap) {
-    (void)x;
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap);
+        FS_C v = kept[j], e = FS_CFN(fs_kept_exp)(v, m, cap);
         out[j] = FS_STORE((e * k - f * FS_CFN(fs_weight)(w, j))
                           * FS_CFN(fs_softcap_slope)(v, cap));
     }
 }
 
-/* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k, bit for bit), e the write
- * pass's exponential (FS_WRITE_PASS_EXP) of row x; with cap (not 0), the result is
- * multiplied by dz/dx. */
-static inline void FS_FN(fs_rescale)(const FS_T *x, FS_T *out, FS_C k, FS_C f,
+/* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k, bit for bit), e = exp(z - m)
+ * from what the exp pass kept (fs_kept_exp); with cap (not 0), the result is multiplied
+ * by dz/dx. out may be kept. */
+static inline void FS_FN(fs_rescale)(const FS_C *kept, FS_T *out, FS_C k, FS_C f,
                                      const FS_C *w, Py_ssize_t n, FS_C m, FS_C cap) {
-    if (cap != 0) FS_FN(fs_rescale_loop)(x, out, k, f, w, n, m, cap);
-    else if (w) FS_FN(fs_rescale_loop)(x, out, k, f, w, n, m, 0);
-    else FS_FN(fs_rescale_loop)(x, out, k, f, NULL, n, m, 0);
+    if (cap != 0) FS_FN(fs_rescale_loop)(kept, out, k, f, w, n, m, cap);
+    else if (w) FS_FN(fs_rescale_loop)(kept, out, k, f, w, n, m, 0);
+    else FS_FN(fs_rescale_loop)(kept, out, k, f, NULL, n, m, 0);
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_prob_rescale_loop)(
-        const FS_T *x, FS_T *out, const FS_T *t, const FS_C *w, FS_C k, FS_C f, FS_C keep,
+        const FS_C *kept, FS_T *out, const FS_T *t, const FS_C *w, FS_C k, FS_C f, FS_C keep,
         FS_C eps, Py_ssize_t n, FS_C m, FS_C cap) {
-    (void)x;
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_WRITE_PASS_EXP(v, e, x, out, j, m, cap);
+        FS_C v = kept[j], e = FS_CFN(fs_kept_exp)(v, m, cap);
         out[j] = FS_STORE((e * k - f * FS_CFN(fs_weight)(w, j) * (FS_LOAD(t[j]) * keep + eps))
                           * FS_CFN(fs_softcap_slope)(v, cap));
     }
 }
 
 /* out = e * k - f * w * (t * keep + eps) (w NULL: ones), e and cap as in fs_rescale */
-static inline void FS_FN(fs_prob_rescale)(const FS_T *x, FS_T *out, const FS_T *t,
+static inline void FS_FN(fs_prob_rescale)(const FS_C *kept, FS_T *out, const FS_T *t,
                                           const FS_C *w, FS_C k, FS_C f, FS_C keep, FS_C eps,
                                           Py_ssize_t n, FS_C m, FS_C cap) {
-    if (cap != 0) FS_FN(fs_prob_rescale_loop)(x, out, t, w, k, f, keep, eps, n, m, cap);
-    else if (w) FS_FN(fs_prob_rescale_loop)(x, out, t, w, k, f, keep, eps, n, m, 0);
-    else FS_FN(fs_prob_rescale_loop)(x, out, t, NULL, k, f, keep, eps, n, m, 0);
+    if (cap != 0) FS_FN(fs_prob_rescale_loop)(kept, out, t, w, k, f, keep, eps, n, m, cap);
+    else if (w) FS_FN(fs_prob_rescale_loop)(kept, out, t, w, k, f, keep, eps, n, m, 0);
+    else FS_FN(fs_prob_rescale_loop)(kept, out, t, NULL, k, f, keep, eps, n, m, 0);
 }
 
 /* out = (row - m) - log_sum */
@@ -799,7 +784,6 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
 #endif  /* !FS_LOWP */
 
 #undef FS_FOR_EACH_VECTOR
-#undef FS_WRITE_PASS_EXP
 #undef FS_LANES
 #undef FS_INDEX_VEC
 #undef FS_VEC

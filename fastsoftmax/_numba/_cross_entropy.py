@@ -9,9 +9,10 @@ with p = softmax(z), m the row max, sum = sum_c exp(z_c - m), and s the caller's
 onehot(y), so both kinds run one row function, ``_ce_row``, and one block function
 (``_small._ce_block``); an index target supplies T = (1-eps) w_y + eps/C W and its
 shifted sum by lookup (z_y, w_y) where a probability row is summed in the exp pass.
-The exp pass stores exp(z - m) in grad and the write pass rescales it in place (one
-exp per element); ``grad=None`` compiles the loss-only kernel, the same body without
-the stores and the write pass, and ``weight=None`` the one where every class weighs 1.
+The exp pass stores exp(z - m) in grad (a 16-bit grad: in a float32 row,
+``_math.kept_exps``) and the write pass rescales it (one exp per element);
+``grad=None`` compiles the loss-only kernel, the same body without the stores and the
+write pass, and ``weight=None`` the one where every class weighs 1.
 With ``softcap`` (a float; None: no cap) every logit x is first replaced by
 z = softcap * tanh(x / softcap) (Gemma 2): the passes read x and cap it on the way, the
 row max is the cap of the max (tanh is increasing), the exp pass keeps z, and the write
@@ -24,7 +25,6 @@ import numpy as np
 from numba import njit, prange
 
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
-                    RECOMPUTE_IN_PLACE,
                     class_weight, exps_source, kept_exps, load, restore_exp, row_scale_at,
                     same_buffer, scalar_like, softcap, softcap_slope, softcap_stored, store,
                     vexp_core, weight_block, weighted)
@@ -83,28 +83,29 @@ def _prob_row_sums(row, t, weight, m, keep, eps_c, out, cap):
 
 @splittable(0)
 @njit(**JIT)
-def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c, m, cap, row=None):
+def _prob_rescale_row(out, t, weight, exp_scale, target_scale, keep, eps_c, m, cap,
+                      source=None):
     """out = e * exp_scale - target_scale * w * t' (weight None: ones), times dz/dx with
-    a cap (e and the slope from out, or from row when given: _math.row_rescale)."""
+    a cap (e and the slope from out, or from source when given: _math.row_rescale)."""
     k = scalar_like(out, exp_scale)
     f = scalar_like(out, target_scale)
     kt = scalar_like(out, keep)
     e = scalar_like(out, eps_c)
     for j in range(out.size):
-        exp_z, slope = restore_exp(out, row, j, m, cap)
+        exp_z, slope = restore_exp(out, source, j, m, cap)
         store(out, j, (exp_z * k - f * weighted(load(t, j) * kt + e, weight, j)) * slope)
 
 
 @njit(**JIT_ROW)
-def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, cap, grad, chunks):
-    """What _prob_row_sums returns, for t = onehot(y): sum(exp(z - m)) (kept in grad),
-    T = keep w_y + eps_c W and sum(w t' (z - m)), the target terms by lookup."""
+def _index_sums(row, y, weight, weight_sum, m, keep, eps_c, cap, kept, chunks):
+    """What _prob_row_sums returns, for t = onehot(y): sum(exp(z - m)) (kept in kept, if
+    not None), T = keep w_y + eps_c W and sum(w t' (z - m)), the target terms by lookup."""
     # Both read the row before the exp pass overwrites it (inplace=True).
     shifted_y = float(softcap(load(row, y), cap) - m)
     shifted_w = 0.0
     if eps_c != 0.0:
         shifted_w = over_chunks("row_shifted_dot", chunks, weight, row, m, cap)
-    sum_exp = over_chunks("row_sumexp", chunks, row, m, kept_exps(grad), cap)
+    sum_exp = over_chunks("row_sumexp", chunks, row, m, kept, cap)
     w_y = class_weight(weight, y)
     return sum_exp, keep * w_y + eps_c * weight_sum, keep * w_y * shifted_y + eps_c * shifted_w
 
@@ -117,6 +118,7 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad,
     keep = 1.0 - smoothing
     eps_c = smoothing / row.size
     m = softcap(over_chunks("row_max", chunks, row), cap)
+    kept = kept_exps(grad)
     # The target kind is chosen at compile time. Numba prunes a branch on ``arg is None``
     # only where arg is typed None: ``t is None`` is decided for index targets and the
     # inner ``y is not None`` for probability targets, so each kernel compiles one kind.
@@ -124,26 +126,21 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad,
         if y is not None:
             z_y = softcap(load(row, y), cap)  # read before grad is written
             sum_exp, total_wt, shifted_wt = _index_sums(row, y, weight, weight_sum, m, keep,
-                                                        eps_c, cap, grad, chunks)
+                                                        eps_c, cap, kept, chunks)
     else:
         sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
-                                                    m, keep, eps_c, kept_exps(grad), cap)
+                                                    m, keep, eps_c, kept, cap)
     log_sum = math.log(sum_exp)
     lse = m + log_sum
     if grad is not None:
         exp_scale = s * total_wt / sum_exp
         if z_loss != 0.0:  # d(lse**2)/dx = 2 lse p
             exp_scale += 2.0 * z_loss * s_z * lse / sum_exp
-        source = exps_source(row, grad)
-        in_place = source is not None and same_buffer(row, grad)
+        source = exps_source(grad, kept)
         if t is None:
             if y is not None:
-                if in_place:
-                    over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m,
-                                cap, RECOMPUTE_IN_PLACE)
-                else:
-                    over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m,
-                                cap, source)
+                over_chunks("row_rescale", chunks, grad, exp_scale, s * eps_c, weight, m, cap,
+                            source)
                 # the target's element written again from z_y, as row_rescale wrote it,
                 # minus the target term: one rounding for a 16-bit gradient
                 slope_y = softcap_slope(z_y, cap)
@@ -151,9 +148,6 @@ def _ce_row(row, y, t, weight, weight_sum, smoothing, z_loss, cap, s, s_z, grad,
                 f = scalar_like(row, s * eps_c)
                 store(grad, y, (vexp_core(z_y - m) * k - weighted(f, weight, y)) * slope_y
                       - scalar_like(row, s * keep * class_weight(weight, y)) * slope_y)
-        elif in_place:
-            over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
-                        eps_c, m, cap, RECOMPUTE_IN_PLACE)
         else:
             over_chunks("_prob_rescale_row", chunks, grad, t, weight, exp_scale, s, keep,
                         eps_c, m, cap, source)

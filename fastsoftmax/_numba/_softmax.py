@@ -10,18 +10,18 @@ import math
 
 from numba import njit, prange
 
-from ._math import (JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, RECOMPUTE_IN_PLACE, exps_source,
-                    kept_exps, load, restore_exp, same_buffer, scalar_like, store, vexp)
+from ._math import (JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, exps_source, kept_exps, load,
+                    restore_exp, same_buffer, scalar_like, store, vexp)
 from ._split import over_chunks, row_chunks, splittable
 
 
 @splittable(0)
 @njit(**JIT)
-def _scale(out, k, m, row):
-    """out = e * k, e = exp(row - m) as row_sumexp kept it in out (row None), or
-    recomputed from row (_math.restore_exp)."""
+def _scale(out, k, m, source):
+    """out = e * k, e = exp(row - m) as row_sumexp kept it in out (source None) or in
+    source (_math.restore_exp)."""
     for j in range(out.size):
-        e, _ = restore_exp(out, row, j, m, None)
+        e, _ = restore_exp(out, source, j, m, None)
         store(out, j, e * k)
 
 
@@ -52,12 +52,9 @@ def _log_softmax_backward_write(logp, dy, total, out):
 @njit(**JIT_ROW)
 def _softmax_row(row, out, chunks):
     m = over_chunks("row_max", chunks, row)
-    inv = scalar_like(row, 1.0 / over_chunks("row_sumexp", chunks, row, m, kept_exps(out)))
-    source = exps_source(row, out)
-    if source is not None and same_buffer(row, out):
-        over_chunks("_scale", chunks, out, inv, m, RECOMPUTE_IN_PLACE)
-    else:
-        over_chunks("_scale", chunks, out, inv, m, source)
+    kept = kept_exps(out)
+    inv = scalar_like(row, 1.0 / over_chunks("row_sumexp", chunks, row, m, kept))
+    over_chunks("_scale", chunks, out, inv, m, exps_source(out, kept))
 
 
 @njit(**JIT_ROW)
