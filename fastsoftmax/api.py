@@ -523,17 +523,20 @@ def _elementwise_grad_buffer(args, input, out, inplace):
 
 def _run_elementwise_loss(kernel, args, operands, grad_output, grad):
     """Run a loss kernel (``operands``: its arguments between target and grad_output);
-    return the loss in the input's dtype."""
+    return the loss in the input's compute dtype (float32 for 16-bit input)."""
     x = args.input
     denominator = args.denominator
     scale, per_element = _grad_scales(grad_output, denominator)
     stream = per_element if per_element.size else _ones_stream(np.dtype(np.float64))
-    loss = np.empty(x.size, x.dtype) if args.reduction == "none" else None
-    total = kernel(_flat(x), _flat(args.target), *operands, stream, scale, loss, grad)
+    loss_dtype = _dtypes.compute_dtype(x.dtype)
+    loss = np.empty(x.size, loss_dtype) if args.reduction == "none" else None
+    total = kernel(_dtypes.kernel_view(_flat(x)), _dtypes.kernel_view(_flat(args.target)),
+                   *operands, stream, scale, loss,
+                   None if grad is None else _dtypes.kernel_view(grad))
     if loss is not None:  # a 0-d input's loss is a scalar, as the reference's
         return loss.reshape(x.shape) if x.ndim else loss[0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
-        return x.dtype.type(total / denominator)
+        return loss_dtype.type(total / denominator)
 
 
 def _elementwise_loss_with_grad(kernel, args, operands, grad_output, input, out, inplace):
@@ -688,7 +691,7 @@ def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=N
 
 
 def _bce_streams(args):
-    shape, dtype = args.input.shape, args.input.dtype
+    shape, dtype = args.input.shape, _dtypes.compute_dtype(args.input.dtype)
     return _stream(args.weight, shape, dtype), _stream(args.pos_weight, shape, dtype)
 
 
@@ -740,12 +743,12 @@ def binary_cross_entropy_with_logits_with_grad(input, target, *, weight=None, po
 
 def _elementwise_output(kernel, x, out):
     """Run an elementwise kernel into a result of x's shape (``out`` when given)."""
-    x = _validate.float_array(x, "x")
+    x = _validate.float_array(x, "x", half=True)
     if out is not None:
         _validate.out_array(out, x.shape, x.dtype, {"x": x})
     direct = out is not None and out.flags.c_contiguous
     result = out.reshape(-1) if direct else np.empty(x.size, x.dtype)
-    kernel(_flat(x), result)
+    kernel(_dtypes.kernel_view(_flat(x)), _dtypes.kernel_view(result))
     if direct:
         return out
     if out is None:
