@@ -302,7 +302,8 @@ def sigmoid(x, *, out=None):
 def log_sigmoid(x, *, out=None):
     """Reference :func:`fastsoftmax.log_sigmoid`: ``-log(1 + exp(-x))``, float64 math."""
     x = _validate.float_array(x, "x", half=True)
-    return _finish(-np.logaddexp(0.0, -x.astype(np.float64)), x, out, {"x": x})
+    with np.errstate(invalid="ignore"):  # NaN is data
+        return _finish(-np.logaddexp(0.0, -x.astype(np.float64)), x, out, {"x": x})
 
 
 # ---- sampled softmax (issue 17) ----
