@@ -276,8 +276,9 @@ KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
 
 @dataclass(frozen=True)
 class ElementwiseLossArgs:
-    """Normalised arguments of an elementwise loss; every array has ``input``'s dtype."""
-    input: np.ndarray        # float32/float64, any shape
+    """Normalised arguments of an elementwise loss: the target has ``input``'s dtype, the
+    weights its compute dtype (float32 for 16-bit input, as cross-entropy's class weights)."""
+    input: np.ndarray        # float32/float64/float16/bfloat16, any shape
     target: np.ndarray       # input's shape (broadcast, read-only view when it was smaller)
     reduction: str
     weight: object = None    # None, or an array that broadcasts to input's shape
@@ -307,7 +308,7 @@ def _reduction(reduction, allowed):
 def _broadcast_to_input(a, name, input, dtype):
     """``a`` as a float array of ``dtype`` that broadcasts to input's shape (not a bigger one)."""
     a = np.asarray(a)
-    if a.dtype.kind not in "biuf":
+    if a.dtype.kind not in "biuf" and not _dtypes.is_half(a.dtype):
         raise TypeError(f"{name} must be real numbers, got dtype {a.dtype}")
     try:
         shape = np.broadcast_shapes(a.shape, input.shape)
@@ -321,10 +322,10 @@ def _broadcast_to_input(a, name, input, dtype):
 
 def kl_div_args(input, target, reduction, log_target):
     """Check kl_div's arguments the way torch.nn.functional.kl_div does (target may
-    broadcast to input's shape; it is cast to input's dtype)."""
-    input = float_array(input, "input")
+    broadcast to input's shape; it is cast to input's dtype, 16-bit too)."""
+    input = float_array(input, "input", half=True)
     target = np.asarray(target)
-    if target.dtype.kind != "f":
+    if target.dtype.kind != "f" and not _dtypes.is_half(target.dtype):
         raise TypeError(f"target must hold float probabilities (log-probabilities with "
                         f"log_target=True), got dtype {target.dtype}")
     target = _broadcast_to_input(target, "target", input, input.dtype)
@@ -336,19 +337,21 @@ def kl_div_args(input, target, reduction, log_target):
 
 def bce_args(input, target, weight, pos_weight, reduction):
     """Check binary_cross_entropy_with_logits' arguments as torch does: target of
-    input's shape, weight and pos_weight broadcasting to it."""
-    input = float_array(input, "input")
+    input's shape (cast to input's dtype, 16-bit too), weight and pos_weight broadcasting
+    to it (cast to input's compute dtype: float32 for 16-bit input)."""
+    input = float_array(input, "input", half=True)
     target = np.asarray(target)
-    if target.dtype.kind not in "biuf":
+    if target.dtype.kind not in "biuf" and not _dtypes.is_half(target.dtype):
         raise TypeError(f"target must hold numbers in [0, 1], got dtype {target.dtype}")
     if target.shape != input.shape:
         raise ValueError(f"target has shape {target.shape} but input has shape {input.shape}; "
                          "they must be equal")
     target = target.astype(input.dtype, copy=False)
+    compute = _dtypes.compute_dtype(input.dtype)
     if weight is not None:
-        weight = _broadcast_to_input(weight, "weight", input, input.dtype)
+        weight = _broadcast_to_input(weight, "weight", input, compute)
     if pos_weight is not None:
-        pos_weight = _broadcast_to_input(pos_weight, "pos_weight", input, input.dtype)
+        pos_weight = _broadcast_to_input(pos_weight, "pos_weight", input, compute)
     return ElementwiseLossArgs(input, target, _reduction(reduction, REDUCTIONS), weight,
                                pos_weight)
 
@@ -356,8 +359,8 @@ def bce_args(input, target, weight, pos_weight, reduction):
 def elementwise_inplace(args, out, original_input):
     """Check that the caller's input buffer can take the gradient (inplace=True)."""
     if args.input is not original_input:
-        raise ValueError("inplace=True needs input as a float32/float64 numpy array in native "
-                         "byte order (the gradient is written into that buffer)")
+        raise ValueError("inplace=True needs input as a float numpy array in native byte "
+                         "order (the gradient is written into that buffer)")
     if out is not None:
         raise ValueError("inplace=True writes the gradient into input; do not also pass out")
     if not args.input.flags.writeable:

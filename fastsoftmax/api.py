@@ -523,17 +523,20 @@ def _elementwise_grad_buffer(args, input, out, inplace):
 
 def _run_elementwise_loss(kernel, args, operands, grad_output, grad):
     """Run a loss kernel (``operands``: its arguments between target and grad_output);
-    return the loss in the input's dtype."""
+    return the loss in the input's compute dtype (float32 for 16-bit input)."""
     x = args.input
     denominator = args.denominator
     scale, per_element = _grad_scales(grad_output, denominator)
     stream = per_element if per_element.size else _ones_stream(np.dtype(np.float64))
-    loss = np.empty(x.size, x.dtype) if args.reduction == "none" else None
-    total = kernel(_flat(x), _flat(args.target), *operands, stream, scale, loss, grad)
+    loss_dtype = _dtypes.compute_dtype(x.dtype)
+    loss = np.empty(x.size, loss_dtype) if args.reduction == "none" else None
+    total = kernel(_dtypes.kernel_view(_flat(x)), _dtypes.kernel_view(_flat(args.target)),
+                   *operands, stream, scale, loss,
+                   None if grad is None else _dtypes.kernel_view(grad))
     if loss is not None:  # a 0-d input's loss is a scalar, as the reference's
         return loss.reshape(x.shape) if x.ndim else loss[0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf/NaN are data
-        return x.dtype.type(total / denominator)
+        return loss_dtype.type(total / denominator)
 
 
 def _elementwise_loss_with_grad(kernel, args, operands, grad_output, input, out, inplace):
@@ -546,11 +549,12 @@ def _elementwise_loss_with_grad(kernel, args, operands, grad_output, input, out,
 
 
 _KL_DOC = """input : array_like
-        float32 or float64 log-probabilities, any shape.
+        float32, float64, float16 or bfloat16 log-probabilities, any shape (16-bit:
+        computed in float32, the loss float32, the gradient rounded once to input's dtype).
     target : array_like
         Probabilities (log-probabilities with ``log_target=True``) of input's shape, or
-        broadcasting to it; cast to input's dtype. Values out of [0, 1] are data: as in
-        torch, a negative probability gives NaN.
+        broadcasting to it; cast to input's dtype (16-bit too). Values out of [0, 1] are
+        data: as in torch, a negative probability gives NaN.
     reduction : {{"none", "mean", "sum", "batchmean"}}, optional
         "mean" (default, as torch) divides the sum by the number of elements;
         "batchmean" by ``input.shape[0]`` (the KL divergence per sample when the
@@ -575,7 +579,8 @@ _KL_DOC = """input : array_like
     Returns
     -------
     numpy scalar or ndarray
-        A scalar of input's dtype, or for "none" an array of input's shape.
+        A scalar of input's dtype (float32 for 16-bit input), or for "none" an array of
+        input's shape.
 
     Examples
     --------
@@ -606,8 +611,8 @@ def kl_div(input, target, *, reduction="mean", log_target=False, kernels):
     out : ndarray, optional
         Where to write the gradient: input's shape and dtype.
     inplace : bool, optional
-        Write the gradient into ``input`` (a writeable C-contiguous float32/float64
-        array) and return it: no extra memory. The input is lost.
+        Write the gradient into ``input`` (a writeable C-contiguous float array) and
+        return it: no extra memory. The input is lost.
     {backend}
 
     Returns
@@ -634,16 +639,18 @@ def kl_div_with_grad(input, target, *, reduction="mean", log_target=False, grad_
 
 
 _BCE_DOC = """input : array_like
-        float32 or float64 logits, any shape.
+        float32, float64, float16 or bfloat16 logits, any shape (16-bit: computed in
+        float32, the loss float32, the gradient rounded once to input's dtype).
     target : array_like
-        Labels of input's shape, cast to input's dtype: 0 or 1, or soft labels in
-        [0, 1] (not checked: values outside are data, as in torch).
+        Labels of input's shape, cast to input's dtype (16-bit too): 0 or 1, or soft
+        labels in [0, 1] (not checked: values outside are data, as in torch).
     weight : array_like, optional
-        Weights of the element losses, broadcasting to input's shape.
+        Weights of the element losses, broadcasting to input's shape (used in float32
+        for 16-bit input).
     pos_weight : array_like, optional
         Weights of the positive term, broadcasting to input's shape: a (C,) array
         weighs the classes of the last axis (``num_negatives / num_positives`` per class
-        balances them).
+        balances them). Used in float32 for 16-bit input.
     reduction : {{"none", "mean", "sum"}}, optional
         "mean" (default) divides the sum by the number of elements, whatever the
         weights (as torch)."""
@@ -672,7 +679,8 @@ _BCE_FORMULA = """The element loss is ``w * ((1 - y) * softplus(x) + pw * y * so
     Returns
     -------
     numpy scalar or ndarray
-        A scalar of input's dtype, or for "none" an array of input's shape.
+        A scalar of input's dtype (float32 for 16-bit input), or for "none" an array of
+        input's shape.
 
     Examples
     --------
@@ -688,7 +696,7 @@ def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=N
 
 
 def _bce_streams(args):
-    shape, dtype = args.input.shape, args.input.dtype
+    shape, dtype = args.input.shape, _dtypes.compute_dtype(args.input.dtype)
     return _stream(args.weight, shape, dtype), _stream(args.pos_weight, shape, dtype)
 
 
@@ -708,8 +716,8 @@ def _bce_streams(args):
         Gradient flowing into the loss: a scalar, or for ``reduction="none"`` an array
         of input's shape. Default 1.
     inplace : bool, optional
-        Write the gradient into ``input`` (a writeable C-contiguous float32/float64
-        array) and return it: no extra memory. The logits are lost.
+        Write the gradient into ``input`` (a writeable C-contiguous float array) and
+        return it: no extra memory. The logits are lost.
     out : ndarray, optional
         Where to write the gradient: input's shape and dtype.
     {backend}
@@ -740,12 +748,12 @@ def binary_cross_entropy_with_logits_with_grad(input, target, *, weight=None, po
 
 def _elementwise_output(kernel, x, out):
     """Run an elementwise kernel into a result of x's shape (``out`` when given)."""
-    x = _validate.float_array(x, "x")
+    x = _validate.float_array(x, "x", half=True)
     if out is not None:
         _validate.out_array(out, x.shape, x.dtype, {"x": x})
     direct = out is not None and out.flags.c_contiguous
     result = out.reshape(-1) if direct else np.empty(x.size, x.dtype)
-    kernel(_flat(x), result)
+    kernel(_dtypes.kernel_view(_flat(x)), _dtypes.kernel_view(result))
     if direct:
         return out
     if out is None:
@@ -757,7 +765,8 @@ def _elementwise_output(kernel, x, out):
 _SIGMOID_PARAMETERS = """Parameters
     ----------
     x : array_like
-        float32 or float64 values, any shape.
+        float32, float64, float16 or bfloat16 values, any shape (16-bit: computed in
+        float32, the result rounded once to x's dtype).
     out : ndarray, optional
         Where to write the result: x's shape and dtype; may be ``x`` itself.
     {backend}
@@ -774,7 +783,8 @@ _SIGMOID_PARAMETERS = """Parameters
     Computed as ``1 / (1 + exp(-|x|))`` or ``exp(-|x|) / (1 + exp(-|x|))`` by the sign
     of x: 0 at -inf, 1 at +inf, NaN for NaN (as ``torch.sigmoid``). float32 input is
     computed in float32, within 3 ulp of the float64 result, except below float32's
-    smallest normal number: 0 for x < -87.3, where torch gives subnormals down to -88.7.
+    smallest normal number: 0 for x < -87.3, where torch gives subnormals down to -88.7
+    (so does bfloat16 input, computed in float32 too).
 
     """ + _SIGMOID_PARAMETERS + """
 

@@ -1,5 +1,6 @@
 """PyTorch drop-ins backed by the fastsoftmax kernels (CPU, float32/float64; softmax,
-log_softmax and cross_entropy also bfloat16/float16, computed in float32, with float32 losses).
+log_softmax, cross_entropy, kl_div, binary_cross_entropy_with_logits, sigmoid and log_sigmoid
+also bfloat16/float16, computed in float32, with float32 losses).
 
 ``torch`` is imported when this module is imported, never by ``import fastsoftmax``.
 Importing it registers the ops ``torch.ops.fastsoftmax.*`` with ``torch.library``:
@@ -680,12 +681,13 @@ def _kl_div_op(input: torch.Tensor, target: torch.Tensor, reduction: str, log_ta
         return _loss_tensor(api.kl_div(_numpy(input), _numpy(target), **options)), \
             input.new_empty(0)
     loss, grad = api.kl_div_with_grad(_numpy(input), _numpy(target), **options)
-    return _loss_tensor(loss), torch.from_numpy(grad)
+    return _loss_tensor(loss), _tensor(grad)
 
 
 @_kl_div_op.register_fake
 def _kl_div_fake(input, target, reduction, log_target, compute_grad, backend):
-    loss = input.new_empty(_elementwise_loss_shape(input, reduction, _validate.KL_REDUCTIONS))
+    loss = input.new_empty(_elementwise_loss_shape(input, reduction, _validate.KL_REDUCTIONS),
+                           dtype=_loss_dtype(input))
     return loss, torch.empty(input.shape, dtype=input.dtype) if compute_grad else \
         input.new_empty(0)
 
@@ -704,12 +706,13 @@ def _bce_op(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Te
             _numpy(input), _numpy(target), **options)), input.new_empty(0)
     loss, grad = api.binary_cross_entropy_with_logits_with_grad(_numpy(input), _numpy(target),
                                                                 **options)
-    return _loss_tensor(loss), torch.from_numpy(grad)
+    return _loss_tensor(loss), _tensor(grad)
 
 
 @_bce_op.register_fake
 def _bce_fake(input, target, weight, pos_weight, reduction, compute_grad, backend):
-    loss = input.new_empty(_elementwise_loss_shape(input, reduction, _validate.REDUCTIONS))
+    loss = input.new_empty(_elementwise_loss_shape(input, reduction, _validate.REDUCTIONS),
+                           dtype=_loss_dtype(input))
     return loss, torch.empty(input.shape, dtype=input.dtype) if compute_grad else \
         input.new_empty(0)
 
@@ -766,10 +769,11 @@ def kl_div(input, target, reduction="mean", log_target=False, *, backend=None):
     Parameters
     ----------
     input : torch.Tensor
-        Log-probabilities, CPU float32/float64, any shape.
+        Log-probabilities, CPU float32/float64/bfloat16/float16, any shape (16-bit:
+        computed in float32, the gradient rounded once to its dtype, the loss float32).
     target : torch.Tensor
         Probabilities (log-probabilities with ``log_target=True``), input's shape or
-        broadcasting to it.
+        broadcasting to it; cast to input's dtype.
     reduction : {"mean", "batchmean", "sum", "none"}, optional
     log_target : bool, optional
     backend : str, optional
@@ -778,9 +782,9 @@ def kl_div(input, target, reduction="mean", log_target=False, *, backend=None):
     Returns
     -------
     torch.Tensor
-        0-d, or input's shape for "none".
+        0-d, or input's shape for "none"; input's dtype, float32 for 16-bit input.
     """
-    _check_tensor(input, "input")
+    _check_tensor(input, "input", half=True)
     _check_target(target)
     _no_grad_for(target, "target", "kl_div")
     _elementwise_loss_shape(input, reduction, _validate.KL_REDUCTIONS)
@@ -804,11 +808,12 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     Parameters
     ----------
     input : torch.Tensor
-        Logits, CPU float32/float64, any shape.
+        Logits, CPU float32/float64/bfloat16/float16, any shape (16-bit: computed in
+        float32, the gradient rounded once to its dtype, the loss float32).
     target : torch.Tensor
-        Labels in [0, 1], input's shape.
+        Labels in [0, 1], input's shape; cast to input's dtype.
     weight : torch.Tensor, optional
-        Broadcasts to input's shape.
+        Broadcasts to input's shape (used in float32 for 16-bit input).
     reduction : {"mean", "sum", "none"}, optional
     pos_weight : torch.Tensor, optional
         Broadcasts to input's shape (a (C,) tensor: per class of the last dim).
@@ -818,14 +823,14 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     Returns
     -------
     torch.Tensor
-        0-d, or input's shape for "none".
+        0-d, or input's shape for "none"; input's dtype, float32 for 16-bit input.
     """
     name = "binary_cross_entropy_with_logits"
-    _check_tensor(input, "input")
+    _check_tensor(input, "input", half=True)
     _check_target(target)
     for tensor, label in ((target, "target"), (weight, "weight"), (pos_weight, "pos_weight")):
         if tensor is not None and label != "target":
-            _check_tensor(tensor, label)
+            _check_tensor(tensor, label, half=True)
         _no_grad_for(tensor, label, name)
     _elementwise_loss_shape(input, reduction, _validate.REDUCTIONS)
     compute_grad = torch.is_grad_enabled() and input.requires_grad
@@ -910,14 +915,15 @@ def _save_elementwise_output(ctx, inputs, output):
 
 def _sigmoid_vjp(ctx, dy):
     (s,) = ctx.saved_tensors
-    return dy * s * (1 - s), None
+    s_c = s.to(_loss_dtype(s))  # 16-bit: computed in float32, rounded once
+    return (dy * s_c * (1 - s_c)).to(s.dtype), None
 
 
 def _log_sigmoid_vjp(ctx, dy):
     # d log(sigmoid(x)) / dx = sigmoid(-x) = 1 - exp(log_sigmoid(x)), as -expm1: exact
     # where sigmoid(-x) is tiny (large x), where 1 - sigmoid(x) would cancel
     (log_s,) = ctx.saved_tensors
-    return -dy * torch.expm1(log_s), None
+    return (-dy * torch.expm1(log_s.to(_loss_dtype(log_s)))).to(log_s.dtype), None
 
 
 _sigmoid = _register_autograd("sigmoid", _sigmoid_op, _sigmoid_vjp, _save_elementwise_output)
@@ -934,7 +940,8 @@ def _sigmoid_doc(name, formula, torch_name):
     Parameters
     ----------
     x : torch.Tensor
-        CPU float32/float64 tensor of any shape.
+        CPU float32/float64/bfloat16/float16 tensor of any shape (16-bit: computed in
+        float32, rounded once to its dtype; so is the gradient).
     backend : str, optional
         A fastsoftmax backend name; default: the current one (read when the kernel runs).
 
@@ -946,12 +953,12 @@ def _sigmoid_doc(name, formula, torch_name):
 
 
 def sigmoid(x, *, backend=None):
-    _check_tensor(x, "x")
+    _check_tensor(x, "x", half=True)
     return _sigmoid(x, _backend_argument(backend))
 
 
 def log_sigmoid(x, *, backend=None):
-    _check_tensor(x, "x")
+    _check_tensor(x, "x", half=True)
     return _log_sigmoid(x, _backend_argument(backend))
 
 

@@ -139,8 +139,8 @@ def test_errors_name_the_value_and_the_fix(backend):
         fs.kl_div(x[0], t, backend=backend)
     with pytest.raises(ValueError, match="reduction must be one of .*'batchmean'.*got 'avg'"):
         fs.kl_div(x, t, reduction="avg", backend=backend)
-    with pytest.raises(TypeError, match=r"input must be a float32 or float64 array, got "
-                                        r"dtype int64 \(convert with"):
+    with pytest.raises(TypeError, match=r"input must be a float32, float64, float16 or "
+                                        r"bfloat16 array, got dtype int64 \(convert with"):
         fs.kl_div(np.ones((3, 4), np.int64), t, backend=backend)
     with pytest.raises(TypeError, match="target must hold float probabilities"):
         fs.kl_div(x, np.ones((3, 4), np.int64), backend=backend)

@@ -420,6 +420,8 @@ KL_SAMPLES = {
     "1d": _kl_sample((7,)),
     "broadcast-target": _kl_sample((4, 6), "sum", target_shape=(6,)),
     "float32": _kl_sample((4, 6), dtype=torch.float32),
+    "bfloat16": _kl_sample((4, 6), dtype=torch.bfloat16),  # a float32 loss
+    "float16-none": _kl_sample((4, 6), "none", dtype=torch.float16),
 }
 
 
@@ -441,6 +443,9 @@ BCE_SAMPLES = {
     "1d": _bce_sample((7,)),
     "0d": _bce_sample(()),
     "float32": _bce_sample((4, 6), dtype=torch.float32),
+    "bfloat16-weights": _bce_sample((4, 6), "sum", weight=(6,), pos_weight=(6,),
+                                    dtype=torch.bfloat16),
+    "float16-none": _bce_sample((4, 6), "none", dtype=torch.float16),
 }
 
 
@@ -461,6 +466,8 @@ SIGMOID_SAMPLES = {
     "empty": _logits((0, 3), requires_grad=True),
     "non-contiguous": _logits((4, 6), layout="strided", requires_grad=True),
     "float32": _logits((4, 6), dtype=torch.float32, requires_grad=True),
+    "bfloat16": _logits((4, 6), dtype=torch.bfloat16, requires_grad=True),
+    "float16": _logits((4, 6), dtype=torch.float16, requires_grad=True),
 }
 
 

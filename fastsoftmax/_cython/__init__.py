@@ -28,7 +28,8 @@ max_threads = _kernels.max_threads
 set_num_threads = _kernels.set_num_threads
 
 LOW_PRECISION = ("softmax", "log_softmax", "logsumexp", "softmax_backward",
-                 "log_softmax_backward", "cross_entropy_index", "cross_entropy_prob")
+                 "log_softmax_backward", "cross_entropy_index", "cross_entropy_prob",
+                 "kl_div", "binary_cross_entropy_with_logits", "sigmoid", "log_sigmoid")
 _BITS = ("uint16", "int16")  # the views of bfloat16 and float16 arrays
 
 

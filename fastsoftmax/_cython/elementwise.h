@@ -2,9 +2,11 @@
  * logits, sigmoid and log-sigmoid, on flat arrays (any shape, no rows).
  *
  * The same formulas as fastsoftmax/_numba/_elementwise.py. Each loop is written once, in
- * elementwise_typed.h, which this header includes twice: for float (suffix f) and double
- * (suffix d). An element is computed in its storage type, so that float32 runs at twice
- * the vector lanes of double (float32, two threads, bench.ab: kl_div + grad 2.60 -> 1.26
+ * elementwise_typed.h, which this header includes four times: for float (suffix f),
+ * double (d), and the 16-bit storage types bfloat16 (b) and float16 (h), computed in float
+ * (issue 18: losses and weights float, every output element rounded once, as in rows.h's
+ * 16-bit instances). An element is computed in its compute type, so that float32 runs at
+ * twice the vector lanes of double (float32, two threads, bench.ab: kl_div + grad 2.60 -> 1.26
  * ns/elem at 16777x1000, BCE + grad 4.50 -> 1.92), and the losses are summed in that type
  * over blocks of FS_BLOCK elements, the block sums in double. exp is rows.h's; log is rows.h's for
  * double and fs_log_normal_f for float.
@@ -12,7 +14,7 @@
  * A "stream" is a small array read periodically: element i of the flat input uses
  * stream[i % period]. Weights that broadcast over the last axis, a scalar grad_output
  * and a full-size one are all streams (the caller tiles short ones to >= 4096 elements so
- * that a segment of constant offset is long). grad_output is double in both instances.
+ * that a segment of constant offset is long). grad_output is double in every instance.
  */
 #ifndef FASTSOFTMAX_ELEMENTWISE_H
 #define FASTSOFTMAX_ELEMENTWISE_H
@@ -31,54 +33,106 @@
     (loss && grad ? call_with(loss, grad) : loss ? call_with(loss, NULL)             \
      : grad ? call_with(NULL, grad) : call_with(NULL, NULL))
 
-#define FS_T float
-#define FS_S f
+/* The four instances: FS_T the storage type, FS_C the compute type (and the type of the
+ * losses and of the weight streams), FS_S and FS_CS their name suffixes, FS_LOAD /
+ * FS_STORE the conversions between them (rows.h's); FS_EW_LOWP 1 for 16-bit storage,
+ * whose instances use the float instance's scalar math. */
+#define FS_C float
+#define FS_CS f
+#define FS_EW_LOWP 0
+#define FS_LOAD FS_IDENTITY
+#define FS_STORE FS_IDENTITY
 #define FS_EW_LOG_NORMAL fs_log_normal_f
 #define FS_EW_MIN_NORMAL 1.17549435e-38f
 #define FS_EW_SUBNORMAL_BITS 24
 #define FS_EW_SERIES_END 9
+#define FS_T float
+#define FS_S f
 #include "elementwise_typed.h"
 #undef FS_T
 #undef FS_S
+#undef FS_C
+#undef FS_CS
 #undef FS_EW_LOG_NORMAL
 #undef FS_EW_MIN_NORMAL
 #undef FS_EW_SUBNORMAL_BITS
 #undef FS_EW_SERIES_END
 
-#define FS_T double
-#define FS_S d
+#define FS_C double
+#define FS_CS d
 #define FS_EW_LOG_NORMAL fs_log_d
 #define FS_EW_MIN_NORMAL 2.2250738585072014e-308
 #define FS_EW_SUBNORMAL_BITS 54
 #define FS_EW_SERIES_END 23
+#define FS_T double
+#define FS_S d
 #include "elementwise_typed.h"
 #undef FS_T
 #undef FS_S
+#undef FS_C
+#undef FS_CS
+#undef FS_EW_LOWP
+#undef FS_LOAD
+#undef FS_STORE
 #undef FS_EW_LOG_NORMAL
 #undef FS_EW_MIN_NORMAL
 #undef FS_EW_SUBNORMAL_BITS
 #undef FS_EW_SERIES_END
 
-/* The entry points of elementwise.pxi, for either type: `single` (a literal in each
- * fused-type specialisation there) picks the float or double instance. */
+#define FS_C float
+#define FS_CS f
+#define FS_EW_LOWP 1
+#define FS_T uint16_t
+#define FS_S b
+#define FS_LOAD fs_load_b
+#define FS_STORE fs_store_b
+#include "elementwise_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_LOAD
+#undef FS_STORE
+
+#define FS_T int16_t
+#define FS_S h
+#define FS_LOAD fs_load_h
+#define FS_STORE fs_store_h
+#include "elementwise_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_LOAD
+#undef FS_STORE
+#undef FS_C
+#undef FS_CS
+#undef FS_EW_LOWP
+
+/* The storage type of a kernel's arrays (the instance to call), passed by
+ * elementwise.pxi. */
+enum { FS_EW_FLOAT = 0, FS_EW_DOUBLE = 1, FS_EW_BFLOAT16 = 2, FS_EW_FLOAT16 = 3 };
+
+#define FS_EW_DISPATCH(kind, name, ...)                                              \
+    ((kind) == FS_EW_FLOAT ? name##_f(__VA_ARGS__)                                   \
+     : (kind) == FS_EW_DOUBLE ? name##_d(__VA_ARGS__)                                \
+     : (kind) == FS_EW_BFLOAT16 ? name##_b(__VA_ARGS__) : name##_h(__VA_ARGS__))
+
+/* The entry points of elementwise.pxi: elements [i, i + n) of the flat arrays x, t, loss,
+ * grad and out, the weight streams from w_at and pw_at, g already at its offset. */
 static inline double fs_kl_div_segment(const void *x, const void *t, const double *g,
-                                       double scale, void *loss, void *grad, Py_ssize_t n,
-                                       int single, int log_target) {
-    return single ? fs_kl_div_segment_f(x, t, g, scale, loss, grad, n, log_target)
-                  : fs_kl_div_segment_d(x, t, g, scale, loss, grad, n, log_target);
+                                       double scale, void *loss, void *grad, Py_ssize_t i,
+                                       Py_ssize_t n, int kind, int log_target) {
+    return FS_EW_DISPATCH(kind, fs_kl_div_at, x, t, g, scale, loss, grad, i, n, log_target);
 }
 
 static inline double fs_bce_segment(const void *x, const void *t, const void *w,
-                                    const void *pw, const double *g, double scale, void *loss,
-                                    void *grad, Py_ssize_t n, int single) {
-    return single ? fs_bce_segment_f(x, t, w, pw, g, scale, loss, grad, n)
-                  : fs_bce_segment_d(x, t, w, pw, g, scale, loss, grad, n);
+                                    Py_ssize_t w_at, const void *pw, Py_ssize_t pw_at,
+                                    const double *g, double scale, void *loss, void *grad,
+                                    Py_ssize_t i, Py_ssize_t n, int kind) {
+    return FS_EW_DISPATCH(kind, fs_bce_at, x, t, w, w_at, pw, pw_at, g, scale, loss, grad, i,
+                          n);
 }
 
-static inline void fs_sigmoid_segment(const void *x, void *out, Py_ssize_t n, int single,
-                                      int log_sigmoid) {
-    if (single) fs_sigmoid_segment_f(x, out, n, log_sigmoid);
-    else fs_sigmoid_segment_d(x, out, n, log_sigmoid);
+static inline void fs_sigmoid_segment(const void *x, void *out, Py_ssize_t i, Py_ssize_t n,
+                                      int kind, int log_sigmoid) {
+    FS_EW_DISPATCH(kind, fs_sigmoid_at, x, out, i, n, log_sigmoid);
 }
 
 #endif

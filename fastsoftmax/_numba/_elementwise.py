@@ -3,7 +3,10 @@ log-sigmoid on flat C-contiguous arrays (any shape, no rows).
 
 The formulas are those of fastsoftmax/_cython/elementwise.h. An element is computed in its
 storage type (float32 at twice the vector lanes of float64), the element losses are summed
-in that type over blocks of BLOCK elements and the blocks in float64 (``row_sum``). The
+in that type over blocks of BLOCK elements and the blocks in float64 (``row_sum``).
+float16 and bfloat16 arrays arrive as their bits (fastsoftmax/_dtypes.py): ``load`` and
+``store`` convert, the math runs in float32 (their compute type), weights and the
+``loss`` output are float32, and each output element is rounded once. The
 kernels run a prange over fixed chunks of CHUNK elements whose sums are added in chunk
 order (a loss does not depend on the thread count). A "stream" (weights, grad_output) is a
 small array read periodically: element i uses stream[i % stream.size]; a chunk runs as
@@ -22,7 +25,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from ._math import FASTMATH, JIT, JIT_PARALLEL, _bitcast_to_float, row_sum, same_buffer, vexp
+from ._math import (FASTMATH, JIT, JIT_PARALLEL, _bitcast_to_float, empty_like_compute, load,
+                    row_sum, same_buffer, store, vexp)
 
 CHUNK = 16384  # elements per parallel task (FS_EW_CHUNK in elementwise.h)
 JIT_ELEMENT = dict(JIT, inline="always")
@@ -211,23 +215,23 @@ def _kl_loop(x, t, log_target, g_scaled, loss, grad, terms):
     """The loss terms of a segment into ``terms``, and into loss / grad (None: not
     written)."""
     for i in range(x.size):
-        value, d = _kl_div_term(x[i], t[i], log_target)
+        value, d = _kl_div_term(load(x, i), load(t, i), log_target)
         terms[i] = value
         if loss is not None:
             loss[i] = value
         if grad is not None:
-            grad[i] = d * g_scaled[i]
+            store(grad, i, d * g_scaled[i])
 
 
 @njit(**JIT_ELEMENT)
 def _bce_loop(x, t, w, pw, g_scaled, loss, grad, terms):
     for i in range(x.size):
-        value, d = _bce(x[i], t[i], w[i], pw[i])
+        value, d = _bce(load(x, i), load(t, i), w[i], pw[i])
         terms[i] = value
         if loss is not None:
             loss[i] = value
         if grad is not None:
-            grad[i] = d * g_scaled[i]
+            store(grad, i, d * g_scaled[i])
 
 
 # The segments: in place (grad is x), the loop reads and writes the one array grad; two
@@ -255,10 +259,18 @@ def _period_end(i, stop, period):
     return min(stop, i - i % period + period)
 
 
-@njit(**JIT)
 def _part(a, lo, hi):
     """a[lo:hi] of an optional output (None stays None)."""
-    return None if a is None else a[lo:hi]
+    raise NotImplementedError("_part is only callable from Numba-compiled code")
+
+
+# An overload, not ``None if a is None else a[lo:hi]``: that is an Optional array, which
+# ``load`` and ``store`` (16-bit arrays) cannot type; this is None or an array.
+@overload(_part, inline="always")
+def _part_overload(a, lo, hi):
+    if isinstance(a, types.NoneType):
+        return lambda a, lo, hi: None
+    return lambda a, lo, hi: a[lo:hi]
 
 
 @njit(**JIT)
@@ -275,7 +287,7 @@ def _scaled_stream(g, scale, out, grad):
 
 @njit(**JIT)
 def _kl_chunk(x, t, log_target, g, scale, loss, grad, lo, hi):
-    terms, g_scaled = np.empty(hi - lo, x.dtype), np.empty(hi - lo, x.dtype)
+    terms, g_scaled = empty_like_compute(hi - lo, x), empty_like_compute(hi - lo, x)
     i = lo
     while i < hi:
         stop = _period_end(i, hi, g.size)
@@ -289,7 +301,7 @@ def _kl_chunk(x, t, log_target, g, scale, loss, grad, lo, hi):
 
 @njit(**JIT)
 def _bce_chunk(x, t, w, pw, g, scale, loss, grad, lo, hi):
-    terms, g_scaled = np.empty(hi - lo, x.dtype), np.empty(hi - lo, x.dtype)
+    terms, g_scaled = empty_like_compute(hi - lo, x), empty_like_compute(hi - lo, x)
     i = lo
     while i < hi:
         stop = min(_period_end(i, hi, g.size), _period_end(i, hi, w.size),
@@ -337,13 +349,13 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, grad_out
 @njit(**JIT_ELEMENT)
 def _sigmoid_loop(x, out):
     for i in range(x.size):
-        out[i] = _sigmoid(x[i])
+        store(out, i, _sigmoid(load(x, i)))
 
 
 @njit(**JIT_ELEMENT)
 def _log_sigmoid_loop(x, out):
     for i in range(x.size):
-        out[i] = _log_sigmoid(x[i])
+        store(out, i, _log_sigmoid(load(x, i)))
 
 
 # In place, one array for LLVM, as _kl_segment (float32, one thread, 65536 elements:
