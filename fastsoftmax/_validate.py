@@ -468,9 +468,9 @@ def sampled_softmax_args(weights, biases, labels, inputs, num_sampled, num_class
     if not isinstance(remove_accidental_hits, (bool, np.bool_)):
         raise TypeError(f"remove_accidental_hits must be True or False, "
                         f"got {remove_accidental_hits!r}")
-    inputs = float_array(inputs, "inputs")
-    weights = float_array(weights, "weights")
-    biases = float_array(biases, "biases")
+    inputs = float_array(inputs, "inputs", half=True)
+    weights = float_array(weights, "weights", half=True)
+    biases = float_array(biases, "biases", half=True)
     if inputs.ndim != 2:
         raise ValueError(f"inputs must have shape (N, D), got shape {inputs.shape}")
     if weights.shape != (num_classes, inputs.shape[1]):

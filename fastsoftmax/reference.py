@@ -348,8 +348,8 @@ def _sampled_softmax64(weights, biases, labels, inputs, num_sampled, num_classes
     ids = np.unique(np.concatenate([labels.reshape(-1), sampled]))
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs are data
         grad_weight = grad_all.T @ x
-    dtype = args.inputs.dtype
-    return (args, loss.astype(dtype), (grad_all @ w).astype(dtype),
+    dtype = args.inputs.dtype  # 16-bit: gradients rounded to it, the loss float32
+    return (args, loss.astype(_dtypes.compute_dtype(dtype)), (grad_all @ w).astype(dtype),
             (ids, grad_weight[ids].astype(dtype)),
             (ids.copy(), grad_all.sum(axis=0)[ids].astype(dtype)))
 

@@ -19,8 +19,12 @@ backward GEMMs ``G[:, T:] @ W[sampled]`` and ``G[:, T:].T @ inputs`` use NumPy's
 ``fastsoftmax.get_num_threads()`` threads. Only the touched rows of W and bias get a
 gradient; repeated ids are summed.
 
+float16 and bfloat16 arrays are stored types only (fastsoftmax/_dtypes.py): the gathered
+rows and the inputs are converted to float32, the logits and every gradient are float32,
+and the returned gradients are rounded once to the inputs' dtype (the loss stays float32).
+
 Accidental hits: TensorFlow adds -FLT_MAX to those logits. Here they are set to the
-dtype's most negative finite value, ``np.finfo(dtype).min``, after the log-count shift:
+logits' most negative finite value, ``np.finfo(dtype).min``, after the log-count shift:
 its exponential is exactly 0 after the max-shift, so the class gets probability 0 and
 gradient 0 as in TensorFlow, and since it is finite, the target's 0 times its log-softmax
 is 0 (an -inf logit would make ``0 * -inf`` = NaN in the loss; adding -FLT_MAX to a very
@@ -29,7 +33,7 @@ row keeps a finite maximum.
 """
 import numpy as np
 
-from . import _backends, _validate, api, candidate_sampling, linear_ce
+from . import _backends, _dtypes, _validate, api, candidate_sampling, linear_ce
 
 __all__ = ["sampled_softmax_loss", "sampled_softmax_loss_with_grad"]
 
@@ -73,25 +77,33 @@ def accidental_hits(labels, sampled):
 
 
 class _Gathered:
-    """The rows of the problem that one step touches."""
+    """The rows of the problem that one step touches, in the compute type (float32 for
+    16-bit arrays: the GEMMs, the logits and the gradients are float32, and only the
+    returned gradients are rounded to the inputs' dtype)."""
 
     def __init__(self, args, sampled):
-        self.true_weights = np.take(args.weights, args.labels, axis=0)  # (N, T, D)
-        self.sampled_weights = np.take(args.weights, sampled, axis=0)   # (S, D)
+        dtype = _dtypes.compute_dtype(args.inputs.dtype)
+        true_weights = np.take(args.weights, args.labels, axis=0)  # (N, T, D)
+        sampled_weights = np.take(args.weights, sampled, axis=0)   # (S, D)
+        self.inputs = args.inputs.astype(dtype, copy=False)        # (N, D)
+        self.true_weights = true_weights.astype(dtype, copy=False)
+        self.sampled_weights = sampled_weights.astype(dtype, copy=False)
+        self.true_biases = args.biases[args.labels].astype(dtype, copy=False)  # (N, T)
+        self.sampled_biases = args.biases[sampled].astype(dtype, copy=False)   # (S,)
         self.ids = np.concatenate([args.labels.reshape(-1), sampled])
 
 
 def _logits(args, values, gathered):
-    """The (N, T + S) sampled logits in the inputs' dtype, C-contiguous."""
+    """The (N, T + S) sampled logits in the compute type, C-contiguous."""
     sampled, true_count, sampled_count = values
-    x = args.inputs
+    x = gathered.inputs
     n, t = args.labels.shape
     dtype = x.dtype
     logits = np.empty((n, t + sampled.size), dtype)
     np.matmul(x, gathered.sampled_weights.T, out=logits[:, t:])
     logits[:, :t] = np.einsum("nd,ntd->nt", x, gathered.true_weights)
-    logits[:, :t] += args.biases[args.labels] - np.log(true_count).astype(dtype)
-    logits[:, t:] += args.biases[sampled] - np.log(sampled_count).astype(dtype)
+    logits[:, :t] += gathered.true_biases - np.log(true_count).astype(dtype)
+    logits[:, t:] += gathered.sampled_biases - np.log(sampled_count).astype(dtype)
     if args.remove_accidental_hits:
         rows, positions = accidental_hits(args.labels, sampled)
         logits[rows, t + positions] = np.finfo(dtype).min
@@ -137,8 +149,8 @@ def segment_sum(ids, *values):
 
 def _backward(args, gathered, grad):
     """Gradients from ``grad`` = d loss / d logits (N, T + S): (grad_inputs, (ids,
-    grad_weight_rows), (ids, grad_bias))."""
-    x = args.inputs
+    grad_weight_rows), (ids, grad_bias)), in the compute type."""
+    x = gathered.inputs
     n, t = args.labels.shape
     grad_true, grad_sampled = grad[:, :t], grad[:, t:]
     grad_inputs = grad_sampled @ gathered.sampled_weights
@@ -149,7 +161,7 @@ def _backward(args, gathered, grad):
     np.matmul(grad_sampled.T, x, out=rows[n * t:])
     bias_rows = np.concatenate([grad_true.reshape(-1), grad_sampled.sum(axis=0)])
     ids, grad_weight, grad_bias = segment_sum(gathered.ids, rows, bias_rows)
-    return grad_inputs, (ids, grad_weight), (ids.copy(), grad_bias)
+    return grad_inputs, (ids, grad_weight), (ids, grad_bias)
 
 
 def _forward(args, values, grad_output, backend):
@@ -172,12 +184,17 @@ def sampled_gradients(args, gathered, grad):
     """The backward GEMMs and segment sums of :func:`sampled_softmax_loss_with_grad` from a
     logits gradient (also used by :mod:`fastsoftmax.torch_sampled`)."""
     with linear_ce._blas_threads(_backends.get_num_threads()):
-        return _backward(args, gathered, grad)
+        grad_inputs, (ids, grad_weight), (_, grad_bias) = _backward(args, gathered, grad)
+    dtype = args.inputs.dtype  # the one rounding of 16-bit gradients (no copy otherwise)
+    return (grad_inputs.astype(dtype, copy=False), (ids, grad_weight.astype(dtype, copy=False)),
+            (ids.copy(), grad_bias.astype(dtype, copy=False)))
 
 
 _PARAMETERS_DOC = """weights : array_like
-        float32 or float64 class embeddings, shape ``(num_classes, D)`` (TensorFlow's
-        layout: the transpose of a Dense kernel; the ``nn.Linear`` weight layout).
+        float32, float64, float16 or bfloat16 class embeddings, shape
+        ``(num_classes, D)`` (TensorFlow's layout: the transpose of a Dense kernel; the
+        ``nn.Linear`` weight layout). 16-bit: computed in float32, the gradients rounded
+        to the inputs' dtype, the loss float32.
     biases : array_like
         Class biases, shape ``(num_classes,)``, weights' dtype.
     labels : array_like
@@ -224,7 +241,8 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
     Returns
     -------
     ndarray
-        The loss of each example, shape ``(N,)``, the inputs' dtype.
+        The loss of each example, shape ``(N,)``, the inputs' dtype (float32 for 16-bit
+        inputs).
 
     Raises
     ------
@@ -273,9 +291,9 @@ def sampled_softmax_loss_with_grad(weights, biases, labels, inputs, num_sampled,
     Returns
     -------
     loss : ndarray
-        Shape ``(N,)``, the inputs' dtype.
+        Shape ``(N,)``, the inputs' dtype (float32 for 16-bit inputs).
     grad_inputs : ndarray
-        Shape ``(N, D)``.
+        Shape ``(N, D)``, the inputs' dtype.
     weight_grad : tuple of ndarray
         ``(ids, rows)``: the distinct touched class ids (int64, ascending) and the
         gradient of those rows of ``weights``, shape ``(len(ids), D)``; the contributions

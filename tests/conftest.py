@@ -91,3 +91,35 @@ def raises_like(func_a, func_b):
     kinds = [type(e) if e is not None else None for e in errors]
     assert kinds[0] == kinds[1], f"one raised and the other did not, or differently: {errors}"
     return results, errors
+
+
+def half_spacing(values, dtype):
+    """The distance from each value to the next ``dtype`` (float16 or bfloat16) number away
+    from 0 (the smallest spacing of the type below its smallest normal number)."""
+    info = np.finfo(dtype)
+    v = np.abs(np.asarray(values, np.float64))
+    exponent = np.floor(np.log2(np.maximum(v, float(info.smallest_normal))))
+    return 2.0 ** (exponent - info.nmant)
+
+
+def assert_within_one_half_ulp(actual, expected, context, allowance=0.0):
+    """16-bit ``actual`` within one unit in the last place of 16-bit ``expected``, plus an
+    absolute ``allowance`` (a number or an array of expected's shape) for float32 rounding
+    where a formula subtracts; NaN and infinities in the same places.
+
+    A kernel computes a 16-bit output in float32 and rounds once; the reference computes
+    in float64 and rounds once, so the two may land on either side of a rounding boundary.
+    """
+    assert actual.dtype == expected.dtype, f"{context}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{context}: shape {actual.shape} != {expected.shape}"
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=f"{context}: NaN places")
+    infinite = np.isinf(e)
+    np.testing.assert_array_equal(a[infinite], e[infinite], err_msg=f"{context}: infinities")
+    finite = np.isfinite(e)
+    with np.errstate(invalid="ignore"):  # inf - inf outside ``finite``
+        excess = (np.abs(a - e) - half_spacing(e, expected.dtype)
+                  - np.broadcast_to(allowance, e.shape))[finite]
+    assert excess.max(initial=0.0) <= 0, (
+        f"{context}: {np.count_nonzero(excess > 0)} elements off by more than one ulp "
+        f"(worst by {excess.max():.3g} beyond)")
