@@ -238,6 +238,9 @@ LOSS_KERNELS.update({
 # takes the flat x and out.
 ELEMENTWISE_KERNELS = {"sigmoid": ("x", "out"), "log_sigmoid": ("x", "out")}
 KERNELS.update({**LOSS_KERNELS, **ELEMENTWISE_KERNELS})
+# The kernel arguments a kernel writes (every other array argument it only reads; the
+# Numba backend hands those over read-only, and a kernel writing one fails to compile).
+KERNEL_OUTPUTS = frozenset({"out", "loss", "grad", "row_loss", "row_z_loss", "stats"})
 
 
 def _uniform_target(x, axis, rng):
