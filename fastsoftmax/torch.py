@@ -25,27 +25,16 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _backends, _dtypes, _validate, api
+from . import _backends, _validate, api
+# the tensor checks and views shared with the torch_* submodules
+from ._torch_tensors import HALF_DTYPES as _HALF_DTYPES
+from ._torch_tensors import check_tensor as _check_tensor
+from ._torch_tensors import to_numpy as _numpy
+from ._torch_tensors import to_tensor as _tensor
 
 __all__ = ["cross_entropy", "CrossEntropyLoss", "softmax", "log_softmax", "entropy"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
-# 16-bit tensors are taken by the ops of _validate.HALF_OPS (fastsoftmax/_dtypes.py)
-_HALF_DTYPES = (torch.bfloat16, torch.float16)
 _CURRENT_BACKEND = ""  # the op argument for "the backend fastsoftmax would pick now"
-
-
-def _check_tensor(x, name, half=False):
-    """A CPU float32/float64 tensor, and with ``half`` bfloat16/float16 too."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it with "
-                         f".cpu(), or use torch.nn.functional on {x.device.type}")
-    if x.dtype not in _FLOAT_DTYPES + (_HALF_DTYPES if half else ()):
-        taken = "float32, float64, bfloat16 and float16" if half else "float32 and float64"
-        raise TypeError(f"{name} has dtype {x.dtype}; this function takes {taken} "
-                        f"(convert with .float())")
 
 
 def _backend_argument(backend):
@@ -58,21 +47,6 @@ def _backend_argument(backend):
 
 def _kernel_backend(backend):
     return backend or None
-
-
-def _numpy(x):
-    """A NumPy view of a CPU tensor (no copy); a bfloat16 one as ml_dtypes.bfloat16."""
-    x = x.detach()
-    if x.dtype == torch.bfloat16:
-        return x.view(torch.int16).numpy().view(_dtypes.bfloat16())
-    return x.numpy()
-
-
-def _tensor(a):
-    """A tensor sharing a NumPy array's memory (the inverse of :func:`_numpy`)."""
-    if a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
 
 
 def _loss_dtype(input):

@@ -12,10 +12,10 @@ alone (one GEMM per chunk) and the backward pass runs the loop again with each r
 """
 import contextlib
 
-import numpy as np
 import torch
 
 from . import linear_ce
+from ._torch_tensors import check_tensor, to_numpy, to_tensor
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -46,31 +46,12 @@ class _TorchBlas(linear_ce._Blas):
             torch.set_num_threads(previous)
 
 
-def _check(x, name, floating=True):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it "
-                         f"with .cpu()")
-    if floating and x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} has dtype {x.dtype}; fastsoftmax supports float32 and float64 "
-                        f"(convert with .float())")
-
-
-def _numpy(x):
-    return None if x is None else x.detach().numpy()
-
-
 def _run(saved, grad_output, need):
     """linear_ce's loop on the tensors' NumPy views with torch GEMMs."""
     h, linear_weight, linear_bias, target, weight, options = saved
-    return linear_ce._compute(_numpy(h), _numpy(linear_weight), _numpy(target),
-                              _numpy(linear_bias), _numpy(weight), grad_output=grad_output,
+    return linear_ce._compute(to_numpy(h), to_numpy(linear_weight), to_numpy(target),
+                              to_numpy(linear_bias), to_numpy(weight), grad_output=grad_output,
                               need=need, backend=None, blas=_TorchBlas(), **options)
-
-
-def _tensor(array):
-    return None if array is None else torch.from_numpy(np.asarray(array))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -83,17 +64,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if ctx.recompute:  # saved through autograd: an in-place change later is detected
             ctx.save_for_backward(h, linear_weight, linear_bias, target, weight)
             ctx.options = options
-            return _tensor(_run(saved, 1.0, None)[0])
+            return to_tensor(_run(saved, 1.0, None)[0])
         loss, *grads = _run(saved, 1.0, ctx.need)
-        ctx.grads = [_tensor(g) for g in grads]
-        return _tensor(loss)
+        ctx.grads = [to_tensor(g) for g in grads]
+        return to_tensor(loss)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         if ctx.recompute:
             saved = (*ctx.saved_tensors, ctx.options)
-            grads = [_tensor(g) for g in _run(saved, grad_output.numpy(), ctx.need)[1:]]
+            grads = [to_tensor(g) for g in _run(saved, grad_output.numpy(), ctx.need)[1:]]
         elif float(grad_output) == 1.0:
             grads = ctx.grads
         else:  # new tensors: the saved ones stay valid for another backward (retain_graph)
@@ -150,12 +131,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     1.3863
     >>> loss.backward()
     """
-    _check(input, "input")
-    _check(linear_weight, "linear_weight")
-    _check(target, "target", floating=False)
+    check_tensor(input, "input")
+    check_tensor(linear_weight, "linear_weight")
+    check_tensor(target, "target", floating=False)
     for tensor, name in ((linear_bias, "linear_bias"), (weight, "weight")):
         if tensor is not None:
-            _check(tensor, name)
+            check_tensor(tensor, name)
     if options is not None and getattr(options, "batch_chunk_size", None) is not None:
         chunk_bytes = options.batch_chunk_size * linear_weight.shape[0] * input.element_size()
     loss_options = dict(ignore_index=-100 if ignore_index is None else ignore_index,
@@ -164,7 +145,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     tensors = (input, linear_weight, linear_bias)
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
                                               for t in tensors):
-        return _tensor(_run((*tensors, target, weight, loss_options), 1.0, None)[0])
+        return to_tensor(_run((*tensors, target, weight, loss_options), 1.0, None)[0])
     return _LinearCrossEntropy.apply(*tensors, target, weight, loss_options)
 
 

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from . import _validate, candidate_sampling, sampled_softmax
-from .torch_linear import _check
+from ._torch_tensors import check_tensor, to_numpy, to_tensor
 
 __all__ = ["sampled_softmax_loss", "SampledSoftmaxLoss"]
 
 
 def _rows_gradient(ids, rows, shape, sparse):
     """A gradient of ``shape`` that is ``rows`` at ``ids`` (distinct) and 0 elsewhere."""
-    ids, rows = torch.from_numpy(ids), torch.from_numpy(rows)
+    ids, rows = torch.from_numpy(ids), to_tensor(rows)
     if sparse:
         # ids are sorted, distinct and in range (validated): no invariant check needed
         return torch.sparse_coo_tensor(ids[None], rows, shape, is_coalesced=True,
@@ -48,7 +48,7 @@ class _SampledSoftmax(torch.autograd.Function):
         scaled = grad * grad_output.numpy().astype(grad.dtype)[:, None]
         grad_inputs, (ids, weight_rows), (_, bias_rows) = sampled_softmax.sampled_gradients(
             args, gathered, scaled)
-        return (torch.from_numpy(grad_inputs) if ctx.needs_input_grad[0] else None,
+        return (to_tensor(grad_inputs) if ctx.needs_input_grad[0] else None,
                 _rows_gradient(ids, weight_rows, args.weights.shape, ctx.sparse)
                 if ctx.needs_input_grad[1] else None,
                 _rows_gradient(ids, bias_rows, args.biases.shape, ctx.sparse)
@@ -58,7 +58,7 @@ class _SampledSoftmax(torch.autograd.Function):
 
 def _labels_2d(labels, num_true):
     """Labels as (N, num_true); a 1-D tensor is taken as (N, 1) when num_true is 1."""
-    _check(labels, "labels", floating=False)
+    check_tensor(labels, "labels", floating=False)
     return labels.reshape(-1, 1) if labels.ndim == 1 and num_true == 1 else labels
 
 
@@ -66,7 +66,8 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
                          num_true=1, sampled_values=None, remove_accidental_hits=True, seed=None,
                          sparse=False):
     """Sampled softmax loss per example with autograd: ``tf.nn.sampled_softmax_loss``'s
-    arguments on torch tensors (CPU, float32 or float64).
+    arguments on torch tensors (CPU, float32 or float64; bfloat16 and float16 are computed
+    in float32, with a float32 loss and gradients rounded once to the inputs' dtype).
 
     Parameters
     ----------
@@ -89,7 +90,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
     Returns
     -------
     Tensor
-        ``(N,)``, inputs' dtype.
+        ``(N,)``, inputs' dtype (float32 for 16-bit inputs).
 
     Examples
     --------
@@ -103,12 +104,12 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
     >>> loss.sum().backward()
     """
     for tensor, name in ((weights, "weights"), (biases, "biases"), (inputs, "inputs")):
-        _check(tensor, name)
+        check_tensor(tensor, name, half=True)
     labels = _labels_2d(labels, num_true)
     if sampled_values is not None:
         sampled_values = tuple(v.detach().numpy() if isinstance(v, torch.Tensor) else v
                                for v in sampled_values)
-    numpy = [t.detach().numpy() for t in (weights, biases, labels, inputs)]
+    numpy = [to_numpy(t) for t in (weights, biases, labels, inputs)]
     args = _validate.sampled_softmax_args(*numpy, num_sampled, num_classes, num_true,
                                           sampled_values, remove_accidental_hits)
     if args.sampled_values is None:

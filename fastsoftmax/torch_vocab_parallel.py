@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import vocab_parallel
-from .torch_linear import _check
+from ._torch_tensors import check_tensor
 
 __all__ = ["vocab_parallel_cross_entropy", "TorchCommunicator"]
 
@@ -141,8 +141,8 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
         loss = vocab_parallel_cross_entropy(logits, target, vocab_start=lo)
         loss.backward()                       # w_shard.grad: this rank's rows only
     """
-    _check(input, "input")
-    _check(target, "target", floating=False)
+    check_tensor(input, "input")
+    check_tensor(target, "target", floating=False)
     if input.dim() != 2:
         raise ValueError(f"input has shape {tuple(input.shape)}; expected (N, V_local): rows, "
                          f"then this rank's classes")
@@ -150,7 +150,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
         raise NotImplementedError("vocab_parallel_cross_entropy has no gradient for "
                                   "probability targets; pass target.detach()")
     if weight is not None:
-        _check(weight, "weight")
+        check_tensor(weight, "weight")
         if weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("vocab_parallel_cross_entropy has no gradient for weight "
                                       "(neither has torch's); pass weight.detach()")

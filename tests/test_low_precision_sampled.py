@@ -78,3 +78,35 @@ def test_inputs_are_not_modified_and_mixed_dtypes_are_refused(dtype, backend):
     with pytest.raises(TypeError, match=f"weights has dtype float32 but inputs has dtype {dtype}"):
         fs.sampled_softmax_loss(weights.astype(np.float32), biases, labels, inputs, 20, 300,
                                 backend=backend)
+
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_torch_autograd_gives_the_numpy_results(dtype, sparse):
+    """16-bit tensors through fastsoftmax.torch: the loss and the gradients autograd
+    returns are the NumPy API's (already checked against the reference above), in the
+    tensors' dtype, with a float32 loss."""
+    torch = pytest.importorskip("torch")
+    fst = pytest.importorskip("fastsoftmax.torch")
+    from fastsoftmax._torch_tensors import to_numpy, to_tensor
+    weights, biases, labels, inputs = _problem(dtype, num_true=2)
+    values = fs.log_uniform_candidate_sampler(labels, 2, 30, True, 300, seed=4)
+    grad_output = np.linspace(-1.0, 2.0, labels.shape[0]).astype(np.float32)
+    loss, grad_inputs, (ids, w_rows), (_, b_rows) = fs.sampled_softmax_loss_with_grad(
+        weights, biases, labels, inputs, 30, 300, num_true=2, sampled_values=values,
+        grad_output=grad_output)
+    leaves = [to_tensor(a).clone().requires_grad_(True) for a in (weights, biases, inputs)]
+    got = fst.sampled_softmax_loss(leaves[0], leaves[1], torch.from_numpy(labels), leaves[2],
+                                   30, 300, num_true=2, sampled_values=values, sparse=sparse)
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.detach().numpy(), loss)
+    (got * torch.from_numpy(grad_output)).sum().backward()
+    w_grad, b_grad, in_grad = (t.grad.to_dense() if sparse else t.grad for t in leaves)
+    assert {w_grad.dtype, b_grad.dtype, in_grad.dtype} == {leaves[0].dtype}
+    np.testing.assert_array_equal(to_numpy(in_grad), grad_inputs)
+    for grad, rows in ((w_grad, w_rows), (b_grad, b_rows)):
+        grad = to_numpy(grad)
+        np.testing.assert_array_equal(grad[ids], rows)
+        untouched = np.setdiff1d(np.arange(300), ids)
+        assert not np.any(grad[untouched].astype(np.float32)), "a row no one sampled got a gradient"
