@@ -83,30 +83,39 @@ def test_inputs_are_not_modified_and_mixed_dtypes_are_refused(dtype, backend):
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_torch_autograd_gives_the_numpy_results(dtype, sparse):
-    """16-bit tensors through fastsoftmax.torch: the loss and the gradients autograd
-    returns are the NumPy API's (already checked against the reference above), in the
-    tensors' dtype, with a float32 loss."""
+def test_torch_autograd_matches_the_reference(dtype, sparse):
+    """16-bit tensors through fastsoftmax.torch: the loss is the NumPy API's, and the
+    gradients autograd returns (in the tensors' dtype) are within the NumPy API's bound of
+    the reference. Autograd scales the float32 gradient by grad_output after the kernel,
+    the NumPy API inside it, so the two may round 1 ulp apart."""
     torch = pytest.importorskip("torch")
     fst = pytest.importorskip("fastsoftmax.torch")
     from fastsoftmax._torch_tensors import to_numpy, to_tensor
     weights, biases, labels, inputs = _problem(dtype, num_true=2)
-    values = fs.log_uniform_candidate_sampler(labels, 2, 30, True, 300, seed=4)
+    num_sampled = 30
+    args = (weights, biases, labels, inputs, num_sampled, 300)
+    values = fs.log_uniform_candidate_sampler(labels, 2, num_sampled, True, 300, seed=4)
     grad_output = np.linspace(-1.0, 2.0, labels.shape[0]).astype(np.float32)
-    loss, grad_inputs, (ids, w_rows), (_, b_rows) = fs.sampled_softmax_loss_with_grad(
-        weights, biases, labels, inputs, 30, 300, num_true=2, sampled_values=values,
-        grad_output=grad_output)
+    loss = fs.sampled_softmax_loss(*args, num_true=2, sampled_values=values)
+    _, ref_inputs, (ids, ref_w_rows), (_, ref_b_rows) = \
+        reference.sampled_softmax_loss_with_grad(*args, num_true=2, sampled_values=values,
+                                                 grad_output=grad_output)
     leaves = [to_tensor(a).clone().requires_grad_(True) for a in (weights, biases, inputs)]
     got = fst.sampled_softmax_loss(leaves[0], leaves[1], torch.from_numpy(labels), leaves[2],
-                                   30, 300, num_true=2, sampled_values=values, sparse=sparse)
+                                   num_sampled, 300, num_true=2, sampled_values=values,
+                                   sparse=sparse)
     assert got.dtype == torch.float32
     np.testing.assert_array_equal(got.detach().numpy(), loss)
     (got * torch.from_numpy(grad_output)).sum().backward()
     w_grad, b_grad, in_grad = (t.grad.to_dense() if sparse else t.grad for t in leaves)
     assert {w_grad.dtype, b_grad.dtype, in_grad.dtype} == {leaves[0].dtype}
-    np.testing.assert_array_equal(to_numpy(in_grad), grad_inputs)
-    for grad, rows in ((w_grad, w_rows), (b_grad, b_rows)):
-        grad = to_numpy(grad)
-        np.testing.assert_array_equal(grad[ids], rows)
-        untouched = np.setdiff1d(np.arange(300), ids)
-        assert not np.any(grad[untouched].astype(np.float32)), "a row no one sampled got a gradient"
+    terms = 2 + num_sampled
+    untouched = np.setdiff1d(np.arange(300), ids)
+    for name, grad, expected in (("inputs", to_numpy(in_grad), ref_inputs),
+                                 ("weights", to_numpy(w_grad)[ids], ref_w_rows),
+                                 ("biases", to_numpy(b_grad)[ids], ref_b_rows)):
+        assert_within_one_half_ulp(grad, expected, f"{name} {dtype} sparse={sparse}",
+                                   _gradient_allowance(expected, terms))
+    for name, grad in (("weights", w_grad), ("biases", b_grad)):
+        assert not np.any(to_numpy(grad)[untouched].astype(np.float32)), \
+            f"{name}: a row no one sampled got a gradient"
