@@ -93,7 +93,7 @@ def raises_like(func_a, func_b):
     return results, errors
 
 
-def half_spacing(values, dtype):
+def spacing_16(values, dtype):
     """The distance from each value to the next ``dtype`` (float16 or bfloat16) number away
     from 0 (the smallest spacing of the type below its smallest normal number)."""
     info = np.finfo(dtype)
@@ -102,7 +102,7 @@ def half_spacing(values, dtype):
     return 2.0 ** (exponent - info.nmant)
 
 
-def assert_within_one_half_ulp(actual, expected, context, allowance=0.0):
+def assert_within_one_ulp_16(actual, expected, context, allowance=0.0):
     """16-bit ``actual`` within one unit in the last place of 16-bit ``expected``, plus an
     absolute ``allowance`` (a number or an array of expected's shape) for float32 rounding
     where a formula subtracts; NaN and infinities in the same places.
@@ -118,7 +118,7 @@ def assert_within_one_half_ulp(actual, expected, context, allowance=0.0):
     np.testing.assert_array_equal(a[infinite], e[infinite], err_msg=f"{context}: infinities")
     finite = np.isfinite(e)
     with np.errstate(invalid="ignore"):  # inf - inf outside ``finite``
-        excess = (np.abs(a - e) - half_spacing(e, expected.dtype)
+        excess = (np.abs(a - e) - spacing_16(e, expected.dtype)
                   - np.broadcast_to(allowance, e.shape))[finite]
     assert excess.max(initial=0.0) <= 0, (
         f"{context}: {np.count_nonzero(excess > 0)} elements off by more than one ulp "

@@ -18,38 +18,12 @@ import pytest
 import fastsoftmax as fs
 from fastsoftmax import reference
 
+from conftest import assert_within_one_ulp_16, spacing_16
+
 BF16, F16 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)
 DTYPES = [BF16, F16]
 EPS32 = float(np.finfo(np.float32).eps)
 SHAPES = [(6, 50), (3, 40000)]
-
-
-def _spacing(values, dtype):
-    """The distance from each value to the next 16-bit number away from 0 (the smallest
-    spacing of the type below its smallest normal number)."""
-    info = np.finfo(dtype)
-    v = np.abs(values.astype(np.float64))
-    exponent = np.floor(np.log2(np.maximum(v, float(info.smallest_normal))))
-    return 2.0 ** (exponent - info.nmant)
-
-
-def _close_16(actual, expected, context, allowance=0.0):
-    """16-bit ``actual`` within one 16-bit unit in the last place of ``expected`` plus an
-    absolute ``allowance`` (a number or an array of expected's shape); NaN and
-    infinities in the same places."""
-    assert actual.dtype == expected.dtype, f"{context}: dtype {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{context}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=f"{context}: NaN places")
-    infinite = np.isinf(e)
-    np.testing.assert_array_equal(a[infinite], e[infinite], err_msg=f"{context}: infinities")
-    finite = np.isfinite(e)
-    with np.errstate(invalid="ignore"):  # inf - inf outside ``finite``
-        excess = (np.abs(a - e) - _spacing(e, expected.dtype)
-                  - np.broadcast_to(allowance, e.shape))[finite]
-    assert excess.max(initial=0.0) <= 0, (
-        f"{context}: {np.count_nonzero(excess > 0)} elements off by more than one ulp "
-        f"(worst by {excess.max():.3g} beyond)")
 
 
 def _close_loss(actual, expected, size, context):
@@ -100,7 +74,7 @@ def test_sigmoid_family_matches_reference(name, dtype, shape, backend):
     context = f"{name} {dtype} {shape} {backend}"
     expected = getattr(reference, name)(x)
     actual = getattr(fs, name)(x, backend=backend)
-    _close_16(actual, expected, context)
+    assert_within_one_ulp_16(actual, expected, context)
     out = np.empty_like(x)
     assert getattr(fs, name)(x, out=out, backend=backend) is out
     np.testing.assert_array_equal(out.view(np.uint16), actual.view(np.uint16), err_msg=context)
@@ -116,7 +90,7 @@ def test_sigmoid_of_a_strided_view(dtype, backend):
     x = _logits((8, 60), dtype)[:, ::3]
     out = np.empty((20, 8), dtype).T
     assert fs.sigmoid(x, out=out, backend=backend) is out
-    _close_16(out, reference.sigmoid(x), f"strided {dtype} {backend}")
+    assert_within_one_ulp_16(out, reference.sigmoid(x), f"strided {dtype} {backend}")
 
 
 # ---- binary cross-entropy with logits ----
@@ -185,7 +159,8 @@ def test_bce_matches_reference(dtype, shape, option, backend):
                                                                else 1)
     _close_loss(loss, loss_ref, loss_size, context)
     scale = _grad_scale(kwargs, x.size, reduction)
-    _close_16(grad, grad_ref, context, 8 * EPS32 * _bce_grad_size(x, y, w, pw, scale))
+    assert_within_one_ulp_16(grad, grad_ref, context,
+                             8 * EPS32 * _bce_grad_size(x, y, w, pw, scale))
     kwargs.pop("grad_output", None)
     _close_loss(fs.binary_cross_entropy_with_logits(x, y, **kwargs, backend=backend),
                 loss_ref, loss_size, f"{context} loss only")
@@ -203,7 +178,7 @@ def test_bce_at_nan_inf_and_the_edge_of_the_range(dtype, backend):
     loss, grad = fs.binary_cross_entropy_with_logits_with_grad(x, y, reduction="none",
                                                                backend=backend)
     _close_loss(loss, loss_ref, np.abs(_f64(loss_ref)), context)
-    _close_16(grad, grad_ref, context)
+    assert_within_one_ulp_16(grad, grad_ref, context)
     assert np.isnan(loss[0]) and loss[1] == 0 and loss[3] == 0 and loss[5] == np.inf, context
 
 
@@ -267,7 +242,8 @@ def test_kl_div_matches_reference(dtype, shape, option, backend):
     denominator = {"mean": x.size, "batchmean": shape[0]}.get(reduction, 1)
     _close_loss(loss, loss_ref, size if reduction == "none" else size.sum() / denominator,
                 context)
-    _close_16(grad, grad_ref, context)  # -t (or -exp(t)) times the scale: no subtraction
+    # -t (or -exp(t)) times the scale: no subtraction
+    assert_within_one_ulp_16(grad, grad_ref, context)
     kwargs.pop("grad_output", None)
     if reduction != "none":
         _close_loss(fs.kl_div(x, t, **kwargs, backend=backend), loss_ref,
@@ -285,7 +261,7 @@ def test_kl_div_nan_inf_and_in_place(dtype, backend):
     loss_ref, grad_ref = reference.kl_div_with_grad(x, t, reduction="none")
     loss, grad = fs.kl_div_with_grad(x, t, reduction="none", backend=backend)
     _close_loss(loss, loss_ref, _kl_size(x, t, False), context)
-    _close_16(grad, grad_ref, context)
+    assert_within_one_ulp_16(grad, grad_ref, context)
     out = np.empty_like(x)
     assert fs.kl_div_with_grad(x, t, reduction="none", out=out, backend=backend)[1] is out
     buffer = x.copy()
@@ -307,7 +283,7 @@ def test_float16_gradient_overflows_to_inf(backend):
     assert g[4] == -np.inf and np.isnan(g[5]), g
     assert np.isfinite(loss[:5]).all() and np.isnan(loss[5])
     _, grad_ref = reference.kl_div_with_grad(x, t, reduction="none", grad_output=np.full(6, 3e5))
-    _close_16(grad, grad_ref, f"float16 overflow {backend}")
+    assert_within_one_ulp_16(grad, grad_ref, f"float16 overflow {backend}")
     _, bce_grad = fs.binary_cross_entropy_with_logits_with_grad(
         np.array([9.0, -9.0], np.float16), np.array([0.0, 1.0], np.float16),
         reduction="sum", grad_output=1e5, backend=backend)
@@ -392,11 +368,11 @@ def test_torch_elementwise_losses_and_autograd(name, dtype, reduction, compiled_
     # rounded again for "none"
     g = grad_output.double().numpy()
     expected = (grad_ref.astype(np.float64) * g).astype(dtype)
-    kept = _spacing(grad_ref, dtype)
+    kept = spacing_16(grad_ref, dtype)
     if name != "kl_div":
         kept = kept + 8 * EPS32 * _bce_grad_size(x, y, kwargs["weight"], kwargs["pos_weight"],
                                                  1 / x.size if reduction == "mean" else 1)
-    _close_16(_array(leaf.grad, dtype), expected, context, kept * np.abs(g))
+    assert_within_one_ulp_16(_array(leaf.grad, dtype), expected, context, kept * np.abs(g))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -407,10 +383,11 @@ def test_torch_sigmoid_family_and_autograd(name, dtype, compiled_backend):
     y = getattr(fst, name)(leaf, backend=compiled_backend)
     assert y.dtype == leaf.dtype
     context = f"torch {name} {dtype} {compiled_backend}"
-    _close_16(_array(y, dtype), getattr(reference, name)(x), context)
+    assert_within_one_ulp_16(_array(y, dtype), getattr(reference, name)(x), context)
     dy = _logits((5, 40), dtype, seed=1, scale=1.0)
     y.backward(_tensor(dy))
     s, d = _f64(_array(y, dtype)), _f64(dy)
     expected = d * s * (1 - s) if name == "sigmoid" else -d * np.expm1(s)
     # from the rounded output, in float32: a float32 allowance for 1 - s and expm1
-    _close_16(_array(leaf.grad, dtype), expected.astype(dtype), context, 4 * EPS32 * np.abs(d))
+    assert_within_one_ulp_16(_array(leaf.grad, dtype), expected.astype(dtype), context,
+                             4 * EPS32 * np.abs(d))

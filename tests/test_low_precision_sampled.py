@@ -11,7 +11,7 @@ import pytest
 import fastsoftmax as fs
 from fastsoftmax import reference
 
-from conftest import assert_within_one_half_ulp
+from conftest import assert_within_one_ulp_16
 
 DTYPES = [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)]
 EPS32 = float(np.finfo(np.float32).eps)
@@ -60,7 +60,7 @@ def test_matches_reference(dtype, num_true, per_row, backend):
                                    ("weight rows", w_rows, ref_w_rows),
                                    ("bias", b_rows, ref_b_rows)):
         assert actual.dtype == dtype, f"{name} {context}: dtype {actual.dtype}"
-        assert_within_one_half_ulp(actual, expected, f"{name} {context}",
+        assert_within_one_ulp_16(actual, expected, f"{name} {context}",
                                    _gradient_allowance(expected, terms))
     del options["grad_output"]
     alone = fs.sampled_softmax_loss(*args, backend=backend, **options)
@@ -114,7 +114,7 @@ def test_torch_autograd_matches_the_reference(dtype, sparse):
     for name, grad, expected in (("inputs", to_numpy(in_grad), ref_inputs),
                                  ("weights", to_numpy(w_grad)[ids], ref_w_rows),
                                  ("biases", to_numpy(b_grad)[ids], ref_b_rows)):
-        assert_within_one_half_ulp(grad, expected, f"{name} {dtype} sparse={sparse}",
+        assert_within_one_ulp_16(grad, expected, f"{name} {dtype} sparse={sparse}",
                                    _gradient_allowance(expected, terms))
     for name, grad in (("weights", w_grad), ("biases", b_grad)):
         assert not np.any(to_numpy(grad)[untouched].astype(np.float32)), \
