@@ -3,6 +3,7 @@
 This keeps ``pytest bench`` from rotting; it measures nothing.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -13,21 +14,27 @@ from bench.ab import kernel_calls
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed")
 
 
+def _run_pytest(*args):
+    """``python -m pytest *args`` in a subprocess, as a user would run it: without the
+    variables of the pytest-xdist worker this test may run in (pytest-benchmark reads
+    PYTEST_XDIST_WORKER and turns timing off, which --benchmark-only refuses)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    return subprocess.run([sys.executable, "-m", "pytest", *args], env=env,
+                          capture_output=True, text=True, check=False)
+
+
 def test_whole_bench_directory_collects():
     """README's main command runs ``pytest bench``, which (with --doctest-modules)
     imports every module of bench/: a script with top-level code broke it once."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q"],
-                         capture_output=True, text=True, check=False)
+    run = _run_pytest("bench", "--collect-only", "-q")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 def test_bench_suite_and_report(tmp_path):
     results = tmp_path / "results.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "bench/test_kernels.py", "-q", "--benchmark-only",
-         "--bench-full", "--bench-elements=4096", "--bench-seconds=0.001",
-         "-k", "not torch.compile and not jax", f"--benchmark-json={results}"],
-        capture_output=True, text=True, check=False)
+    run = _run_pytest("bench/test_kernels.py", "-q", "--benchmark-only", "--bench-full",
+                      "--bench-elements=4096", "--bench-seconds=0.001",
+                      "-k", "not torch.compile and not jax", f"--benchmark-json={results}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads(results.read_text())
     groups = {b["group"] for b in data["benchmarks"]}
