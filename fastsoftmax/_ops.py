@@ -196,17 +196,17 @@ OPS = {op.name: op for op in [
            x, _prob_target(x, axis, rng))}, inplace=True, half=True),
     Op("entropy", "rows", ("logits",), lambda x, axis, rng: (x,), output="reduce",
        summary="Entropy of ``softmax(logits)`` along ``axis``: ``-sum(p log p)``, in nats.",
-       input_docs=("logits : array_like\n        float32 or float64 logits.",),
+       input_docs=(f"logits : array_like\n        {_HALF} logits.",),
        returns="ndarray\n        ``logits``' shape with ``axis`` removed. As\n        "
                "``torch.distributions.Categorical(logits=...).entropy()``: a -inf logit adds "
                "0;\n        a row holding NaN or +inf, or of only -inf, gives NaN.",
        torch=_torch_entropy, jax=_jax_entropy,
-       torch_layer=lambda fst, x: fst.entropy(x)),
+       torch_layer=lambda fst, x: fst.entropy(x), half=True),
     Op("entropy_with_grad", "loss", ("logits",), lambda x, axis, rng: (x,),
        torch=_torch_with_grad(lambda torch, x: _torch_entropy(torch, x).sum()),
        torch_layer=_torch_with_grad(lambda fst, x: fst.entropy(x).sum()),
        jax=_jax_with_grad(lambda jax, jnp, x: jnp.sum(_jax_entropy(jax, jnp, x))),
-       grad_of="entropy", inplace=True),
+       grad_of="entropy", inplace=True, half=True),
 ]}
 
 ROW_OPS = [op for op in OPS.values() if op.kind == "rows"]

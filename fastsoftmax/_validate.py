@@ -230,7 +230,7 @@ class EntropyArgs:
 
 def entropy_args(logits, reduction):
     """Check entropy_with_grad's logits (classes last) and reduction."""
-    checked, _ = rows_inputs({"logits": logits}, -1)
+    checked, _ = rows_inputs({"logits": logits}, -1, half=True)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return EntropyArgs(checked["logits"], reduction)

@@ -422,7 +422,9 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     Parameters
     ----------
     logits : array_like
-        float32 or float64 scores of shape ``(..., C)``: classes on the last axis.
+        float32, float64, float16 or bfloat16 scores of shape ``(..., C)``: classes on
+        the last axis. 16-bit logits are computed in float32; the gradient is rounded
+        once to their dtype and the entropy is float32.
     reduction : {{"none", "mean", "sum"}}, optional
         "none" (default): one entropy per row; "mean" and "sum" over the rows (a mean
         over no rows is NaN).
@@ -432,15 +434,15 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     out : ndarray, optional
         Where to write the gradient: the logits' shape and dtype.
     inplace : bool, optional
-        Write the gradient into ``logits`` (a writeable C-contiguous float32/float64
-        array) and return it: no extra (rows, classes) memory. The logits are lost.
+        Write the gradient into ``logits`` (a writeable C-contiguous float array) and
+        return it: no extra (rows, classes) memory. The logits are lost.
     {backend}
 
     Returns
     -------
     entropy : numpy scalar or ndarray
-        Shape ``logits.shape[:-1]`` for "none", else a scalar; the logits' dtype
-        (accumulated in float64).
+        Shape ``logits.shape[:-1]`` for "none", else a scalar; the logits' dtype,
+        float32 for 16-bit logits (accumulated in float64).
     grad : ndarray
         The gradient, shape and dtype of ``logits`` (``logits`` itself when
         ``inplace=True``, ``out`` when given).
@@ -464,9 +466,11 @@ def entropy_with_grad(logits, *, reduction="none", grad_output=1.0, out=None, in
     denominator = np.float64(grad.shape[0]) if reduction == "mean" else np.float64(1.0)
     scale, row_scale = _grad_scales(g, denominator)
     row_loss = np.empty(grad.shape[0], dtype=np.float64)
-    kernels.entropy_with_grad(rows, scale, row_scale, row_loss, grad)
+    kernels.entropy_with_grad(_dtypes.kernel_view(rows), scale, row_scale, row_loss,
+                              _dtypes.kernel_view(grad))
     _copy_back(result, grad)
-    return _reduce(row_loss, reduction, denominator, args.loss_shape, x.dtype), result
+    loss_dtype = _dtypes.compute_dtype(x.dtype)
+    return _reduce(row_loss, reduction, denominator, args.loss_shape, loss_dtype), result
 
 
 # ---- elementwise ops (issue 17): KL divergence, binary cross-entropy with logits,

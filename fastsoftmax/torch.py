@@ -563,9 +563,10 @@ def _entropy_op(logits: torch.Tensor, compute_grad: bool,
     """(entropy over the last dim, its gradient or an empty (0,) tensor)."""
     x, backend = _numpy(logits), _kernel_backend(backend)
     if not compute_grad:
-        return torch.from_numpy(api.entropy(x, backend=backend)), logits.new_empty(0)
+        return _tensor(api.entropy(x, backend=backend)), logits.new_empty(0)
     h, grad = api.entropy_with_grad(x, backend=backend)
-    return torch.from_numpy(h), torch.from_numpy(grad)
+    # in the logits' dtype, as without a gradient (16-bit: rounded from float32)
+    return _tensor(h).to(logits.dtype), _tensor(grad)
 
 
 @_entropy_op.register_fake
@@ -605,16 +606,17 @@ def entropy(logits, *, backend=None):
     Parameters
     ----------
     logits : torch.Tensor
-        CPU float32/float64 tensor, classes on the last dim.
+        CPU float32, float64, bfloat16 or float16 tensor, classes on the last dim
+        (16-bit: computed in float32, the entropy and the gradient rounded once to it).
     backend : str, optional
         A fastsoftmax backend name; default: the current one (read when the kernel runs).
 
     Returns
     -------
     torch.Tensor
-        ``logits.shape[:-1]``, same dtype.
+        ``logits.shape[:-1]``, same dtype (as torch's ``Categorical.entropy()``).
     """
-    _check_tensor(logits, "logits")
+    _check_tensor(logits, "logits", half=True)
     if logits.dim() == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d "
                          "tensor")

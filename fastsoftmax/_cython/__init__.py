@@ -29,7 +29,8 @@ set_num_threads = _kernels.set_num_threads
 
 LOW_PRECISION = ("softmax", "log_softmax", "logsumexp", "softmax_backward",
                  "log_softmax_backward", "cross_entropy_index", "cross_entropy_prob",
-                 "kl_div", "binary_cross_entropy_with_logits", "sigmoid", "log_sigmoid")
+                 "entropy", "entropy_with_grad", "kl_div", "binary_cross_entropy_with_logits",
+                 "sigmoid", "log_sigmoid")
 _BITS = ("uint16", "int16")  # the views of bfloat16 and float16 arrays
 
 

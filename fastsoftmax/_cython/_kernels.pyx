@@ -74,6 +74,10 @@ cdef extern from "rows.h" nogil:
     double fs_entropy_row_f(const float *x, double s, Py_ssize_t n, float *grad, int threads)
     double fs_entropy_row_d(const double *x, double s, Py_ssize_t n, double *grad,
                             int threads)
+    double fs_entropy_row_b(const uint16_t *x, double s, Py_ssize_t n, uint16_t *grad,
+                            int threads)
+    double fs_entropy_row_h(const int16_t *x, double s, Py_ssize_t n, int16_t *grad,
+                            int threads)
     double fs_jsd_row_f(const float *s, const float *t, double beta, double inv_t, double scale,
                         Py_ssize_t n, float *grad, int threads)
     double fs_jsd_row_d(const double *s, const double *t, double beta, double inv_t,
@@ -245,9 +249,9 @@ cdef inline void _logsumexp_row(const anyreal *x, Py_ssize_t n, int threads,
     elif anyreal is double:
         out[0] = fs_logsumexp_row_d(x, n, threads)
     elif anyreal is uint16_t:
-        out[0] = fs_store_b(fs_logsumexp_row_b(x, n, threads))
+        _store_value(fs_logsumexp_row_b(x, n, threads), out)
     else:
-        out[0] = fs_store_h(fs_logsumexp_row_h(x, n, threads))
+        _store_value(fs_logsumexp_row_h(x, n, threads), out)
 
 
 cdef inline void _softmax_backward_row(const anyreal *y, const anyreal *dy, anyreal *out,
@@ -295,12 +299,26 @@ cdef inline double _cross_entropy_row(const anyreal *x, const int64_t *y, const 
                                       z_loss, softcap, s, s_z, n, grad, z_term, threads)
 
 
-cdef inline double _entropy_row(const real *x, double s, Py_ssize_t n, real *grad,
+cdef inline double _entropy_row(const anyreal *x, double s, Py_ssize_t n, anyreal *grad,
                                 int threads) noexcept nogil:
-    if real is float:
+    if anyreal is float:
         return fs_entropy_row_f(x, s, n, grad, threads)
-    else:
+    elif anyreal is double:
         return fs_entropy_row_d(x, s, n, grad, threads)
+    elif anyreal is uint16_t:
+        return fs_entropy_row_b(x, s, n, grad, threads)
+    else:
+        return fs_entropy_row_h(x, s, n, grad, threads)
+
+
+cdef inline void _store_value(double value, anyreal *out) noexcept nogil:
+    """*out = value in out's type (16-bit: through float, rounded to nearest even)"""
+    if anyreal is float or anyreal is double:
+        out[0] = <anyreal>value
+    elif anyreal is uint16_t:
+        out[0] = fs_store_b(<float>value)
+    else:
+        out[0] = fs_store_h(<float>value)
 
 
 # ---- few classes: a task takes a block of rows, each row a few vectors (rows.h) ----
@@ -860,36 +878,56 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
     _release(sc)
 
 
-def entropy(const real[:, ::1] logits, real[::1] out):
+cdef void _any_entropy_block(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, double scale,
+                             const double *row_scale, double *row_loss, anyreal *h,
+                             anyreal *grad) noexcept nogil:
+    """_entropy_block, of 16-bit rows too (on a float copy)"""
+    cdef float *xf
+    cdef Py_ssize_t size = rows * n
+    if anyreal is float or anyreal is double:
+        _entropy_block(x, rows, n, scale, row_scale, row_loss, h, grad)
+    else:
+        xf = _lowp_scratch(size * (2 if grad != NULL else 1) + (rows if h != NULL else 0))
+        if xf == NULL:
+            return
+        _load_rows(x, xf, size)
+        _entropy_block(<const float *>xf, rows, n, scale, row_scale, row_loss,
+                       xf + size if h != NULL else NULL, xf + size if grad != NULL else NULL)
+        _store_rows(xf + size, grad if grad != NULL else h, size if grad != NULL else rows)
+        free(xf)
+
+
+def entropy(const anyreal[:, ::1] logits, anyreal[::1] out):
     cdef Py_ssize_t i, b, lo, n = logits.shape[1], rows = _block_rows(n)
     cdef int split = _split_threads(logits.shape[0], n)
     if n < SMALL_C:
         for b in prange((logits.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, 1.0, NULL, NULL,
-                           &out[lo], NULL)
+            _any_entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, 1.0, NULL,
+                               NULL, &out[lo], NULL)
         _raise_if_scratch_failed()
         return
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
-        out[i] = <real>_entropy_row(&logits[i, 0], 1.0, n, NULL, split)
+        _store_value(_entropy_row(&logits[i, 0], 1.0, n, <anyreal *>NULL, split), &out[i])
 
 
-def entropy_with_grad(const real[:, ::1] logits, double scale, const double[::1] row_scale,
-                      double[::1] row_loss, real[:, ::1] grad):
+def entropy_with_grad(const anyreal[:, ::1] logits, double scale, const double[::1] row_scale,
+                      double[::1] row_loss, anyreal[:, ::1] grad):
     cdef Py_ssize_t i, b, lo, n = logits.shape[1], rows = _block_rows(n)
     cdef bint per_row = row_scale.shape[0] > 0
     cdef int split = _split_threads(logits.shape[0], n)
     if n < SMALL_C:
         for b in prange((logits.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
             lo = b * rows
-            _entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, scale,
-                           &row_scale[lo] if per_row else NULL, &row_loss[lo], NULL,
-                           &grad[lo, 0])
+            _any_entropy_block(&logits[lo, 0], min(rows, logits.shape[0] - lo), n, scale,
+                               &row_scale[lo] if per_row else NULL, &row_loss[lo], NULL,
+                               &grad[lo, 0])
         _raise_if_scratch_failed()
         return
     for i in prange(logits.shape[0], nogil=True, num_threads=_row_threads(split)):
         row_loss[i] = _entropy_row(&logits[i, 0], scale * row_scale[i] if per_row else scale,
                                    n, &grad[i, 0], split)
+    _raise_if_scratch_failed()  # a 16-bit row's kept exponentials (fs_kept_row)
 
 
 # ---- KL and JSD between two sets of logits: formulas in fastsoftmax/_numba/_jsd.py ----

@@ -1,6 +1,6 @@
 /* The row driver and the row functions of the Cython backend, written once and included
  * by rows.h once per element type, after rows_typed.h, with the same FS_T / FS_C / FS_S
- * names (see there); the 16-bit instances leave out the entropy and the JSD.
+ * names (see there); the 16-bit instances leave out the JSD.
  *
  * A row function computes one op on one row from the helpers of rows_typed.h. It calls
  * each helper through the row driver, fs_over_chunks: on the whole row in the calling
@@ -172,20 +172,20 @@ static inline void FS_FN(fs_log_softmax_bwd_chunk)(const FS_ARGS *a, Py_ssize_t 
     FS_FN(fs_log_softmax_bwd)(a->x + lo, a->t + lo, a->k, a->out + lo, n);
 }
 
-#if !FS_LOWP  /* entropy and JSD: float and double only */
-/* sum(e), sum(e d) of the entropy (fs_entropy_sums) */
+/* sum(e), sum(e d) of the entropy (fs_entropy_sums); e, or d in place, into kept */
 static inline void FS_FN(fs_entropy_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
-    r[0] = FS_FN(fs_entropy_sums)(a->x + lo, n, a->m, FS_FN(fs_out_from)(a->out, lo), &r[1]);
+    r[0] = FS_FN(fs_entropy_sums)(a->x + lo, n, a->m, FS_FN(fs_kept_from)(a->kept, lo), &r[1]);
 }
 
 /* the entropy gradient k * e * (f - d), f the mean of d (fs_entropy_grad) */
 static inline void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                          double *r) {
     (void)r;
-    FS_FN(fs_entropy_grad)(a->x + lo, a->m, a->out + lo, n, a->k, a->f);
+    FS_FN(fs_entropy_grad)(a->x + lo, a->m, a->kept + lo, a->out + lo, n, a->k, a->f);
 }
 
+#if !FS_LOWP  /* JSD: float and double only */
 /* max of the second row t */
 static inline void FS_FN(fs_max_t_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
     r[0] = FS_FN(fs_row_max)(a->t + lo, n);
@@ -332,7 +332,6 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
     return total_wt * log_sum - shifted_wt;
 }
 
-#if !FS_LOWP
 /* Entropy of one row (formulas in fastsoftmax/_numba/_entropy.py); with grad (not NULL),
  * also s * dH/dx into grad, which may be x. */
 static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const FS_T *x, double s, Py_ssize_t n, FS_T *grad,
@@ -341,17 +340,21 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const 
     a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     if (!isfinite(a.m))  /* a NaN, +inf or all -inf row: NaN, as torch */
         return FS_FN(fs_nan_row)(grad, n);
+    a.kept = FS_FN(fs_kept_row)(grad, n);
+    if (grad && !a.kept) return NAN;
     double sum_ed;
     double sum_e = FS_OVER(fs_entropy_sums_chunk, 2, &sum_ed);
     double mean_d = sum_ed / sum_e;
     if (grad) {
-        a.k = (FS_T)(s / sum_e);
-        a.f = (FS_T)mean_d;
+        a.k = (FS_C)(s / sum_e);
+        a.f = (FS_C)mean_d;
         FS_OVER(fs_entropy_grad_chunk, 0, NULL);
     }
+    FS_FN(fs_release_kept)(a.kept);
     return log(sum_e) - mean_d;
 }
 
+#if !FS_LOWP
 /* The generalised JSD of one pair of rows, student s and teacher t (formulas and passes
  * in fastsoftmax/_numba/_jsd.py; beta 0 and 1: the forward and reverse KL); with grad
  * (not NULL, neither s nor t), also scale * d loss / d s into grad. */

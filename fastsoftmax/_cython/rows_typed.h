@@ -290,27 +290,23 @@ static inline void FS_FN(fs_log_softmax_bwd)(const FS_T *logp, const FS_T *dy, F
         out[j] = FS_STORE(FS_LOAD(dy[j]) - FS_CFN(fs_exp)(FS_LOAD(logp[j])) * total);
 }
 
-/* Entropy, JSD and the short rows: float and double only (the kernels raise TypeError
- * for a 16-bit array). */
-#if !FS_LOWP
-
 /* The shifted logit d = max(x - m, FS_ENTROPY_FLOOR) of the entropy */
-static inline FS_T FS_FN(fs_entropy_d)(FS_T x, FS_T m) {
-    FS_T d = x - m;
-    return d > (FS_T)FS_ENTROPY_FLOOR ? d : (FS_T)FS_ENTROPY_FLOOR;
+FS_MATH FS_C FS_FN(fs_entropy_d)(FS_C x, FS_C m) {
+    FS_C d = x - m;
+    return d > (FS_C)FS_ENTROPY_FLOOR ? d : (FS_C)FS_ENTROPY_FLOOR;
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_entropy_sums_loop)(
-        const FS_T *row, Py_ssize_t n, FS_T m, FS_T *out, double *sum_ed, int store_exp) {
+        const FS_T *row, Py_ssize_t n, FS_C m, FS_C *kept, double *sum_ed, int keep_d) {
     double sum_e = 0.0, total_ed = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_e = 0, acc_ed = 0;
+        FS_C acc_e = 0, acc_ed = 0;
         #pragma omp simd reduction(+:acc_e,acc_ed)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T d = FS_FN(fs_entropy_d)(row[j], m);
-            FS_T e = FS_FN(fs_exp_core)(d);
-            if (out) out[j] = store_exp ? e : d;
+            FS_C d = FS_FN(fs_entropy_d)(FS_LOAD(row[j]), m);
+            FS_C e = FS_CFN(fs_exp_core)(d);
+            if (kept) kept[j] = keep_d ? d : e;
             acc_e += e;
             acc_ed += e * d;
         }
@@ -322,36 +318,42 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_sums_loop)(
 }
 
 /* Entropy, with d = fs_entropy_d(row, m) and e = exp(d) (formulas in
- * fastsoftmax/_numba/_entropy.py): returns sum(e), sets *sum_ed = sum(e d); with out,
- * also out = e, or out = d when out is row (in place: the gradient pass then cannot
- * read row). m is the row's finite max. */
-static inline double FS_FN(fs_entropy_sums)(const FS_T *row, Py_ssize_t n, FS_T m, FS_T *out,
+ * fastsoftmax/_numba/_entropy.py): returns sum(e), sets *sum_ed = sum(e d); with kept
+ * (the row function's FS_ARGS.kept), also kept = e, or kept = d when kept is row (float
+ * in place: the gradient pass then cannot read row). m is the row's finite max. */
+static inline double FS_FN(fs_entropy_sums)(const FS_T *row, Py_ssize_t n, FS_C m, FS_C *kept,
                                             double *sum_ed) {
     /* Each case a loop of its own: with the NULL test left inside, the entropy (no out)
      * ran as scalar code, 1.2 ns/elem against 0.2 with out (float32, 2 threads). */
-    if (!out) return FS_FN(fs_entropy_sums_loop)(row, n, m, NULL, sum_ed, 1);
-    return out == row ? FS_FN(fs_entropy_sums_loop)(row, n, m, out, sum_ed, 0)
-                      : FS_FN(fs_entropy_sums_loop)(row, n, m, out, sum_ed, 1);
+    if (!kept) return FS_FN(fs_entropy_sums_loop)(row, n, m, NULL, sum_ed, 0);
+    return (const void *)kept == (const void *)row
+               ? FS_FN(fs_entropy_sums_loop)(row, n, m, kept, sum_ed, 1)
+               : FS_FN(fs_entropy_sums_loop)(row, n, m, kept, sum_ed, 0);
 }
 
 /* The entropy gradient out = k * e * (mean_d - d) after fs_entropy_sums. Out of place,
- * out holds e and d is recomputed from row; in place (out == row), out holds d and e is
- * computed again. Keeping e saves the second exp: the time of entropy_with_grad over
- * that of cross_entropy_with_grad at 128 x 131072 float32, 2 threads, calls
+ * or 16-bit, kept holds e and d is recomputed from row (a 16-bit out may be row: each
+ * element is read before it is written); float in place, kept (= out = row) holds d and
+ * e is computed again. Keeping e saves the second exp: the time of entropy_with_grad
+ * over that of cross_entropy_with_grad at 128 x 131072 float32, 2 threads, calls
  * interleaved in one process on a loaded machine: Cython 1.40 -> 0.80-1.21, Numba
  * 1.34 -> 1.02-1.07 (two runs each). */
-static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_T m, FS_T *out, Py_ssize_t n,
-                                          FS_T k, FS_T mean_d) {
-    if (out == row) {
+static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_C m, const FS_C *kept, FS_T *out,
+                                          Py_ssize_t n, FS_C k, FS_C mean_d) {
+    if ((const void *)kept == (const void *)row) {
         #pragma omp simd
         for (Py_ssize_t j = 0; j < n; j++)
-            out[j] = k * FS_FN(fs_exp_core)(out[j]) * (mean_d - out[j]);
+            out[j] = FS_STORE(k * FS_CFN(fs_exp_core)(kept[j]) * (mean_d - kept[j]));
     } else {
         #pragma omp simd
         for (Py_ssize_t j = 0; j < n; j++)
-            out[j] = k * out[j] * (mean_d - FS_FN(fs_entropy_d)(row[j], m));
+            out[j] = FS_STORE(k * kept[j] * (mean_d - FS_FN(fs_entropy_d)(FS_LOAD(row[j]), m)));
     }
 }
+
+/* JSD and the short rows: float and double only (the kernels raise TypeError for a
+ * 16-bit array). */
+#if !FS_LOWP
 
 /* ---- JSD and KL between two logit rows (formulas and passes in
  * fastsoftmax/_numba/_jsd.py): student s, teacher t, inv_t = 1 / temperature ---- */

@@ -6,10 +6,13 @@ With m the row max, d = x - m (<= 0), e = exp(d) and S = sum(e):
 Both terms of H are >= 0, so nothing cancels at large logits (lse - sum(p x) would).
 A -inf logit has d = -inf; d is clamped to D_FLOOR, where e is 0, so that it adds 0
 (not 0 * -inf = NaN) to H and gets a 0 gradient, as in torch's Categorical.
-The exp pass writes e into grad and the write pass turns it into the gradient with d
-recomputed from x. In place (grad is x) the exp pass writes d instead, which the write
-pass needs once x is overwritten, and computes e again from it (see fs_entropy_grad in
-fastsoftmax/_cython/rows_typed.h for the measured cost of that second exp).
+The exp pass keeps e for the write pass, which turns it into the gradient with d
+recomputed from x. In place (grad is x) it keeps d instead, which the write pass needs
+once x is overwritten, and computes e again from it (see fs_entropy_grad in
+fastsoftmax/_cython/rows_typed.h for the measured cost of that second exp). They are
+kept in grad itself, or for a 16-bit grad in a float32 row (``_math.kept_exps``), so that
+the gradient is rounded once; in place the 16-bit write pass then reads that row alone
+(``_math.exps_source``).
 """
 import math
 
@@ -17,7 +20,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
-                    row_scale_at, same_buffer, scalar_like, vexp_core)
+                    exps_source, fill_nan, kept_exps, kept_value, load, row_scale_at, same_buffer,
+                    scalar_like, store, vexp_core)
 from ._small import _blocks, _columns
 from ._split import over_chunks, row_chunks, splittable
 
@@ -25,10 +29,10 @@ D_FLOOR = -1e30  # below the exp's underflow threshold in both dtypes: e = 0 the
 
 
 @njit(**JIT_ROW_WRITER)
-def _sums_blocks(row, m, out, in_place):
+def _sums_blocks(row, m, out, read_out, keep_d):
     """(sum(e), sum(e d)) as float64 with d = max(row - m, D_FLOOR), e = exp(d); with
-    ``out`` (not None), also out = e, or out = d in place. ``in_place``: as in
-    _math._sumexp_blocks."""
+    ``out`` (not None), also out = d (``keep_d``) or e. ``read_out`` (out is row): as
+    ``in_place`` in _math._sumexp_blocks. Both flags are constants."""
     sum_e = 0.0
     sum_ed = 0.0
     floor = scalar_like(row, D_FLOOR)
@@ -38,14 +42,14 @@ def _sums_blocks(row, m, out, in_place):
         block = row[start:start + BLOCK]
         if out is not None:
             dest = out[start:start + BLOCK]
-            if in_place:
+            if read_out:
                 block = dest
         for j in range(block.size):
-            d = block[j] - m
+            d = load(block, j) - m
             d = d if d > floor else floor
             e = vexp_core(d)
             if out is not None:
-                dest[j] = d if in_place else e
+                dest[j] = d if keep_d else e
             acc_e += e
             acc_ed += e * d
         sum_e += acc_e
@@ -55,34 +59,39 @@ def _sums_blocks(row, m, out, in_place):
 
 @splittable(2)
 @njit(**JIT_REDUCTION)
-def _row_sums(row, m, out):
+def _row_sums(row, m, out, keep_d):
     if out is not None:
         if same_buffer(row, out):
-            return _sums_blocks(out, m, out, True)
-    return _sums_blocks(row, m, out, False)
+            return _sums_blocks(out, m, out, True, True)
+    if keep_d:
+        return _sums_blocks(row, m, out, False, True)
+    return _sums_blocks(row, m, out, False, False)
 
 
 @splittable(0)
 @njit(**JIT)
-def _gradient_in_place(out, k, mean_d):
-    """out = k * exp(out) * (mean_d - out), out holding d."""
+def _gradient_from_d(out, k, mean_d, source):
+    """out = k * exp(d) * (mean_d - d), d kept in out (or source: _math.kept_value)."""
     kk = scalar_like(out, k)
     mean = scalar_like(out, mean_d)
     for j in range(out.size):
-        d = out[j]
-        out[j] = kk * vexp_core(d) * (mean - d)
+        d = kept_value(out, source, j)
+        store(out, j, kk * vexp_core(d) * (mean - d))
 
 
 @splittable(0)
 @njit(**JIT)
-def _gradient_from_exp(row, m, out, k, mean_d):
-    """out = k * out * (mean_d - d), out holding e, d = max(row - m, D_FLOOR)."""
+def _gradient_from_exp(row, m, out, k, mean_d, source):
+    """out = k * e * (mean_d - d), e kept in out (or source), d = max(row - m, D_FLOOR)."""
     kk = scalar_like(out, k)
     mean = scalar_like(out, mean_d)
     floor = scalar_like(row, D_FLOOR)
     for j in range(out.size):
-        d = row[j] - m
-        out[j] = kk * out[j] * (mean - (d if d > floor else floor))
+        d = load(row, j) - m
+        # a statement of its own: as a conditional expression inside store's argument,
+        # Numba 0.68 dropped the store (the element kept e)
+        d = d if d > floor else floor
+        store(out, j, kk * kept_value(out, source, j) * (mean - d))
 
 
 @njit(**JIT_ROW)
@@ -91,15 +100,20 @@ def _row_entropy(row, grad, s, chunks):
     m = over_chunks("row_max", chunks, row)
     if not math.isfinite(m):  # a NaN, +inf or all -inf row: NaN, as torch
         if grad is not None:
-            grad[:] = np.nan
+            fill_nan(grad)
         return np.nan
-    sum_e, sum_ed = over_chunks("_row_sums", chunks, row, m, grad)
+    kept = kept_exps(grad)
+    source = exps_source(grad, kept)
+    in_place = False
+    if grad is not None:
+        in_place = same_buffer(row, grad)
+    sum_e, sum_ed = over_chunks("_row_sums", chunks, row, m, kept, in_place)
     mean_d = sum_ed / sum_e
     if grad is not None:
-        if same_buffer(row, grad):
-            over_chunks("_gradient_in_place", chunks, grad, s / sum_e, mean_d)
+        if in_place:
+            over_chunks("_gradient_from_d", chunks, grad, s / sum_e, mean_d, source)
         else:
-            over_chunks("_gradient_from_exp", chunks, row, m, grad, s / sum_e, mean_d)
+            over_chunks("_gradient_from_exp", chunks, row, m, grad, s / sum_e, mean_d, source)
     return math.log(sum_e) - mean_d
 
 
@@ -108,10 +122,10 @@ def entropy(logits, out):
     chunks = row_chunks(logits.shape[0], logits.shape[1])
     if chunks == 1:
         for i in prange(logits.shape[0]):
-            out[i] = _row_entropy(logits[i], None, 1.0, 1)
+            store(out, i, _row_entropy(logits[i], None, 1.0, 1))
     else:
         for i in range(logits.shape[0]):
-            out[i] = _row_entropy(logits[i], None, 1.0, chunks)
+            store(out, i, _row_entropy(logits[i], None, 1.0, chunks))
 
 
 @njit(**JIT_PARALLEL)
@@ -131,7 +145,8 @@ def entropy_with_grad(logits, scale, row_scale, row_loss, grad):
 @njit(**JIT)
 def _block_rows(x, scale, row_scale, row_loss, grad, lo, hi):
     """Rows lo:hi: row_loss = H and, with grad (not None), the scaled gradient. x is read
-    into the scratch before grad is written, so grad may be x itself."""
+    into the scratch (in the compute type) before grad is written, so grad may be x
+    itself."""
     x = x[lo:hi]
     n_rows, n_classes = x.shape
     d, m = _columns(x)
@@ -149,13 +164,13 @@ def _block_rows(x, scale, row_scale, row_loss, grad, lo, hi):
             sum_ed[r] += e_j[r] * v
     for r in range(n_rows):
         mean_d = sum_ed[r] / sum_e[r] if math.isfinite(m[r]) else np.nan
-        row_loss[lo + r] = math.log(sum_e[r]) - mean_d
+        store(row_loss, lo + r, math.log(sum_e[r]) - mean_d)
         if grad is not None:
             k = scalar_like(x, row_scale_at(scale, row_scale, lo + r) / sum_e[r])
             mean = scalar_like(x, mean_d)
             out = grad[lo + r]
             for j in range(n_classes):
-                out[j] = k * e[j, r] * (mean - d[j, r])
+                store(out, j, k * e[j, r] * (mean - d[j, r]))
 
 
 @njit(**JIT_PARALLEL)

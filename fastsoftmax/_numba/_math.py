@@ -463,18 +463,49 @@ def _softcap_restore_overload(v, m, cap):
     return lambda v, m, cap: (vexp_core(v - m), softcap_slope(v, cap))
 
 
+def kept_value(out, source, j):
+    """Element j of what an exp pass kept for the write pass into ``out``: ``out[j]``
+    when ``source`` is None, else ``source[j]`` (``exps_source``)."""
+    raise NotImplementedError("kept_value is only callable from Numba-compiled code")
+
+
+def keep_value(out, source, j, value):
+    """Set element j of what a pass keeps for a later pass into ``out`` (``kept_value``)."""
+    raise NotImplementedError("keep_value is only callable from Numba-compiled code")
+
+
+def _no_source(source):
+    return isinstance(source, (types.NoneType, types.Omitted))
+
+
+@overload(kept_value, inline="always")
+def _kept_value_overload(out, source, j):
+    if _no_source(source):
+        return lambda out, source, j: out[j]
+    return lambda out, source, j: source[j]
+
+
+@overload(keep_value, inline="always")
+def _keep_value_overload(out, source, j, value):
+    if _no_source(source):
+        def keep_in_out(out, source, j, value):
+            out[j] = value
+        return keep_in_out
+
+    def keep_in_source(out, source, j, value):
+        source[j] = value
+    return keep_in_source
+
+
 def restore_exp(out, source, j, m, cap):
     """(exp(z_j - m), dz/dx at j) in a write pass into ``out``, from what the exp pass
-    kept (``softcap_restore``): in ``out[j]`` when ``source`` is None, else in
-    ``source[j]`` (``exps_source``)."""
+    kept (``softcap_restore`` of ``kept_value``)."""
     raise NotImplementedError("restore_exp is only callable from Numba-compiled code")
 
 
 @overload(restore_exp, jit_options=dict(fastmath=FASTMATH))
 def _restore_exp_overload(out, source, j, m, cap):
-    if isinstance(source, (types.NoneType, types.Omitted)):
-        return lambda out, source, j, m, cap: softcap_restore(out[j], m, cap)
-    return lambda out, source, j, m, cap: softcap_restore(source[j], m, cap)
+    return lambda out, source, j, m, cap: softcap_restore(kept_value(out, source, j), m, cap)
 
 
 def scalar_like(row, value):
@@ -560,6 +591,13 @@ def row_scale_at(scale, row_scale, i):
 def same_buffer(a, b):
     """True when two arrays start at the same address (an in-place call)."""
     return a.ctypes.data == b.ctypes.data
+
+
+@njit(**JIT)
+def fill_nan(row):
+    """Every element of a row NaN (in any float type, 16-bit too)."""
+    for j in range(row.size):
+        store(row, j, np.nan)
 
 
 @njit(**JIT_REDUCTION)
