@@ -75,16 +75,12 @@ def kernel_calls(n_rows, n_classes, dtype):
     """label -> f(kernels): one call of each kernel on shared inputs and outputs.
 
     Every rows op of the op table (inputs from its recipe), and the loss kernels in the
-    variants below; ``LOSS_CALLS`` must name every loss kernel of the table. A 16-bit
-    dtype: the ops that take it (``Op.half``), their arrays passed as the kernels take
-    them (``_dtypes.kernel_view``)."""
+    variants below; ``LOSS_CALLS`` must name every loss kernel of the table. 16-bit
+    arrays are passed as the kernels take them (``_dtypes.kernel_view``)."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((n_rows, n_classes)) * 3).astype(dtype)
-    half = _dtypes.is_half(x.dtype)
     calls = {}
     for op in _ops.ROW_OPS:
-        if half and not op.half:
-            continue
         arrays = [_dtypes.kernel_view(a) for a in op.from_logits(x, -1, rng)]
         out = np.empty_like(x) if op.output == "same" else np.empty(n_rows, dtype)
         calls[op.name] = _rows_call(op.name, arrays, _dtypes.kernel_view(out))
@@ -92,9 +88,8 @@ def kernel_calls(n_rows, n_classes, dtype):
     if missing:
         raise SystemExit(f"bench.ab: no call for the loss kernels {sorted(missing)}; add them "
                          "to LOSS_CALLS")
-    for op_name, make in LOSS_CALLS.values():
-        if not half or _ops.OPS[op_name].half:
-            calls.update(make(x, rng))
+    for make in LOSS_CALLS.values():
+        calls.update(make(x, rng))
     return calls
 
 
@@ -149,16 +144,18 @@ def _by_name(kernel, **arguments):
 def _entropy_calls(x, rng):
     out, row_loss, no_row_scale = np.empty_like(x), np.empty(x.shape[0]), np.empty(0)
     x_inplace = x.copy()
-    return {"entropy_with_grad": lambda k: k.entropy_with_grad(x, 1.0, no_row_scale, row_loss,
-                                                               out),
-            "entropy_with_grad inplace": lambda k: k.entropy_with_grad(
-                x_inplace, 1.0, no_row_scale, row_loss, x_inplace)}
+
+    def call(logits, grad):
+        return _by_name("entropy_with_grad", logits=logits, scale=1.0, row_scale=no_row_scale,
+                        row_loss=row_loss, grad=grad)
+    return {"entropy_with_grad": call(x, out), "entropy_with_grad inplace": call(x_inplace,
+                                                                                x_inplace)}
 
 
-# loss kernel -> (its op, (logits, rng) -> {label: f(kernels)})
-LOSS_CALLS = {"cross_entropy_index": ("cross_entropy", _cross_entropy_index_calls),
-              "cross_entropy_prob": ("cross_entropy", _cross_entropy_prob_calls),
-              "entropy_with_grad": ("entropy", _entropy_calls)}
+# loss kernel -> (logits, rng) -> {label: f(kernels)}
+LOSS_CALLS = {"cross_entropy_index": _cross_entropy_index_calls,
+              "cross_entropy_prob": _cross_entropy_prob_calls,
+              "entropy_with_grad": _entropy_calls}
 
 
 def _elementwise_operands(x, rng):
@@ -182,9 +179,7 @@ def _bce_calls(x, rng):
         flat, target, ones, ones, g, 1.0 / flat.size, None, grad)}
 
 
-LOSS_CALLS.update({"kl_div": ("kl_div", _kl_div_calls),
-                   "binary_cross_entropy_with_logits": ("binary_cross_entropy_with_logits",
-                                                        _bce_calls)})
+LOSS_CALLS.update({"kl_div": _kl_div_calls, "binary_cross_entropy_with_logits": _bce_calls})
 
 
 def _jsd_calls(x, rng):
@@ -201,7 +196,7 @@ def _jsd_calls(x, rng):
             "jsd_logits_with_grad beta=0": call(out, 0.0)}
 
 
-LOSS_CALLS["jsd_logits"] = ("jsd_logits", _jsd_calls)
+LOSS_CALLS["jsd_logits"] = _jsd_calls
 
 
 class OlderBuild:

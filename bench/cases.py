@@ -3,7 +3,7 @@ import functools
 
 import numpy as np
 
-from fastsoftmax import _dtypes, _ops, _validate
+from fastsoftmax import _dtypes, _ops
 
 ELEMENTS = 2 ** 24  # default fixed budget: N = elements // C rows
 FULL_CLASSES = [10, 100, 1000, 10000, 32768, 131072, 262144]
@@ -35,12 +35,6 @@ def dtypes(full):
 def numpy_dtype(name):
     """The NumPy dtype of a bench dtype name (bfloat16: ml_dtypes')."""
     return _dtypes.bfloat16() if name == "bfloat16" else np.dtype(name)
-
-
-def takes(case, dtype):
-    """Whether the op of a case takes ``dtype`` (16-bit: the ops of _validate.HALF_OPS)."""
-    op, _ = CASES[case]
-    return not _dtypes.is_half(numpy_dtype(dtype)) or op.name in _validate.HALF_OPS
 
 
 def ops(full):

@@ -42,7 +42,7 @@ def pytest_generate_tests(metafunc):
     # Implementation varies fastest, so one group's inputs are built once.
     for dtype in dtypes:
         for shape in cases.shapes(full, metafunc.config.getoption("--bench-elements")):
-            for op in (op for op in ops if cases.takes(op, dtype)):
+            for op in ops:
                 for name, factories in impls.items():
                     if op in factories:
                         params.append((op, shape, dtype, name, factories[op]))

@@ -49,7 +49,6 @@ class Op:
     # (reads, writes): how many arrays of the logits' size the op must read and write at
     # the least; the benchmark's memory floor moves that many
     floor: tuple = (1, 1)
-    half: bool = False              # also takes float16/bfloat16 (fastsoftmax/_dtypes.py)
 
     @property
     def kernel_args(self):
@@ -130,7 +129,7 @@ def _torch_cross_entropy(torch, x, target):
     return torch.nn.functional.cross_entropy(x, target)
 
 
-# the 16-bit note of the ops that take float16/bfloat16 (fastsoftmax/_dtypes.py)
+# the 16-bit note of an input (every op takes float16/bfloat16: fastsoftmax/_dtypes.py)
 _HALF = ("float32, float64, float16 or bfloat16 (16-bit: computed in float32, the result "
          "rounded once to\n        the input dtype)")
 _AXIS_INPUT = f"x : array_like\n        {_HALF} logits."
@@ -146,21 +145,21 @@ OPS = {op.name: op for op in [
                "    array([0.25, 0.75])",
        torch=lambda torch, x: torch.softmax(x, -1),
        torch_layer=lambda fst, x: fst.softmax(x, -1),
-       jax=lambda jax, jnp, x: jax.nn.softmax(x, axis=-1), out=True, half=True),
+       jax=lambda jax, jnp, x: jax.nn.softmax(x, axis=-1), out=True),
     Op("log_softmax", "rows", ("x",), lambda x, axis, rng: (x,),
        summary="Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.",
        input_docs=(_AXIS_INPUT,),
        returns="ndarray\n        Log-probabilities, same shape and dtype as ``x``.",
        torch=lambda torch, x: torch.log_softmax(x, -1),
        torch_layer=lambda fst, x: fst.log_softmax(x, -1),
-       jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True, half=True),
+       jax=lambda jax, jnp, x: jax.nn.log_softmax(x, axis=-1), out=True),
     Op("logsumexp", "rows", ("x",), lambda x, axis, rng: (x,), output="reduce",
        summary="Log of the sum of exponentials along ``axis``, computed without overflow.",
        input_docs=(f"x : array_like\n        {_HALF} values.",),
        returns="ndarray\n        ``x``'s shape with ``axis`` removed. As ``torch.logsumexp``, a "
                "row of only\n        -inf gives -inf and a row holding +inf gives +inf.",
        torch=lambda torch, x: torch.logsumexp(x, -1),
-       jax=lambda jax, jnp, x: jax.nn.logsumexp(x, axis=-1), half=True),
+       jax=lambda jax, jnp, x: jax.nn.logsumexp(x, axis=-1)),
     Op("softmax_backward", "rows", ("y", "dy"),
        lambda x, axis, rng: (_softmax_probs(x, axis), _random_like(x, rng)),
        summary="Gradient of softmax: ``dx = y * (dy - sum(y * dy))`` along ``axis``.",
@@ -170,7 +169,7 @@ OPS = {op.name: op for op in [
        returns="ndarray\n        Gradient with respect to ``x``, same shape and dtype as ``y``.",
        torch=lambda torch, y, dy: torch._softmax_backward_data(dy, y, -1, y.dtype),
        jax=lambda jax, jnp, y, dy: y * (dy - jnp.sum(y * dy, -1, keepdims=True)),
-       vjp_of="softmax", out=True, half=True),
+       vjp_of="softmax", out=True),
     Op("log_softmax_backward", "rows", ("logp", "dy"),
        lambda x, axis, rng: (_log_probs(x, axis), _random_like(x, rng)),
        summary="Gradient of log-softmax: ``dx = dy - exp(logp) * sum(dy)`` along ``axis``.",
@@ -182,18 +181,18 @@ OPS = {op.name: op for op in [
                "``logp``.",
        torch=lambda torch, logp, dy: torch._log_softmax_backward_data(dy, logp, -1, logp.dtype),
        jax=lambda jax, jnp, logp, dy: dy - jnp.exp(logp) * jnp.sum(dy, -1, keepdims=True),
-       vjp_of="log_softmax", out=True, half=True),
+       vjp_of="log_softmax", out=True),
     Op("cross_entropy", "loss", ("logits", "target"),
        lambda x, axis, rng: (x, _index_target(x, axis, rng)),
        torch=_torch_cross_entropy, jax=_jax_cross_entropy,
-       torch_layer=lambda fst, x, target: fst.cross_entropy(x, target), half=True),
+       torch_layer=lambda fst, x, target: fst.cross_entropy(x, target)),
     Op("cross_entropy_with_grad", "loss", ("logits", "target"),
        lambda x, axis, rng: (x, _index_target(x, axis, rng)),
        torch=_torch_with_grad(_torch_cross_entropy),
        torch_layer=_torch_with_grad(lambda fst, x, target: fst.cross_entropy(x, target)),
        jax=_jax_with_grad(_jax_cross_entropy),
        grad_of="cross_entropy", bench_cases={"_prob": lambda x, axis, rng: (
-           x, _prob_target(x, axis, rng))}, inplace=True, half=True),
+           x, _prob_target(x, axis, rng))}, inplace=True),
     Op("entropy", "rows", ("logits",), lambda x, axis, rng: (x,), output="reduce",
        summary="Entropy of ``softmax(logits)`` along ``axis``: ``-sum(p log p)``, in nats.",
        input_docs=(f"logits : array_like\n        {_HALF} logits.",),
@@ -201,12 +200,12 @@ OPS = {op.name: op for op in [
                "``torch.distributions.Categorical(logits=...).entropy()``: a -inf logit adds "
                "0;\n        a row holding NaN or +inf, or of only -inf, gives NaN.",
        torch=_torch_entropy, jax=_jax_entropy,
-       torch_layer=lambda fst, x: fst.entropy(x), half=True),
+       torch_layer=lambda fst, x: fst.entropy(x)),
     Op("entropy_with_grad", "loss", ("logits",), lambda x, axis, rng: (x,),
        torch=_torch_with_grad(lambda torch, x: _torch_entropy(torch, x).sum()),
        torch_layer=_torch_with_grad(lambda fst, x: fst.entropy(x).sum()),
        jax=_jax_with_grad(lambda jax, jnp, x: jnp.sum(_jax_entropy(jax, jnp, x))),
-       grad_of="entropy", inplace=True, half=True),
+       grad_of="entropy", inplace=True),
 ]}
 
 ROW_OPS = [op for op in OPS.values() if op.kind == "rows"]
@@ -271,29 +270,29 @@ OPS.update({op.name: op for op in [
     Op("kl_div", "loss", ("input", "target"),
        lambda x, axis, rng: (_log_probs(x, axis), _prob_target(x, axis, rng)),
        torch=_torch_kl_div, jax=_jax_kl_div,
-       torch_layer=lambda fst, x, t: fst.kl_div(x, t), half=True),
+       torch_layer=lambda fst, x, t: fst.kl_div(x, t)),
     Op("kl_div_with_grad", "loss", ("input", "target"),
        lambda x, axis, rng: (_log_probs(x, axis), _prob_target(x, axis, rng)),
        torch=_torch_with_grad(_torch_kl_div), jax=_jax_with_grad(_jax_kl_div),
        torch_layer=_torch_with_grad(lambda fst, x, t: fst.kl_div(x, t)),
-       grad_of="kl_div", inplace=True, half=True),
+       grad_of="kl_div", inplace=True),
     Op("binary_cross_entropy_with_logits", "loss", ("input", "target"),
        lambda x, axis, rng: (x, _uniform_target(x, axis, rng)),
        torch=_torch_bce, jax=_jax_bce,
-       torch_layer=lambda fst, x, t: fst.binary_cross_entropy_with_logits(x, t), half=True),
+       torch_layer=lambda fst, x, t: fst.binary_cross_entropy_with_logits(x, t)),
     Op("binary_cross_entropy_with_logits_with_grad", "loss", ("input", "target"),
        lambda x, axis, rng: (x, _uniform_target(x, axis, rng)),
        torch=_torch_with_grad(_torch_bce), jax=_jax_with_grad(_jax_bce),
        torch_layer=_torch_with_grad(
            lambda fst, x, t: fst.binary_cross_entropy_with_logits(x, t)),
-       grad_of="binary_cross_entropy_with_logits", inplace=True, half=True),
+       grad_of="binary_cross_entropy_with_logits", inplace=True),
     Op("sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
        torch=lambda torch, x: torch.sigmoid(x), jax=lambda jax, jnp, x: jax.nn.sigmoid(x),
-       torch_layer=lambda fst, x: fst.sigmoid(x), out=True, half=True),
+       torch_layer=lambda fst, x: fst.sigmoid(x), out=True),
     Op("log_sigmoid", "elementwise", ("x",), lambda x, axis, rng: (x,),
        torch=lambda torch, x: torch.nn.functional.logsigmoid(x),
        jax=lambda jax, jnp, x: jax.nn.log_sigmoid(x),
-       torch_layer=lambda fst, x: fst.log_sigmoid(x), out=True, half=True),
+       torch_layer=lambda fst, x: fst.log_sigmoid(x), out=True),
 ]})
 
 

@@ -8,14 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _dtypes, _ops
+from . import _dtypes
 
 REDUCTIONS = ("none", "mean", "sum")
-
-
-# The ops whose kernels take float16 and bfloat16 (Op.half in the op table; named in the
-# error for the others).
-HALF_OPS = tuple(name for name, op in _ops.OPS.items() if op.half)
 
 
 def float_array(x, name, half=False):
@@ -24,10 +19,9 @@ def float_array(x, name, half=False):
     arr = np.asarray(x)
     if _dtypes.is_float(arr.dtype, half):
         return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
-    if _dtypes.is_half(arr.dtype):
-        raise TypeError(f"{name} has dtype {arr.dtype}, which this function does not take yet "
-                        f"(float16 and bfloat16 are taken by {', '.join(HALF_OPS)}); convert "
-                        "with .astype(np.float32)")
+    if _dtypes.is_half(arr.dtype):  # the ops of the op table take it; not every function
+        raise TypeError(f"{name} has dtype {arr.dtype}, which this function does not take yet; "
+                        "convert with .astype(np.float32)")
     accepted = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
     hint = (" (convert with .astype(np.float32))" if arr.dtype.kind in "biuf"
             else "")
@@ -52,11 +46,11 @@ def class_axis(x, axis, name="x"):
     return axis
 
 
-def rows_inputs(arrays, axis, half=False):
-    """Check the arrays of a rows op (name -> array): float (16-bit too with ``half``), one
-    shape and dtype, a class axis that is not empty. Returns (name -> normalised array,
-    axis as a positive int)."""
-    checked = {name: float_array(a, name, half) for name, a in arrays.items()}
+def rows_inputs(arrays, axis):
+    """Check the arrays of a rows op (name -> array): float (16-bit too), one shape and
+    dtype, a class axis that is not empty. Returns (name -> normalised array, axis as a
+    positive int)."""
+    checked = {name: float_array(a, name, half=True) for name, a in arrays.items()}
     (first_name, first), *others = checked.items()
     for name, a in others:
         same_shape_and_dtype(first, a, first_name, name)
@@ -230,7 +224,7 @@ class EntropyArgs:
 
 def entropy_args(logits, reduction):
     """Check entropy_with_grad's logits (classes last) and reduction."""
-    checked, _ = rows_inputs({"logits": logits}, -1, half=True)
+    checked, _ = rows_inputs({"logits": logits}, -1)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return EntropyArgs(checked["logits"], reduction)
@@ -584,8 +578,8 @@ def _real_option(value, name):
 def jsd_args(student_logits, teacher_logits, beta, temperature, reduction):
     """Check jsd_logits' arguments: two float arrays of one shape and dtype (classes last,
     at least one class), beta in [0, 1], a finite temperature > 0, a known reduction."""
-    student = float_array(student_logits, "student_logits")
-    teacher = float_array(teacher_logits, "teacher_logits")
+    student = float_array(student_logits, "student_logits", half=True)
+    teacher = float_array(teacher_logits, "teacher_logits", half=True)
     same_shape_and_dtype(student, teacher, "student_logits", "teacher_logits")
     if student.ndim == 0:
         raise ValueError("student_logits and teacher_logits must have at least one dimension "

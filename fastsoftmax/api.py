@@ -139,8 +139,7 @@ def _rows_function(op):
         kernels = _backends.kernels(name)
         if kernels is None:
             return ref(*arrays, arguments["axis"], out=arguments["out"])
-        inputs, axis = _validate.rows_inputs(dict(zip(op.inputs, arrays)), arguments["axis"],
-                                             half=op.name in _validate.HALF_OPS)
+        inputs, axis = _validate.rows_inputs(dict(zip(op.inputs, arrays)), arguments["axis"])
         return run(getattr(kernels, op.name), inputs, axis, arguments["out"])
 
     function.__name__ = function.__qualname__ = op.name
@@ -824,7 +823,9 @@ def log_sigmoid(x, *, out=None, kernels):
 # ---- JSD / KL between two sets of logits (issue 17): distillation ----
 
 _JSD_DOC = """student_logits : array_like
-        float32 or float64 logits of shape ``(..., C)``: classes on the last axis.
+        float32, float64, float16 or bfloat16 logits of shape ``(..., C)``: classes on
+        the last axis. 16-bit logits are computed in float32; the gradient is rounded
+        once to their dtype and the loss is float32.
     teacher_logits : array_like
         The teacher's logits: the student's shape and dtype. No gradient is taken for it.
     beta : float, optional
@@ -848,16 +849,19 @@ _JSD_FORMULA = """With ``P = softmax(teacher_logits / T)``, ``Q = softmax(studen
 
 
 def _run_jsd(kernels, args, grad, grad_output):
-    """Run the backend's JSD kernel; return the loss in the logits' dtype."""
+    """Run the backend's JSD kernel; return the loss in the logits' compute dtype
+    (float32 for 16-bit logits)."""
     x = args.logits
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     teacher = np.ascontiguousarray(args.teacher).reshape(rows.shape)
     denominator = np.float64(rows.shape[0]) if args.reduction == "mean" else np.float64(1.0)
     scale, row_scale = _grad_scales(grad_output, denominator)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
-    kernels.jsd_logits(rows, teacher, args.beta, 1.0 / args.temperature, scale, row_scale,
-                       row_loss, grad)
-    return _reduce(row_loss, args.reduction, denominator, args.loss_shape, x.dtype)
+    kernels.jsd_logits(_dtypes.kernel_view(rows), _dtypes.kernel_view(teacher), args.beta,
+                       1.0 / args.temperature, scale, row_scale, row_loss,
+                       None if grad is None else _dtypes.kernel_view(grad))
+    return _reduce(row_loss, args.reduction, denominator, args.loss_shape,
+                   _dtypes.compute_dtype(x.dtype))
 
 
 @_dispatch
@@ -874,8 +878,8 @@ def _run_jsd(kernels, args, grad, grad_output):
     Returns
     -------
     numpy scalar or ndarray
-        A scalar of the logits' dtype for "mean"/"sum", an array of shape
-        ``student_logits.shape[:-1]`` for "none".
+        A scalar of the logits' dtype (float32 for 16-bit logits) for "mean"/"sum", an
+        array of shape ``student_logits.shape[:-1]`` for "none".
 
     Examples
     --------

@@ -21,9 +21,9 @@ def _finish(result, like, out, inputs):
     return out
 
 
-def _rows_inputs(op, axis, **arrays):
-    """The validated arrays (in order) and axis of the rows op named ``op``."""
-    checked, axis = _validate.rows_inputs(arrays, axis, half=op in _validate.HALF_OPS)
+def _rows_inputs(axis, **arrays):
+    """The validated arrays (in order) and axis of a rows op."""
+    checked, axis = _validate.rows_inputs(arrays, axis)
     return tuple(checked.values()), axis
 
 
@@ -36,20 +36,20 @@ def _log_softmax64(x, axis):
 
 def softmax(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.softmax`: same parameters and result, float64 math."""
-    (x,), axis = _rows_inputs("softmax", axis, x=x)
+    (x,), axis = _rows_inputs(axis, x=x)
     with np.errstate(invalid="ignore"):
         return _finish(np.exp(_log_softmax64(x, axis)), x, out, {"x": x})
 
 
 def log_softmax(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.log_softmax`: same parameters and result, float64 math."""
-    (x,), axis = _rows_inputs("log_softmax", axis, x=x)
+    (x,), axis = _rows_inputs(axis, x=x)
     return _finish(_log_softmax64(x, axis), x, out, {"x": x})
 
 
 def logsumexp(x, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.logsumexp`: same parameters and result, float64 math."""
-    (x,), axis = _rows_inputs("logsumexp", axis, x=x)
+    (x,), axis = _rows_inputs(axis, x=x)
     return _finish(_logsumexp64(x, axis), x, out, {"x": x})
 
 
@@ -64,7 +64,7 @@ def _logsumexp64(x, axis):
 
 def softmax_backward(y, dy, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.softmax_backward`: same parameters and result, float64 math."""
-    (y, dy), axis = _rows_inputs("softmax_backward", axis, y=y, dy=dy)
+    (y, dy), axis = _rows_inputs(axis, y=y, dy=dy)
     y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
     dx = y64 * (dy64 - np.sum(y64 * dy64, axis=axis, keepdims=True))
     return _finish(dx, y, out, {"y": y, "dy": dy})
@@ -73,7 +73,7 @@ def softmax_backward(y, dy, axis=-1, *, out=None):
 def log_softmax_backward(logp, dy, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.log_softmax_backward`: same parameters and result,
     float64 math."""
-    (logp, dy), axis = _rows_inputs("log_softmax_backward", axis, logp=logp, dy=dy)
+    (logp, dy), axis = _rows_inputs(axis, logp=logp, dy=dy)
     dy64 = dy.astype(np.float64)
     dx = dy64 - np.exp(logp.astype(np.float64)) * np.sum(dy64, axis=axis, keepdims=True)
     return _finish(dx, logp, out, {"logp": logp, "dy": dy})
@@ -92,7 +92,7 @@ def _entropy64(x, axis):
 
 def entropy(logits, axis=-1, *, out=None):
     """Reference :func:`fastsoftmax.entropy`: ``-sum(p log p)``, p = softmax, float64 math."""
-    (logits,), axis = _rows_inputs("entropy", axis, logits=logits)
+    (logits,), axis = _rows_inputs(axis, logits=logits)
     h, _, _ = _entropy64(logits, axis)
     return _finish(h, logits, out, {"logits": logits})
 

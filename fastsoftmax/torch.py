@@ -987,12 +987,13 @@ def _jsd_op(student: torch.Tensor, teacher: torch.Tensor, beta: float, temperatu
         return _loss_tensor(api.jsd_logits(_numpy(student), _numpy(teacher), **options)), \
             student.new_empty(0)
     loss, grad = api.jsd_logits_with_grad(_numpy(student), _numpy(teacher), **options)
-    return _loss_tensor(loss), torch.from_numpy(grad)
+    return _loss_tensor(loss), _tensor(grad)
 
 
 @_jsd_op.register_fake
 def _jsd_fake(student, teacher, beta, temperature, reduction, compute_grad, backend):
-    loss = student.new_empty(student.shape[:-1] if reduction == "none" else ())
+    loss = student.new_empty(student.shape[:-1] if reduction == "none" else (),
+                             dtype=_loss_dtype(student))
     return loss, torch.empty(student.shape, dtype=student.dtype) if compute_grad else \
         student.new_empty(0)
 
@@ -1047,7 +1048,8 @@ def jsd_logits(student_logits, teacher_logits, beta=0.5, temperature=1.0, reduct
     Parameters
     ----------
     student_logits : torch.Tensor
-        CPU float32/float64 logits, classes on the last dim.
+        CPU float32, float64, bfloat16 or float16 logits, classes on the last dim (16-bit:
+        computed in float32, the gradient rounded once to their dtype, a float32 loss).
     teacher_logits : torch.Tensor
         The teacher's logits: the student's shape and dtype.
     beta : float, optional
@@ -1062,10 +1064,11 @@ def jsd_logits(student_logits, teacher_logits, beta=0.5, temperature=1.0, reduct
     Returns
     -------
     torch.Tensor
-        0-d, or ``student_logits.shape[:-1]`` for "none".
+        0-d, or ``student_logits.shape[:-1]`` for "none"; the logits' dtype, float32 for
+        16-bit logits.
     """
-    _check_tensor(student_logits, "student_logits")
-    _check_tensor(teacher_logits, "teacher_logits")
+    _check_tensor(student_logits, "student_logits", half=True)
+    _check_tensor(teacher_logits, "teacher_logits", half=True)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student_logits has shape {tuple(student_logits.shape)} but "
                          f"teacher_logits has shape {tuple(teacher_logits.shape)}; they must "

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
-from fastsoftmax import _ops, _validate, reference
+from fastsoftmax import _ops, reference, vocab_parallel
 
 from conftest import op_inputs
 
@@ -21,7 +21,6 @@ BF16, F16 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)
 DTYPES = [BF16, F16]
 MANTISSA_BITS = {BF16: 7, F16: 10}
 MIN_EXPONENT = {BF16: -126, F16: -14}  # of the smallest normal number
-HALF_ROW_OPS = [op for op in _ops.ROW_OPS if op.name in _validate.HALF_OPS]
 # (rows, classes): blocks of short rows, whole rows of each size class, a long row split
 # over the threads
 SHAPES = [(37, 10), (11, 100), (9, 1000), (3, 5000), (1, 70000)]
@@ -66,7 +65,7 @@ def _cancellation(op, inputs):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("op", HALF_ROW_OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("op", _ops.ROW_OPS, ids=lambda op: op.name)
 def test_rows_op_matches_reference(op, dtype, shape, backend):
     inputs = [np.asarray(a).astype(dtype) for a in op_inputs(op, _logits(shape, dtype))]
     expected = getattr(reference, op.name)(*inputs)
@@ -76,7 +75,7 @@ def test_rows_op_matches_reference(op, dtype, shape, backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("op", HALF_ROW_OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("op", _ops.ROW_OPS, ids=lambda op: op.name)
 def test_rows_op_class_axis_not_last_and_out(op, dtype, backend):
     """A class axis in the middle (the API copies to rows and back) and a kept out=."""
     x = np.moveaxis(_logits((4, 6, 50), dtype), 2, 1)  # classes on axis 1, not contiguous
@@ -213,12 +212,15 @@ def test_cross_entropy_nan_logit(dtype, backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_ops_without_16_bit_kernels_say_so(dtype, backend):
-    x = _logits((3, 8), dtype)
-    with pytest.raises(TypeError, match=rf"dtype {dtype}.*convert with \.astype\(np\.float32\)"):
-        fs.jsd_logits(x, x, backend=backend)
-    with pytest.raises(TypeError, match=rf"dtype {dtype}.*cross_entropy"):
-        fs.jsd_logits_with_grad(x, x, backend=backend)
+def test_functions_without_16_bit_kernels_say_so(dtype, backend):
+    """The fused linear cross-entropy and the vocab-parallel one take float32/float64 only
+    (every op of the op table takes 16-bit)."""
+    h = _logits((3, 8), dtype)
+    with pytest.raises(TypeError, match=rf"h has dtype {dtype}, which this function does not "
+                                        r"take yet; convert with \.astype\(np\.float32\)"):
+        fs.linear_cross_entropy(h, h, np.array([0, 1, 2]), backend=backend)
+    with pytest.raises(TypeError, match=rf"logits has dtype {dtype}, which this function"):
+        vocab_parallel.local_stats(h, np.array([0, 1, 2]), vocab_start=0)
 
 
 def test_mixed_16_bit_types_are_refused(backend):

@@ -9,10 +9,9 @@ Importing it fails with ImportError when the extension was not built; the backen
 registry then leaves "cython" out of ``available_backends()``. A forced level that the
 CPU or the install lacks raises ``fastsoftmax._isa.IsaError``.
 
-The kernels of ``LOW_PRECISION`` also take bfloat16 and float16 arrays as their bits
-(uint16, int16 views; fastsoftmax/_dtypes.py); the others raise TypeError naming the op.
+Every kernel also takes bfloat16 and float16 arrays as their bits (uint16, int16 views;
+fastsoftmax/_dtypes.py).
 """
-import functools
 import importlib
 import importlib.util
 import sys
@@ -27,32 +26,6 @@ sys.modules[f"{__name__}._kernels"] = _kernels
 max_threads = _kernels.max_threads
 set_num_threads = _kernels.set_num_threads
 
-LOW_PRECISION = ("softmax", "log_softmax", "logsumexp", "softmax_backward",
-                 "log_softmax_backward", "cross_entropy_index", "cross_entropy_prob",
-                 "entropy", "entropy_with_grad", "kl_div", "binary_cross_entropy_with_logits",
-                 "sigmoid", "log_sigmoid")
-_BITS = ("uint16", "int16")  # the views of bfloat16 and float16 arrays
-
-
-def _naming_16_bit_errors(name, kernel):
-    """kernel, whose TypeError for a 16-bit array (Cython's "No matching signature
-    found") names the op; the call itself is unchanged."""
-    @functools.wraps(kernel)
-    def call(*args, **kwargs):
-        try:
-            return kernel(*args, **kwargs)
-        except TypeError:
-            if any(getattr(getattr(a, "dtype", None), "name", None) in _BITS
-                   for a in (*args, *kwargs.values())):
-                raise TypeError(
-                    f"fastsoftmax: the cython backend's {name} does not take bfloat16 or "
-                    f"float16 arrays (only {', '.join(LOW_PRECISION)} do); convert the "
-                    f"input to float32") from None
-            raise
-    return call
-
-
 # a missing kernel is left out here and named by the backend contract test
-globals().update({name: getattr(_kernels, name) if name in LOW_PRECISION
-                  else _naming_16_bit_errors(name, getattr(_kernels, name))
-                  for name in _ops.KERNELS if hasattr(_kernels, name)})
+globals().update({name: getattr(_kernels, name) for name in _ops.KERNELS
+                  if hasattr(_kernels, name)})

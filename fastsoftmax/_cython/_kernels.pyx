@@ -82,6 +82,10 @@ cdef extern from "rows.h" nogil:
                         Py_ssize_t n, float *grad, int threads)
     double fs_jsd_row_d(const double *s, const double *t, double beta, double inv_t,
                         double scale, Py_ssize_t n, double *grad, int threads)
+    double fs_jsd_row_b(const uint16_t *s, const uint16_t *t, double beta, double inv_t,
+                        double scale, Py_ssize_t n, uint16_t *grad, int threads)
+    double fs_jsd_row_h(const int16_t *s, const int16_t *t, double beta, double inv_t,
+                        double scale, Py_ssize_t n, int16_t *grad, int threads)
 
     float fs_short_shift_max_f(const float *row, Py_ssize_t n, float *out)
     double fs_short_shift_max_d(const double *row, Py_ssize_t n, double *out)
@@ -932,17 +936,22 @@ def entropy_with_grad(const anyreal[:, ::1] logits, double scale, const double[:
 
 # ---- KL and JSD between two sets of logits: formulas in fastsoftmax/_numba/_jsd.py ----
 
-cdef inline double _jsd_row(const real *s, const real *t, double beta, double inv_t,
-                            double scale, Py_ssize_t n, real *grad, int threads) noexcept nogil:
-    if real is float:
+cdef inline double _jsd_row(const anyreal *s, const anyreal *t, double beta, double inv_t,
+                            double scale, Py_ssize_t n, anyreal *grad,
+                            int threads) noexcept nogil:
+    if anyreal is float:
         return fs_jsd_row_f(s, t, beta, inv_t, scale, n, grad, threads)
-    else:
+    elif anyreal is double:
         return fs_jsd_row_d(s, t, beta, inv_t, scale, n, grad, threads)
+    elif anyreal is uint16_t:
+        return fs_jsd_row_b(s, t, beta, inv_t, scale, n, grad, threads)
+    else:
+        return fs_jsd_row_h(s, t, beta, inv_t, scale, n, grad, threads)
 
 
-def jsd_logits(const real[:, ::1] student, const real[:, ::1] teacher, double beta,
+def jsd_logits(const anyreal[:, ::1] student, const anyreal[:, ::1] teacher, double beta,
                double inv_temperature, double scale, const double[::1] row_scale,
-               double[::1] row_loss, real[:, ::1] grad):
+               double[::1] row_loss, anyreal[:, ::1] grad):
     """Per-row generalised JSD (beta 0 and 1: the forward and reverse KL) and, when grad is
     not None (and neither input), the scaled gradient for the student."""
     cdef Py_ssize_t i, n = student.shape[1]
@@ -952,6 +961,7 @@ def jsd_logits(const real[:, ::1] student, const real[:, ::1] teacher, double be
         row_loss[i] = _jsd_row(&student[i, 0], &teacher[i, 0], beta, inv_temperature,
                                scale * row_scale[i] if per_row else scale, n,
                                &grad[i, 0] if want_grad else NULL, split)
+    _raise_if_scratch_failed()  # a 16-bit row's kept values (fs_kept_row)
 
 
 include "elementwise.pxi"

@@ -1,6 +1,6 @@
 /* The row driver and the row functions of the Cython backend, written once and included
  * by rows.h once per element type, after rows_typed.h, with the same FS_T / FS_C / FS_S
- * names (see there); the 16-bit instances leave out the JSD.
+ * names (see there).
  *
  * A row function computes one op on one row from the helpers of rows_typed.h. It calls
  * each helper through the row driver, fs_over_chunks: on the whole row in the calling
@@ -185,17 +185,16 @@ static inline void FS_FN(fs_entropy_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo,
     FS_FN(fs_entropy_grad)(a->x + lo, a->m, a->kept + lo, a->out + lo, n, a->k, a->f);
 }
 
-#if !FS_LOWP  /* JSD: float and double only */
 /* max of the second row t */
 static inline void FS_FN(fs_max_t_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
     r[0] = FS_FN(fs_row_max)(a->t + lo, n);
 }
 
-/* the JSD's exp sums of x and t (fs_jsd_sums); exp of x into out */
+/* the JSD's exp sums of x and t (fs_jsd_sums); exp of x into kept */
 static inline void FS_FN(fs_jsd_sums_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                             double *r) {
     r[0] = FS_FN(fs_jsd_sums)(a->x + lo, a->t + lo, n, a->m, a->m_t, a->inv_t,
-                              FS_FN(fs_out_from)(a->out, lo), &r[1]);
+                              FS_FN(fs_kept_from)(a->kept, lo), &r[1]);
 }
 
 /* the JSD's loss and KL(Q || M) (fs_jsd_terms), one function per mode */
@@ -203,7 +202,8 @@ static inline void FS_FN(fs_jsd_terms_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py
                                              double *r, int mode) {
     r[0] = FS_FN(fs_jsd_terms)(a->x + lo, a->t + lo, n, a->m, a->m_t, a->inv_t, a->log_sum,
                                a->log_sum_t, a->inv_sum, a->beta, a->k,
-                               FS_FN(fs_out_from)(a->out, lo), mode, &r[1]);
+                               FS_FN(fs_kept_from)(a->kept, lo), FS_FN(fs_out_from)(a->out, lo),
+                               mode, &r[1]);
 }
 
 static inline void FS_FN(fs_jsd_forward_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
@@ -225,10 +225,9 @@ static inline void FS_FN(fs_jsd_mixture_chunk)(const FS_ARGS *a, Py_ssize_t lo, 
 static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                             double *r) {
     (void)r;
-    FS_FN(fs_jsd_grad)(a->x + lo, n, a->m, a->inv_t, a->log_sum, a->k, a->kl, a->out + lo);
+    FS_FN(fs_jsd_grad)(a->x + lo, n, a->m, a->inv_t, a->log_sum, a->k, a->kl, a->kept + lo,
+                       a->out + lo);
 }
-
-#endif
 
 /* ---- row functions: `threads` as for fs_over_chunks ---- */
 
@@ -354,38 +353,38 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const 
     return log(sum_e) - mean_d;
 }
 
-#if !FS_LOWP
 /* The generalised JSD of one pair of rows, student s and teacher t (formulas and passes
  * in fastsoftmax/_numba/_jsd.py; beta 0 and 1: the forward and reverse KL); with grad
  * (not NULL, neither s nor t), also scale * d loss / d s into grad. */
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T *s, const FS_T *t, double beta, double inv_t,
                                                                      double scale, Py_ssize_t n, FS_T *grad, int threads) {
-    FS_ARGS a = {.x = s, .t = t, .out = grad, .inv_t = (FS_T)inv_t, .beta = (FS_T)beta};
+    FS_ARGS a = {.x = s, .t = t, .out = grad, .inv_t = (FS_C)inv_t, .beta = (FS_C)beta};
     a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
-    a.m_t = (FS_T)FS_OVER(fs_max_t_chunk, FS_MERGE_MAX, NULL);
+    a.m_t = (FS_C)FS_OVER(fs_max_t_chunk, FS_MERGE_MAX, NULL);
     if (!isfinite(a.m) || !isfinite(a.m_t))  /* NaN, +inf or all -inf in a row: NaN */
         return FS_FN(fs_nan_row)(grad, n);
+    a.kept = FS_FN(fs_kept_row)(grad, n);
+    if (grad && !a.kept) return NAN;
     double sum_t, sum_s = FS_OVER(fs_jsd_sums_chunk, 2, &sum_t);
     int mode = beta == 0 ? FS_JSD_FORWARD : beta == 1 ? FS_JSD_REVERSE : FS_JSD_MIXTURE;
-    a.k = (FS_T)(scale * inv_t * (mode == FS_JSD_MIXTURE ? 1.0 - beta : 1.0));
-    a.log_sum = (FS_T)log(sum_s);
-    a.log_sum_t = (FS_T)log(sum_t);
-    a.inv_sum = (FS_T)(1.0 / sum_s);
+    a.k = (FS_C)(scale * inv_t * (mode == FS_JSD_MIXTURE ? 1.0 - beta : 1.0));
+    a.log_sum = (FS_C)log(sum_s);
+    a.log_sum_t = (FS_C)log(sum_t);
+    a.inv_sum = (FS_C)(1.0 / sum_s);
     double kl_q, loss = mode == FS_JSD_FORWARD ? FS_OVER(fs_jsd_forward_chunk, 2, &kl_q)
                       : mode == FS_JSD_REVERSE ? FS_OVER(fs_jsd_reverse_chunk, 2, &kl_q)
                       : FS_OVER(fs_jsd_mixture_chunk, 2, &kl_q);
     if (grad && mode != FS_JSD_FORWARD) {
         if (isfinite(kl_q)) {
-            a.kl = (FS_T)kl_q;
+            a.kl = (FS_C)kl_q;
             FS_OVER(fs_jsd_grad_chunk, 0, NULL);
         } else {  /* an infinite reverse KL (Q > 0 = P somewhere) has no gradient */
             FS_FN(fs_nan_row)(grad, n);
         }
     }
+    FS_FN(fs_release_kept)(a.kept);
     return loss;
 }
-
-#endif  /* !FS_LOWP */
 
 #undef FS_OVER
 #undef FS_ARGS

@@ -351,26 +351,24 @@ static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_C m, const FS_C *k
     }
 }
 
-/* JSD and the short rows: float and double only (the kernels raise TypeError for a
- * 16-bit array). */
-#if !FS_LOWP
-
 /* ---- JSD and KL between two logit rows (formulas and passes in
- * fastsoftmax/_numba/_jsd.py): student s, teacher t, inv_t = 1 / temperature ---- */
+ * fastsoftmax/_numba/_jsd.py): student s, teacher t, inv_t = 1 / temperature; what a
+ * pass keeps for the next (exp((s - m_s) inv_t), then r) is in kept, the row function's
+ * FS_ARGS.kept (the gradient row itself for float and double) ---- */
 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
-        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s, FS_T m_t, FS_T inv_t, FS_T *out,
+        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s, FS_C m_t, FS_C inv_t, FS_C *kept,
         double *sum_t) {
     double total_s = 0.0, total_t = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_s = 0, acc_t = 0;
+        FS_C acc_s = 0, acc_t = 0;
         #pragma omp simd reduction(+:acc_s,acc_t)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T e = FS_FN(fs_exp_core)((s[j] - m_s) * inv_t);
-            if (out) out[j] = e;
+            FS_C e = FS_CFN(fs_exp_core)((FS_LOAD(s[j]) - m_s) * inv_t);
+            if (kept) kept[j] = e;
             acc_s += e;
-            acc_t += FS_FN(fs_exp_core)((t[j] - m_t) * inv_t);
+            acc_t += FS_CFN(fs_exp_core)((FS_LOAD(t[j]) - m_t) * inv_t);
         }
         total_s += acc_s;
         total_t += acc_t;
@@ -379,43 +377,43 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
     return total_s;
 }
 
-/* sum(exp((s - m_s) inv_t)); sets *sum_t = sum(exp((t - m_t) inv_t)); with out, also
- * out = exp((s - m_s) inv_t). m_s, m_t: the rows' finite maxima. */
-static inline double FS_FN(fs_jsd_sums)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s,
-                                        FS_T m_t, FS_T inv_t, FS_T *out, double *sum_t) {
-    return out ? FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, out, sum_t)
-               : FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, NULL, sum_t);
+/* sum(exp((s - m_s) inv_t)); sets *sum_t = sum(exp((t - m_t) inv_t)); with kept, also
+ * kept = exp((s - m_s) inv_t). m_s, m_t: the rows' finite maxima. */
+static inline double FS_FN(fs_jsd_sums)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
+                                        FS_C m_t, FS_C inv_t, FS_C *kept, double *sum_t) {
+    return kept ? FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, kept, sum_t)
+                : FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, NULL, sum_t);
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
-        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s, FS_T m_t, FS_T inv_t,
-        FS_T log_sum_s, FS_T log_sum_t, FS_T inv_sum_s, FS_T beta, FS_T k, FS_T *out, int mode,
-        double *kl_q) {
-    const FS_T keep = 1 - beta, tiny = FS_MIN_NORMAL, zero = 0;
+        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s, FS_C m_t, FS_C inv_t,
+        FS_C log_sum_s, FS_C log_sum_t, FS_C inv_sum_s, FS_C beta, FS_C k, FS_C *kept,
+        FS_T *out, int mode, double *kl_q) {
+    const FS_C keep = 1 - beta, tiny = FS_MIN_NORMAL, zero = 0;
     double loss = 0.0, total_kl_q = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_loss = 0, acc_kl_q = 0;
+        FS_C acc_loss = 0, acc_kl_q = 0;
         #pragma omp simd reduction(+:acc_loss,acc_kl_q)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T log_q = (s[j] - m_s) * inv_t - log_sum_s;
-            FS_T log_p = (t[j] - m_t) * inv_t - log_sum_t;
-            FS_T q = out ? out[j] * inv_sum_s : FS_FN(fs_exp_core)(log_q);
-            FS_T p = FS_FN(fs_exp_core)(log_p);
+            FS_C log_q = (FS_LOAD(s[j]) - m_s) * inv_t - log_sum_s;
+            FS_C log_p = (FS_LOAD(t[j]) - m_t) * inv_t - log_sum_t;
+            FS_C q = kept ? kept[j] * inv_sum_s : FS_CFN(fs_exp_core)(log_q);
+            FS_C p = FS_CFN(fs_exp_core)(log_p);
             if (mode == FS_JSD_FORWARD) {
                 acc_loss += p > zero ? p * (log_p - log_q) : zero;
-                if (out) out[j] = k * (q - p);
+                if (kept) out[j] = FS_STORE(k * (q - p));
             } else if (mode == FS_JSD_REVERSE) {
                 acc_loss += q > zero ? q * (log_q - log_p) : zero;
-                if (out) out[j] = log_q - log_p;
+                if (kept) kept[j] = log_q - log_p;
             } else {
-                FS_T mix = beta * p + keep * q;
-                FS_T log_m = FS_LOG_NORMAL(mix > tiny ? mix : tiny);
-                FS_T term_q = q > zero ? q * (log_q - log_m) : zero;
-                FS_T term_p = p > zero ? p * (log_p - log_m) : zero;
+                FS_C mix = beta * p + keep * q;
+                FS_C log_m = FS_LOG_NORMAL(mix > tiny ? mix : tiny);
+                FS_C term_q = q > zero ? q * (log_q - log_m) : zero;
+                FS_C term_p = p > zero ? p * (log_p - log_m) : zero;
                 acc_loss += beta * term_p + keep * term_q;
                 acc_kl_q += term_q;
-                if (out) out[j] = log_q - log_m;
+                if (kept) kept[j] = log_q - log_m;
             }
         }
         loss += acc_loss;
@@ -426,34 +424,41 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
 }
 
 /* The loss of the row (mode FS_JSD_*), after fs_jsd_sums (log_sum_* the logs of its sums,
- * inv_sum_s 1 / the student's); sets *kl_q = KL(Q || M). With out (holding
- * exp((s - m_s) inv_t)), also out = r = log Q - log M, or at beta = 0 the gradient
- * k (Q - P). Each (mode, out) case is a loop of its own (a constant mode and NULL). */
-static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s,
-                                         FS_T m_t, FS_T inv_t, FS_T log_sum_s, FS_T log_sum_t,
-                                         FS_T inv_sum_s, FS_T beta, FS_T k, FS_T *out,
-                                         int mode, double *kl_q) {
+ * inv_sum_s 1 / the student's); sets *kl_q = KL(Q || M). With kept (holding
+ * exp((s - m_s) inv_t)), also kept = r = log Q - log M, or at beta = 0 the gradient
+ * k (Q - P) into out. Each (mode, kept) case is a loop of its own (a constant mode and
+ * NULL). */
+static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
+                                         FS_C m_t, FS_C inv_t, FS_C log_sum_s, FS_C log_sum_t,
+                                         FS_C inv_sum_s, FS_C beta, FS_C k, FS_C *kept,
+                                         FS_T *out, int mode, double *kl_q) {
 #define FS_JSD_TERMS(o, m) FS_FN(fs_jsd_terms_loop)(s, t, n, m_s, m_t, inv_t, log_sum_s, \
-                                                    log_sum_t, inv_sum_s, beta, k, o, m, kl_q)
+                                                    log_sum_t, inv_sum_s, beta, k, o, out, m, \
+                                                    kl_q)
     if (mode == FS_JSD_FORWARD)
-        return out ? FS_JSD_TERMS(out, FS_JSD_FORWARD) : FS_JSD_TERMS(NULL, FS_JSD_FORWARD);
+        return kept ? FS_JSD_TERMS(kept, FS_JSD_FORWARD) : FS_JSD_TERMS(NULL, FS_JSD_FORWARD);
     if (mode == FS_JSD_REVERSE)
-        return out ? FS_JSD_TERMS(out, FS_JSD_REVERSE) : FS_JSD_TERMS(NULL, FS_JSD_REVERSE);
-    return out ? FS_JSD_TERMS(out, FS_JSD_MIXTURE) : FS_JSD_TERMS(NULL, FS_JSD_MIXTURE);
+        return kept ? FS_JSD_TERMS(kept, FS_JSD_REVERSE) : FS_JSD_TERMS(NULL, FS_JSD_REVERSE);
+    return kept ? FS_JSD_TERMS(kept, FS_JSD_MIXTURE) : FS_JSD_TERMS(NULL, FS_JSD_MIXTURE);
 #undef FS_JSD_TERMS
 }
 
-/* The JSD gradient out = k Q (r - kl_q) after fs_jsd_terms, out holding r; Q is computed
- * again from s (out no longer holds it). */
-static inline void FS_FN(fs_jsd_grad)(const FS_T *s, Py_ssize_t n, FS_T m_s, FS_T inv_t,
-                                      FS_T log_sum_s, FS_T k, FS_T kl_q, FS_T *out) {
-    const FS_T zero = 0;
+/* The JSD gradient out = k Q (r - kl_q) after fs_jsd_terms, kept holding r; Q is
+ * computed again from s (kept no longer holds it). */
+static inline void FS_FN(fs_jsd_grad)(const FS_T *s, Py_ssize_t n, FS_C m_s, FS_C inv_t,
+                                      FS_C log_sum_s, FS_C k, FS_C kl_q, const FS_C *kept,
+                                      FS_T *out) {
+    const FS_C zero = 0;
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_T q = FS_FN(fs_exp_core)((s[j] - m_s) * inv_t - log_sum_s);
-        out[j] = q > zero ? k * q * (out[j] - kl_q) : zero;
+        FS_C q = FS_CFN(fs_exp_core)((FS_LOAD(s[j]) - m_s) * inv_t - log_sum_s);
+        out[j] = FS_STORE(q > zero ? k * q * (kept[j] - kl_q) : zero);
     }
 }
+
+/* The short rows: float and double only (a 16-bit array's short rows run the float
+ * block kernels on a float copy, _kernels.pyx). */
+#if !FS_LOWP
 
 /* ---- short rows (the block kernels, C < 128): a row is a few vectors ----
  * With one row of 10 classes per task, an omp simd loop runs entirely in its scalar

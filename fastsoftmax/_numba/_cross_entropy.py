@@ -27,7 +27,7 @@ from numba import njit, prange
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
                     class_weight, exps_source, kept_exps, load, restore_exp, row_scale_at,
                     same_buffer, scalar_like, softcap, softcap_slope, softcap_stored, store,
-                    vexp_core, weight_block, weighted)
+                    vexp_core, block_or_none, weighted)
 from ._split import over_chunks, row_chunks, splittable
 
 
@@ -46,7 +46,7 @@ def _prob_sums_blocks(row, t, weight, m, keep, eps_c, out, in_place, cap):
         acc_wt = scalar_like(row, 0)
         acc_shifted = scalar_like(row, 0)
         block, block_t, block_w = (row[start:start + BLOCK], t[start:start + BLOCK],
-                                   weight_block(weight, start, start + BLOCK))
+                                   block_or_none(weight, start, start + BLOCK))
         if out is not None:
             dest = out[start:start + BLOCK]
             if in_place:

@@ -21,6 +21,8 @@ the gradient itself, which needs no K); the gradient k Q (r - K), Q computed aga
 term weighted by a probability of 0 adds 0 (a select, not 0 * log 0); M is clamped to the
 smallest normal number before its log, so that it stays finite where both probabilities
 underflow (a term that differs by this is below 1e-37).
+The exp pass keeps exp((s - m_s) / T), and the loss pass r, in grad itself, or for a
+16-bit grad in a float32 row (``_math.kept_exps``), so that the gradient is rounded once.
 """
 import math
 
@@ -29,7 +31,8 @@ from numba import njit, prange
 
 from ._elementwise import vlog
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
-                    row_scale_at, scalar_like, vexp_core)
+                    block_or_none, exps_source, fill_nan, keep_value, kept_exps, kept_value,
+                    load, row_scale_at, scalar_like, smallest_normal, store, vexp_core)
 from ._split import over_chunks, row_chunks, splittable
 
 FORWARD, REVERSE, MIXTURE = 0, 1, 2  # beta = 0, beta = 1, 0 < beta < 1
@@ -49,11 +52,11 @@ def _sums_blocks(s, t, c, out):
         if out is not None:
             dest = out[start:start + BLOCK]
         for j in range(block_s.size):
-            e_s = vexp_core((block_s[j] - m_s) * inv_t)
+            e_s = vexp_core((load(block_s, j) - m_s) * inv_t)
             if out is not None:
                 dest[j] = e_s
             acc_s += e_s
-            acc_t += vexp_core((block_t[j] - m_t) * inv_t)
+            acc_t += vexp_core((load(block_t, j) - m_t) * inv_t)
         sum_s += acc_s
         sum_t += acc_t
     return sum_s, sum_t
@@ -66,16 +69,17 @@ def _jsd_sums(s, t, c, out):
 
 
 @njit(**JIT_ROW_WRITER)
-def _terms_blocks(s, t, c, out, mode):
+def _terms_blocks(s, t, c, out, source, mode):
     """(loss, K) of the row as float64 (see the top of this file), c = (m_s, m_t, 1/T,
-    log S_s, log S_t, 1/S_s, beta, k). With ``out`` (not None, holding exp((s - m_s) / T)),
-    also out = r, or at beta = 0 the gradient k (Q - P). ``mode`` (a constant)."""
+    log S_s, log S_t, 1/S_s, beta, k). With ``out`` (not None; it, or ``source``, holding
+    exp((s - m_s) / T): _math.kept_value), also r kept there, or at beta = 0 the gradient
+    k (Q - P) into out. ``mode`` (a constant)."""
     m_s, m_t, inv_t = scalar_like(s, c[0]), scalar_like(s, c[1]), scalar_like(s, c[2])
     log_sum_s, log_sum_t = scalar_like(s, c[3]), scalar_like(s, c[4])
     inv_sum_s, beta, k = scalar_like(s, c[5]), scalar_like(s, c[6]), scalar_like(s, c[7])
     keep = scalar_like(s, 1.0 - c[6])
     zero = scalar_like(s, 0)
-    tiny = scalar_like(s, np.finfo(s.dtype).tiny)
+    tiny = smallest_normal(s)
     loss = 0.0
     kl_q = 0.0
     for start in range(0, s.size, BLOCK):
@@ -84,19 +88,23 @@ def _terms_blocks(s, t, c, out, mode):
         block_s, block_t = s[start:start + BLOCK], t[start:start + BLOCK]
         if out is not None:
             dest = out[start:start + BLOCK]
+            kept = block_or_none(source, start, start + BLOCK)
         for j in range(block_s.size):
-            log_q = (block_s[j] - m_s) * inv_t - log_sum_s
-            log_p = (block_t[j] - m_t) * inv_t - log_sum_t
-            q = dest[j] * inv_sum_s if out is not None else vexp_core(log_q)
+            log_q = (load(block_s, j) - m_s) * inv_t - log_sum_s
+            log_p = (load(block_t, j) - m_t) * inv_t - log_sum_t
+            if out is not None:
+                q = kept_value(dest, kept, j) * inv_sum_s
+            else:
+                q = vexp_core(log_q)
             p = vexp_core(log_p)
             if mode == FORWARD:
                 acc_loss += p * (log_p - log_q) if p > zero else zero
                 if out is not None:
-                    dest[j] = k * (q - p)
+                    store(dest, j, k * (q - p))
             elif mode == REVERSE:
                 acc_loss += q * (log_q - log_p) if q > zero else zero
                 if out is not None:
-                    dest[j] = log_q - log_p
+                    keep_value(dest, kept, j, log_q - log_p)
             else:
                 mix = beta * p + keep * q
                 log_m = vlog(mix if mix > tiny else tiny)
@@ -105,7 +113,7 @@ def _terms_blocks(s, t, c, out, mode):
                 acc_loss += beta * term_p + keep * term_q
                 acc_kl_q += term_q
                 if out is not None:
-                    dest[j] = log_q - log_m
+                    keep_value(dest, kept, j, log_q - log_m)
         loss += acc_loss
         kl_q += acc_kl_q
     return loss, (loss if mode == REVERSE else kl_q)
@@ -113,32 +121,35 @@ def _terms_blocks(s, t, c, out, mode):
 
 @splittable(2)
 @njit(**JIT_REDUCTION)
-def _forward_terms(s, t, c, out):
-    return _terms_blocks(s, t, c, out, FORWARD)
+def _forward_terms(s, t, c, out, source):
+    return _terms_blocks(s, t, c, out, source, FORWARD)
 
 
 @splittable(2)
 @njit(**JIT_REDUCTION)
-def _reverse_terms(s, t, c, out):
-    return _terms_blocks(s, t, c, out, REVERSE)
+def _reverse_terms(s, t, c, out, source):
+    return _terms_blocks(s, t, c, out, source, REVERSE)
 
 
 @splittable(2)
 @njit(**JIT_REDUCTION)
-def _mixture_terms(s, t, c, out):
-    return _terms_blocks(s, t, c, out, MIXTURE)
+def _mixture_terms(s, t, c, out, source):
+    return _terms_blocks(s, t, c, out, source, MIXTURE)
 
 
 @splittable(0)
 @njit(**JIT)
-def _jsd_gradient(s, c, out):
-    """out = k Q (r - K), out holding r; c = (m_s, 1/T, log S_s, k, K)."""
+def _jsd_gradient(s, c, out, source):
+    """out = k Q (r - K), r kept in out (or source: _math.kept_value); c = (m_s, 1/T,
+    log S_s, k, K)."""
     m_s, inv_t, log_sum_s = scalar_like(s, c[0]), scalar_like(s, c[1]), scalar_like(s, c[2])
     k, kl_q = scalar_like(s, c[3]), scalar_like(s, c[4])
     zero = scalar_like(s, 0)
     for j in range(s.size):
-        q = vexp_core((s[j] - m_s) * inv_t - log_sum_s)
-        out[j] = k * q * (out[j] - kl_q) if q > zero else zero
+        q = vexp_core((load(s, j) - m_s) * inv_t - log_sum_s)
+        # a statement of its own, not inside store(): see _entropy._gradient_from_exp
+        g = k * q * (kept_value(out, source, j) - kl_q) if q > zero else zero
+        store(out, j, g)
 
 
 @njit(**JIT_ROW)
@@ -148,24 +159,27 @@ def _jsd_row(s, t, beta, inv_t, scale, grad, chunks):
     m_t = over_chunks("row_max", chunks, t)
     if not (math.isfinite(m_s) and math.isfinite(m_t)):  # NaN, +inf or all -inf: NaN
         if grad is not None:
-            grad[:] = np.nan
+            fill_nan(grad)
         return np.nan
+    kept = kept_exps(grad)
+    source = exps_source(grad, kept)
     sum_s, sum_t = over_chunks("_jsd_sums", chunks, s, t, (float(m_s), float(m_t), inv_t),
-                               grad)
+                               kept)
     mode = FORWARD if beta == 0.0 else (REVERSE if beta == 1.0 else MIXTURE)
     k = scale * inv_t * (1.0 - beta if mode == MIXTURE else 1.0)
     c = (float(m_s), float(m_t), inv_t, math.log(sum_s), math.log(sum_t), 1.0 / sum_s, beta, k)
     if mode == FORWARD:
-        loss, kl_q = over_chunks("_forward_terms", chunks, s, t, c, grad)
+        loss, kl_q = over_chunks("_forward_terms", chunks, s, t, c, grad, source)
     elif mode == REVERSE:
-        loss, kl_q = over_chunks("_reverse_terms", chunks, s, t, c, grad)
+        loss, kl_q = over_chunks("_reverse_terms", chunks, s, t, c, grad, source)
     else:
-        loss, kl_q = over_chunks("_mixture_terms", chunks, s, t, c, grad)
+        loss, kl_q = over_chunks("_mixture_terms", chunks, s, t, c, grad, source)
     if grad is not None and mode != FORWARD:
         if math.isfinite(kl_q):
-            over_chunks("_jsd_gradient", chunks, s, (c[0], inv_t, c[3], k, kl_q), grad)
+            over_chunks("_jsd_gradient", chunks, s, (c[0], inv_t, c[3], k, kl_q), grad,
+                        source)
         else:  # an infinite reverse KL (Q > 0 = P somewhere) has no gradient
-            grad[:] = np.nan
+            fill_nan(grad)
     return loss
 
 

@@ -521,6 +521,18 @@ def _scalar_like_overload(row, value):
     return lambda row, value: convert(value)
 
 
+def smallest_normal(row):
+    """The smallest normal number of ``row``'s compute type (float32 for 16-bit arrays)."""
+    raise NotImplementedError("smallest_normal is only callable from Numba-compiled code")
+
+
+@overload(smallest_normal)
+def _smallest_normal_overload(row):
+    dtype = np.float32 if row.dtype in _HALF_BITS else np.dtype(row.dtype.name)
+    tiny = np.finfo(dtype).tiny
+    return lambda row: tiny
+
+
 def empty_like_compute(shape, like):
     """``np.empty(shape)`` of ``like``'s compute type (float32 for 16-bit arrays)."""
     raise NotImplementedError("empty_like_compute is only callable from Numba-compiled code")
@@ -545,9 +557,9 @@ def weighted(value, weight, j):
     raise NotImplementedError("weighted is only callable from Numba-compiled code")
 
 
-def weight_block(weight, start, stop):
-    """``weight[start:stop]``, or None when ``weight`` is None."""
-    raise NotImplementedError("weight_block is only callable from Numba-compiled code")
+def block_or_none(a, start, stop):
+    """``a[start:stop]``, or None when ``a`` is None (class weights, a kept row)."""
+    raise NotImplementedError("block_or_none is only callable from Numba-compiled code")
 
 
 @overload(class_weight)
@@ -564,11 +576,11 @@ def _weighted_overload(value, weight, j):
     return lambda value, weight, j: value * weight[j]
 
 
-@overload(weight_block)
-def _weight_block_overload(weight, start, stop):
-    if isinstance(weight, types.NoneType):
-        return lambda weight, start, stop: None
-    return lambda weight, start, stop: weight[start:stop]
+@overload(block_or_none)
+def _block_or_none_overload(a, start, stop):
+    if isinstance(a, (types.NoneType, types.Omitted)):
+        return lambda a, start, stop: None
+    return lambda a, start, stop: a[start:stop]
 
 
 # Inner loops index a block slice from 0: ``row[start + j]`` with an offset whose
@@ -689,7 +701,7 @@ def row_shifted_dot(w, row, m, cap=None):
     """sum(w * (softcap(row, cap) - m)) as float64 (w None: ones)."""
     total = 0.0
     for start in range(0, row.size, BLOCK):
-        block_w, block = weight_block(w, start, start + BLOCK), row[start:start + BLOCK]
+        block_w, block = block_or_none(w, start, start + BLOCK), row[start:start + BLOCK]
         acc = scalar_like(row, 0)
         for j in range(block.size):
             acc += weighted(softcap(load(block, j), cap) - m, block_w, j)
