@@ -4,9 +4,12 @@
                              [--dtypes float32 bfloat16 float16]
 
 For each dtype, class count C and logit scale s, logits ~ s * N(0, 1) rounded to the
-dtype (about 2^21 elements, at least 2 rows) go through softmax, log_softmax and
-cross_entropy_with_grad (reduction "none"; loss and gradient) of every fastsoftmax
-backend and of PyTorch on the same dtype; the error is normwise: max |result - exact| /
+dtype (about 2^21 elements, at least 2 rows) go through softmax, log_softmax,
+cross_entropy_with_grad (reduction "none"; loss and gradient), entropy_with_grad (per
+row; entropy and gradient) and jsd_logits_with_grad (beta 0.5, per row, the teacher
+other logits of the same scale; loss and gradient) of every fastsoftmax backend and of
+PyTorch on the same dtype (the entropy: torch's Categorical; the JSD: TRL's formula in
+torch ops, autograd); the error is normwise: max |result - exact| /
 max |exact|, with "exact" the float64 reference applied to the same rounded inputs and
 not rounded again. For 16-bit inputs, rounding the exact result to the dtype already
 costs up to half a unit in the last place: about 2e-3 (bfloat16) and 2.4e-4 (float16)
@@ -27,7 +30,8 @@ from fastsoftmax import reference
 ELEMENTS = 2 ** 21
 CLASSES = [10, 1000, 131072, 1048576]
 SCALES = [1.0, 100.0, 1e4]
-QUANTITIES = ["softmax", "log_softmax", "loss", "grad"]
+QUANTITIES = ["softmax", "log_softmax", "loss", "grad", "entropy", "entropy grad", "jsd",
+              "jsd grad"]
 DTYPES = ["float32", "bfloat16", "float16"]
 ROUNDING = "rounding alone"  # the exact result rounded to the dtype: the best possible
 
@@ -38,25 +42,45 @@ def normwise_error(result, exact):
     return float(np.max(np.abs(result - exact)) / max(np.max(np.abs(exact)), 1e-300))
 
 
+def _results(softmax, log_softmax, with_grad, entropy, jsd):
+    """quantity -> result, from (result, gradient) pairs where there are two."""
+    return {"softmax": softmax, "log_softmax": log_softmax, "loss": with_grad[0],
+            "grad": with_grad[1], "entropy": entropy[0], "entropy grad": entropy[1],
+            "jsd": jsd[0], "jsd grad": jsd[1]}
+
+
 def _ours(backend):
-    def run(x, t):
-        loss, grad = fs.cross_entropy_with_grad(x, t, reduction="none", backend=backend)
-        return {"softmax": fs.softmax(x, backend=backend),
-                "log_softmax": fs.log_softmax(x, backend=backend), "loss": loss, "grad": grad}
+    def run(x, t, teacher):
+        return _results(
+            fs.softmax(x, backend=backend), fs.log_softmax(x, backend=backend),
+            fs.cross_entropy_with_grad(x, t, reduction="none", backend=backend),
+            fs.entropy_with_grad(x, backend=backend),
+            fs.jsd_logits_with_grad(x, teacher, reduction="none", backend=backend))
     return run
 
 
-def _torch(x, t):
+def _torch(x, t, teacher):
     import torch
 
     from bench.implementations import _torch_tensor
-    xt = _torch_tensor(torch, x).requires_grad_()
-    loss = torch.nn.functional.cross_entropy(xt, torch.from_numpy(t), reduction="none")
-    loss.sum().backward()
+    from fastsoftmax._ops import _torch_entropy, _torch_jsd
+
+    def value_and_grad(loss):
+        xt = _torch_tensor(torch, x).requires_grad_()
+        value = loss(xt)
+        value.sum().backward()
+        return value.detach().float().numpy(), xt.grad.float().numpy()
+
     with torch.no_grad():
-        return {"softmax": torch.softmax(xt, -1).float().numpy(),
-                "log_softmax": torch.log_softmax(xt, -1).float().numpy(),
-                "loss": loss.detach().float().numpy(), "grad": xt.grad.float().numpy()}
+        xt = _torch_tensor(torch, x)
+        softmax, log_softmax = torch.softmax(xt, -1), torch.log_softmax(xt, -1)
+    return _results(
+        softmax.float().numpy(), log_softmax.float().numpy(),
+        value_and_grad(lambda xt: torch.nn.functional.cross_entropy(
+            xt, torch.from_numpy(t), reduction="none")),
+        value_and_grad(lambda xt: _torch_entropy(torch, xt)),
+        value_and_grad(lambda xt: _torch_jsd(torch, xt, _torch_tensor(torch, teacher),
+                                             per_row=True)))
 
 
 def implementations():
@@ -78,14 +102,19 @@ def measure(classes=CLASSES, scales=SCALES, elements=ELEMENTS, seed=0, dtype="fl
         for scale in scales:
             x = (rng.standard_normal((rows, n_classes)) * scale).astype(dtype)
             t = rng.integers(0, n_classes, rows)
+            teacher = (rng.standard_normal((rows, n_classes)) * scale).astype(dtype)
             x64 = x.astype(np.float64)
-            exact_loss, exact_grad = reference.cross_entropy_with_grad(x64, t, reduction="none")
-            exact = {"softmax": reference.softmax(x64), "log_softmax": reference.log_softmax(x64),
-                     "loss": exact_loss, "grad": exact_grad}
-            results = {name: run(x, t) for name, run in impls.items()}
-            if dtype.itemsize == 2:
-                results[ROUNDING] = {q: v.astype(dtype if q != "loss" else np.float32)
-                                     for q, v in exact.items()}
+            exact = _results(
+                reference.softmax(x64), reference.log_softmax(x64),
+                reference.cross_entropy_with_grad(x64, t, reduction="none"),
+                reference.entropy_with_grad(x64),
+                reference.jsd_logits_with_grad(x64, teacher.astype(np.float64),
+                                               reduction="none"))
+            results = {name: run(x, t, teacher) for name, run in impls.items()}
+            if dtype.itemsize == 2:  # the losses come back as float32
+                results[ROUNDING] = {
+                    q: v.astype(np.float32 if q in ("loss", "entropy", "jsd") else dtype)
+                    for q, v in exact.items()}
             for quantity in QUANTITIES:
                 table[(n_classes, scale, quantity)] = {
                     name: normwise_error(result[quantity], exact[quantity])

@@ -308,8 +308,9 @@ def _teacher_logits(x, axis, rng):
     return (x, (rng.standard_normal(x.shape) * 3).astype(x.dtype))
 
 
-def _torch_jsd(torch, student, teacher, beta=0.5, temperature=1.0):
-    """TRL's generalized_jsd_loss (no labels, "batchmean" per row) for 0 < beta < 1."""
+def _torch_jsd(torch, student, teacher, beta=0.5, temperature=1.0, per_row=False):
+    """TRL's generalized_jsd_loss (no labels, "batchmean" per row) for 0 < beta < 1; with
+    ``per_row``, each row's loss."""
     log_q = torch.log_softmax(student / temperature, -1)
     log_p = torch.log_softmax(teacher / temperature, -1)
     log_m = torch.logsumexp(torch.stack([log_q + torch.log(torch.tensor(1 - beta)),
@@ -317,7 +318,7 @@ def _torch_jsd(torch, student, teacher, beta=0.5, temperature=1.0):
     kl = torch.nn.functional.kl_div
     jsd = beta * kl(log_m, log_p, reduction="none", log_target=True) \
         + (1 - beta) * kl(log_m, log_q, reduction="none", log_target=True)
-    return jsd.sum() / (jsd.numel() // jsd.shape[-1])
+    return jsd.sum(-1) if per_row else jsd.sum() / (jsd.numel() // jsd.shape[-1])
 
 
 def _jax_jsd(jax, jnp, student, teacher, beta=0.5):

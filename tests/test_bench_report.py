@@ -42,3 +42,22 @@ def test_flags_from_py_cpuinfo_when_the_isa_was_not_recorded(tmp_path):
                                                          "flags": ["avx2", "sse2"]}},
                                 "benchmarks": []}))
     assert report.Run(path).title() == f"{BRAND} [avx2 -fma -avx512f], 2 threads"
+
+
+def test_readme_table_shows_the_16_bit_groups_after_float32(tmp_path):
+    path = _results(tmp_path / "run.json", "avx512", {"avx2": True})
+    run = json.loads(path.read_text())
+    template = run["benchmarks"][0]
+    run["benchmarks"] = [
+        {"stats": {"median": median},
+         "extra_info": dict(template["extra_info"], op="cross_entropy_with_grad", dtype=dtype)}
+        for dtype, median in (("bfloat16", 5e-4), ("float32", 1e-3), ("float64", 2e-3))]
+    path.write_text(json.dumps(run))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{report.README_START}\nold\n{report.README_END}\nafter\n")
+    report.update_readme(readme, report.Run(path))
+    text = readme.read_text()
+    float32 = text.index("**cross_entropy_with_grad, float32**")
+    bfloat16 = text.index("**cross_entropy_with_grad, bfloat16**")
+    assert float32 < bfloat16 and "float64" not in text and "old" not in text
+    assert "| 100 x 10 | 500.00 |" in text[bfloat16:]  # 5e-4 s over 1000 elements
