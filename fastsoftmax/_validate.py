@@ -155,7 +155,7 @@ def class_weights(weight, logits):
         return None
     n_classes = logits.shape[-1]
     weight = np.asarray(weight)
-    if weight.dtype.kind not in "biuf":
+    if weight.dtype.kind not in "biuf" and not _dtypes.is_half(weight.dtype):
         raise TypeError(f"weight must be real numbers, got dtype {weight.dtype}")
     if weight.shape != (n_classes,):
         raise ValueError(f"weight has shape {weight.shape} but logits have shape "
@@ -527,7 +527,7 @@ def vocab_shard_args(logits, target, weight, ignore_index, reduction, label_smoo
     ``target`` global class indices or this shard's probabilities, ``weight`` this shard's
     class weights. Returns (CrossEntropyArgs, vocab_start). Targets are checked against
     the global class count later, once the shards' sizes are combined."""
-    logits = float_array(logits, "logits")
+    logits = float_array(logits, "logits", half=True)
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (this shard's classes "
                          "last), got a 0-d array")

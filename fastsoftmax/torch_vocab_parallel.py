@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import vocab_parallel
-from ._torch_tensors import check_tensor
+from ._torch_tensors import check_tensor, to_numpy, to_tensor
 
 __all__ = ["vocab_parallel_cross_entropy", "TorchCommunicator"]
 
@@ -43,11 +43,9 @@ class TorchCommunicator:
 
 def _run(input, target, weight, options, inplace):
     """(loss tensor, gradient shard tensor) of this rank, gradient for grad_output 1."""
-    logits = input.detach().numpy()
     loss, grad = vocab_parallel.cross_entropy_with_grad(
-        logits, target.detach().numpy(), weight=None if weight is None else weight.detach().numpy(),
-        inplace=inplace, **options)
-    return torch.from_numpy(np.array(loss)), input.detach() if inplace else torch.from_numpy(grad)
+        to_numpy(input), to_numpy(target), weight=to_numpy(weight), inplace=inplace, **options)
+    return torch.from_numpy(np.array(loss)), input.detach() if inplace else to_tensor(grad)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -79,8 +77,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                                    "until backward")
             ctx.grad = None
             return grad.mul_(scale), None, None, None, None
-        # a new tensor: the saved one stays valid for another backward (retain_graph)
-        return grad * scale, None, None, None, None
+        # a new tensor: the saved one stays valid for another backward (retain_graph); a
+        # float32 scale of a 16-bit gradient keeps its dtype
+        return (grad * scale).to(grad.dtype), None, None, None, None
 
 
 def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weight=None,
@@ -97,9 +96,10 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
     Parameters
     ----------
     input : torch.Tensor
-        This rank's logits, CPU float32/float64, shape (N, V_local): the classes
-        ``[vocab_start, vocab_start + V_local)`` (V_local may be 0; shards of any sizes,
-        in rank order).
+        This rank's logits, CPU float32, float64, bfloat16 or float16 (16-bit: computed
+        in float32, the gradient rounded once, a float32 loss), shape (N, V_local): the
+        classes ``[vocab_start, vocab_start + V_local)`` (V_local may be 0; shards of any
+        sizes, in rank order).
     target : torch.Tensor
         Global class indices (int64, shape (N,), the same on every rank), or this rank's
         columns of the class probabilities (``input``'s shape and dtype).
@@ -124,7 +124,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
     Returns
     -------
     torch.Tensor
-        0-d for "mean"/"sum", (N,) for "none"; input's dtype.
+        0-d for "mean"/"sum", (N,) for "none"; input's dtype (float32 for 16-bit).
 
     Raises
     ------
@@ -141,7 +141,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
         loss = vocab_parallel_cross_entropy(logits, target, vocab_start=lo)
         loss.backward()                       # w_shard.grad: this rank's rows only
     """
-    check_tensor(input, "input")
+    check_tensor(input, "input", half=True)
     check_tensor(target, "target", floating=False)
     if input.dim() != 2:
         raise ValueError(f"input has shape {tuple(input.shape)}; expected (N, V_local): rows, "
@@ -150,7 +150,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
         raise NotImplementedError("vocab_parallel_cross_entropy has no gradient for "
                                   "probability targets; pass target.detach()")
     if weight is not None:
-        check_tensor(weight, "weight")
+        check_tensor(weight, "weight", half=True)
         if weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("vocab_parallel_cross_entropy has no gradient for weight "
                                       "(neither has torch's); pass weight.detach()")

@@ -8,7 +8,8 @@ the same on every rank. The loss and each rank's gradient shard equal
 1. :func:`local_stats` (a compiled kernel, one sweep of the shard): per row the shard's
    max, ``sum exp(x - max)``, the target's logit where this shard owns it and, for label
    smoothing, ``sum w (x - max)`` (probability targets: ``sum w t (x - max)`` and
-   ``sum w t``). ``exp(x - max)`` is left in the gradient buffer.
+   ``sum w t``). ``exp(x - max)`` is left in the gradient buffer (16-bit logits: not
+   kept; phase 3 computes it again, see fastsoftmax/_numba/_vocab_parallel.py).
 2. :func:`combine`: two all-reduces through a communicator: MAX of the row maxima, then
    one SUM of the statistics shifted to the global max (at most 5 values per row in
    all, plus 3 scalars: the shard sizes, their ends and the class-weight sums).
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _backends, _validate, api
+from . import _backends, _dtypes, _validate, api
 
 __all__ = ["local_stats", "combine", "finish", "cross_entropy_with_grad", "simulate",
            "LocalStats", "GlobalStats", "SimulatedGroup"]
@@ -47,6 +48,7 @@ class LocalStats:
     stats: np.ndarray        # float64 (k, rows): max, sum exp, then the kind's terms
     result: np.ndarray       # the gradient returned (logits' shape)
     grad: np.ndarray         # C-contiguous (rows, V_local): exp(x - shift), then the gradient
+    rows: np.ndarray         # C-contiguous (rows, V_local) logits (16-bit: read again)
     local_target: object     # int64 (rows,): column in this shard, _NOT_OWNED or _IGNORED
     valid: object            # bool (rows,): index target not ignore_index
 
@@ -88,8 +90,10 @@ def local_stats(logits, target, *, vocab_start, weight=None, ignore_index=-100,
     Parameters
     ----------
     logits : array_like
-        float32 or float64, shape ``(..., V_local)``: the classes
+        float32, float64, float16 or bfloat16, shape ``(..., V_local)``: the classes
         ``[vocab_start, vocab_start + V_local)`` on the last axis (V_local may be 0).
+        16-bit logits are computed in float32; the gradient is rounded once to their
+        dtype and the loss is float32.
     target : array_like
         Global class indices of shape ``logits.shape[:-1]`` (the same on every rank), or
         this shard's columns of the class probabilities (``logits``' shape).
@@ -147,8 +151,9 @@ def local_stats(logits, target, *, vocab_start, weight=None, ignore_index=-100,
     if n_classes == 0 or n_rows == 0:  # no classes here: max -inf, sum 0
         stats[0] = -np.inf
     else:
-        kernel(rows, kernel_target, args.weight, smoothing, stats, grad)
-    return LocalStats(args, vocab_start, stats, result, grad, local_target, valid)
+        view = _dtypes.kernel_view
+        kernel(view(rows), view(kernel_target), args.weight, smoothing, stats, view(grad))
+    return LocalStats(args, vocab_start, stats, result, grad, rows, local_target, valid)
 
 
 def combine(stats, comm):
@@ -261,8 +266,8 @@ def finish(stats, combined, *, grad_output=1.0):
     Returns
     -------
     loss : numpy scalar or ndarray
-        As :func:`fastsoftmax.cross_entropy` on the gathered logits: the logits' dtype,
-        shape ``logits.shape[:-1]`` for "none".
+        As :func:`fastsoftmax.cross_entropy` on the gathered logits: the logits' dtype
+        (float32 for 16-bit logits), shape ``logits.shape[:-1]`` for "none".
     grad : ndarray
         d(loss * grad_output) / d(this shard), the shard's shape and dtype (the logits
         themselves with ``inplace=True``, ``out`` when given).
@@ -290,16 +295,19 @@ def finish(stats, combined, *, grad_output=1.0):
         exp_scale = s * total_wt * combined.factor / np.exp(combined.log_sum)
         smoothing_scale, target_scale = s * eps_c, s * keep * combined.target_weight
     if stats.n_rows and stats.n_classes:
+        view = _dtypes.kernel_view
+        rows, local_max, grad = view(stats.rows), stats.stats[0], view(stats.grad)
         if args.probabilities:
             target = np.ascontiguousarray(args.target).reshape(stats.grad.shape)
-            _kernels().vocab_parallel_finish_prob(stats.grad, target, args.weight, exp_scale,
-                                                  s, keep, eps_c)
+            _kernels().vocab_parallel_finish_prob(rows, local_max, grad, view(target),
+                                                  args.weight, exp_scale, s, keep, eps_c)
         else:
-            _kernels().vocab_parallel_finish_index(stats.grad, stats.local_target, args.weight,
-                                                   exp_scale, smoothing_scale, target_scale)
+            _kernels().vocab_parallel_finish_index(rows, local_max, grad, stats.local_target,
+                                                   args.weight, exp_scale, smoothing_scale,
+                                                   target_scale)
     api._copy_back(stats.result, stats.grad)
     loss = api._reduce(row_loss, args.reduction, denominator, args.loss_shape,
-                       args.logits.dtype)
+                       _dtypes.compute_dtype(args.logits.dtype))
     return loss, stats.result
 
 
@@ -451,14 +459,14 @@ def simulate(logits, target, sizes, *, weight=None, ignore_index=-100, reduction
     group : SimulatedGroup
         The group (its ``calls`` list the collectives).
     """
-    logits = _validate.float_array(logits, "logits")
+    logits = _validate.float_array(logits, "logits", half=True)
     sizes = [int(s) for s in sizes]
     if sum(sizes) != logits.shape[-1] or min(sizes) < 0:
         raise ValueError(f"sizes {sizes} must be >= 0 and add up to the {logits.shape[-1]} "
                          f"classes of logits {logits.shape}")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     target = np.asarray(target)
-    probabilities = target.dtype.kind == "f"
+    probabilities = target.dtype.kind == "f" or _dtypes.is_half(target.dtype)
     stats = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         shard = np.array(logits[..., lo:hi], order="C")  # a copy: inplace=True writes it

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
-from fastsoftmax import _ops, reference, vocab_parallel
+from fastsoftmax import _ops, reference
 
 from conftest import op_inputs
 
@@ -213,14 +213,12 @@ def test_cross_entropy_nan_logit(dtype, backend):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_functions_without_16_bit_kernels_say_so(dtype, backend):
-    """The fused linear cross-entropy and the vocab-parallel one take float32/float64 only
-    (every op of the op table takes 16-bit)."""
+    """The fused linear cross-entropy takes float32/float64 only (every op of the op table
+    and the vocab-parallel cross-entropy take 16-bit)."""
     h = _logits((3, 8), dtype)
     with pytest.raises(TypeError, match=rf"h has dtype {dtype}, which this function does not "
                                         r"take yet; convert with \.astype\(np\.float32\)"):
         fs.linear_cross_entropy(h, h, np.array([0, 1, 2]), backend=backend)
-    with pytest.raises(TypeError, match=rf"logits has dtype {dtype}, which this function"):
-        vocab_parallel.local_stats(h, np.array([0, 1, 2]), vocab_start=0)
 
 
 def test_mixed_16_bit_types_are_refused(backend):
@@ -369,3 +367,16 @@ def test_float16_subnormals_survive_flush_to_zero(backend):
         flush.set_flush_denormal(False)
         fs.set_num_threads(threads)
     np.testing.assert_array_equal(dx, subnormals)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_class_weights_may_be_16_bit(dtype, backend):
+    """bfloat16 / float16 class weights (a torch caller's weight tensor in the logits'
+    dtype) are used in float32, as float32 weights of the same values."""
+    x, target, weight = _ce_problem((9, 1000), dtype, False)
+    weight16 = weight.astype(dtype)
+    expected = fs.cross_entropy_with_grad(x, target, weight=weight16.astype(np.float32),
+                                          backend=backend)
+    actual = fs.cross_entropy_with_grad(x, target, weight=weight16, backend=backend)
+    np.testing.assert_array_equal(actual[0], expected[0])
+    np.testing.assert_array_equal(actual[1].view(np.uint16), expected[1].view(np.uint16))

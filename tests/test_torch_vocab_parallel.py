@@ -12,6 +12,7 @@ import os
 import time
 from datetime import timedelta
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -34,6 +35,9 @@ def cases():
     for split, kind in itertools.product(["3+5", "0+7"], ["index", "probabilities"]):
         yield dict(split=split, kind=kind, weighted=True, smoothing=0.2, reduction="mean",
                    inplace=False, dtype="float64")
+    for kind, inplace in itertools.product(["index", "probabilities"], [False, True]):
+        yield dict(split="500+501", kind=kind, weighted=True, smoothing=0.1, reduction="none",
+                   inplace=inplace, dtype="bfloat16")
 
 
 def full_problem(case, seed):
@@ -70,6 +74,10 @@ def run_case(case, seed, rank, counter):
     from fastsoftmax.torch import vocab_parallel_cross_entropy
     dtype = getattr(torch, case["dtype"])
     logits, target, weight, grad_output = full_problem(case, seed)
+    if dtype == torch.bfloat16:  # the reference on the values the ranks hold
+        logits, weight = (torch.tensor(a).to(dtype).double().numpy() for a in (logits, weight))
+        if case["kind"] == "probabilities":
+            target = torch.tensor(target).to(dtype).double().numpy()
     sizes = SPLITS[case["split"]]
     lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
 
@@ -93,7 +101,7 @@ def run_case(case, seed, rank, counter):
         inplace=case["inplace"])
     forward_calls = counter.calls - calls_before
     forward_values = counter.values - values_before
-    loss.backward(torch.as_tensor(grad_output, dtype=dtype).expand(loss.shape))
+    loss.backward(torch.as_tensor(grad_output, dtype=loss.dtype).expand(loss.shape))
     backward_calls = counter.calls - calls_before - forward_calls
 
     failures = []
@@ -101,13 +109,16 @@ def run_case(case, seed, rank, counter):
     if forward_calls > 2 or backward_calls or forward_values > 6 * n_rows + 3:
         failures.append(f"{case}: {forward_calls} all-reduces of {forward_values} values in "
                         f"forward, {backward_calls} in backward")
-    tol = 2e-5 if dtype == torch.float32 else 1e-10
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-5}[dtype]
+    # bfloat16 gradients: rounded once by the kernel and once more by the grad_output
+    # scaling, each at most an ulp (2**-8 relative)
+    grad_tol = 2.0 ** -7 if dtype == torch.bfloat16 else tol
     scale = float(expected.detach().abs().max())
     try:
         np.testing.assert_allclose(loss.detach().double().numpy(), expected.detach().numpy(),
                                    rtol=tol, atol=tol * scale)
         np.testing.assert_allclose(leaf.grad.double().numpy(), full.grad[:, lo:hi].numpy(),
-                                   rtol=tol, atol=tol)
+                                   rtol=grad_tol, atol=tol)
     except AssertionError as exc:
         failures.append(f"{case}: {exc}")
     # the loss of both ranks, bit for bit (outside the counted region)
@@ -156,8 +167,9 @@ def warm_numba_cache():
     them from Numba's disk cache instead of compiling them twice at once."""
     from fastsoftmax import vocab_parallel as vp
     rng = np.random.default_rng(0)
-    for dtype, weighted, kind in itertools.product([np.float32, np.float64], [False, True],
-                                                   ["index", "probabilities"]):
+    for dtype, weighted, kind in itertools.product(
+            [np.float32, np.float64, np.dtype(ml_dtypes.bfloat16)], [False, True],
+            ["index", "probabilities"]):
         logits = rng.standard_normal((2, 4)).astype(dtype)
         target = rng.random((2, 4)).astype(dtype) if kind == "probabilities" else \
             np.array([0, 3])
@@ -204,8 +216,8 @@ def test_errors_before_any_collective():
         vpce(x, target, vocab_start=0, weight=torch.ones(5))
     with pytest.raises(ValueError, match=r"input has shape \(3, 4, 1\)"):
         vpce(x[..., None], target, vocab_start=0)
-    with pytest.raises(TypeError, match="float32 and float64"):
-        vpce(x.half(), target, vocab_start=0)
+    with pytest.raises(TypeError, match="float32, float64, bfloat16 and float16"):
+        vpce(x.int(), target, vocab_start=0)
     with pytest.raises(ValueError, match="leaf tensor"):
         vpce(x.requires_grad_(), target, vocab_start=0, inplace=True)
     with pytest.raises(IndexError, match="target value -5"):

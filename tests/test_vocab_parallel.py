@@ -216,7 +216,7 @@ def test_errors_before_any_kernel():
         stats_of(x, np.zeros((3, 5)), 0)
     with pytest.raises(IndexError, match="target value -3"):
         stats_of(x, np.array([0, -3, 1]), 0)
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
         stats_of(x.astype(np.int32), np.zeros(3, np.int64), 0)
     with pytest.raises(ValueError, match="reduction"):
         stats_of(x, np.zeros(3, np.int64), 0, reduction="avg")

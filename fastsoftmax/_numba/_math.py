@@ -80,7 +80,7 @@ def _bitcast_to_float(typingctx, bits):
 # its arrays through ``load`` and ``store``, which are plain indexing for float32/float64
 # and convert for the 16-bit types; the math runs in float32 (``scalar_like``).
 _BFLOAT16_BITS, _FLOAT16_BITS = types.uint16, types.int16
-_HALF_BITS = (_BFLOAT16_BITS, _FLOAT16_BITS)
+HALF_BITS = (_BFLOAT16_BITS, _FLOAT16_BITS)
 
 
 @intrinsic
@@ -245,14 +245,14 @@ def exps_source(out, kept):
 
 @overload(kept_exps)
 def _kept_exps_overload(out):
-    if isinstance(out, types.Array) and out.dtype in _HALF_BITS:
+    if isinstance(out, types.Array) and out.dtype in HALF_BITS:
         return lambda out: np.empty(out.shape, np.float32)
     return lambda out: out
 
 
 @overload(exps_source)
 def _exps_source_overload(out, kept):
-    if isinstance(out, types.Array) and out.dtype in _HALF_BITS:
+    if isinstance(out, types.Array) and out.dtype in HALF_BITS:
         return lambda out, kept: kept
     return lambda out, kept: None
 
@@ -517,7 +517,7 @@ def scalar_like(row, value):
 @overload(scalar_like)
 def _scalar_like_overload(row, value):
     dtype = row.dtype if isinstance(row, types.Array) else row
-    convert = np.float32 if dtype in _HALF_BITS else np.dtype(dtype.name).type
+    convert = np.float32 if dtype in HALF_BITS else np.dtype(dtype.name).type
     return lambda row, value: convert(value)
 
 
@@ -528,7 +528,7 @@ def smallest_normal(row):
 
 @overload(smallest_normal)
 def _smallest_normal_overload(row):
-    dtype = np.float32 if row.dtype in _HALF_BITS else np.dtype(row.dtype.name)
+    dtype = np.float32 if row.dtype in HALF_BITS else np.dtype(row.dtype.name)
     tiny = np.finfo(dtype).tiny
     return lambda row: tiny
 
@@ -540,7 +540,7 @@ def empty_like_compute(shape, like):
 
 @overload(empty_like_compute)
 def _empty_like_compute_overload(shape, like):
-    dtype = np.float32 if like.dtype in _HALF_BITS else np.dtype(like.dtype.name)
+    dtype = np.float32 if like.dtype in HALF_BITS else np.dtype(like.dtype.name)
     return lambda shape, like: np.empty(shape, dtype)
 
 

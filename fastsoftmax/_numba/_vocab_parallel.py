@@ -18,13 +18,23 @@ terms are then 0 and nothing is subtracted from -inf). Row statistics are writte
 the last one only when ``smoothing`` is True. ``local_target`` holds the target's
 column in this shard, ``NOT_OWNED`` when another shard has it, or ``IGNORED``: that row's
 gradient is set to 0 and its statistics say "no classes" (max -inf, sum 0).
+
+A 16-bit gradient buffer would round the kept exponentials (and the gradient would be
+rounded twice), and a float32 buffer of the shard's size would cost twice the 16-bit
+logits: so for 16-bit logits the statistics kernel keeps nothing, and the finishing
+kernel computes each row's exponentials again from the logits into a float32 row
+(``_math.kept_exps``) before it writes the gradient, rounded once. With ``inplace=True``
+the logits are still intact then: only the statistics kernel's zeroed ignored rows are
+written before, and those the finishing kernel leaves alone.
 """
 import math
 
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from . import _cross_entropy  # noqa: F401  (registers its row helpers for over_chunks)
-from ._math import JIT, JIT_PARALLEL, JIT_ROW, scalar_like
+from ._math import (HALF_BITS, JIT, JIT_PARALLEL, JIT_ROW, exps_source, kept_exps,
+                    kept_value, load, scalar_like, store, weighted)
 from ._split import over_chunks, row_chunks
 
 NOT_OWNED = -1
@@ -41,6 +51,35 @@ def _shift(row, m):
     return scalar_like(row, 0) if m == -math.inf else m
 
 
+def exps_kept_in(grad):
+    """Where the statistics kernel keeps exp(x - shift) for the finishing kernel: the
+    gradient row, or None for a 16-bit one (see the top of this file)."""
+    raise NotImplementedError("exps_kept_in is only callable from Numba-compiled code")
+
+
+@overload(exps_kept_in)
+def _exps_kept_in_overload(grad):
+    if isinstance(grad, types.Array) and grad.dtype in HALF_BITS:
+        return lambda grad: None
+    return lambda grad: grad
+
+
+def exps_again(x, shift, kept, source, chunks):
+    """kept = exp(x - shift) when the statistics kernel kept none (``source``, from
+    ``_math.exps_source``, is not None); nothing otherwise."""
+    raise NotImplementedError("exps_again is only callable from Numba-compiled code")
+
+
+@overload(exps_again)
+def _exps_again_overload(x, shift, kept, source, chunks):
+    if isinstance(source, types.NoneType):
+        return lambda x, shift, kept, source, chunks: None
+
+    def again(x, shift, kept, source, chunks):
+        over_chunks("row_sumexp", chunks, x, shift, kept)
+    return again
+
+
 @njit(**JIT_ROW)
 def _index_stats_row(row, y, weight, smoothing, stats, i, grad, chunks):
     if y == IGNORED:
@@ -54,11 +93,11 @@ def _index_stats_row(row, y, weight, smoothing, stats, i, grad, chunks):
     m = over_chunks("row_max", chunks, row)
     shift = _shift(row, m)
     # read before the exp pass overwrites the row (grad may be row)
-    stats[2, i] = float(row[y]) - shift if y >= 0 else 0.0
+    stats[2, i] = float(load(row, y)) - shift if y >= 0 else 0.0
     if smoothing:
         stats[3, i] = over_chunks("row_shifted_dot", chunks, weight, row, shift)
     stats[0, i] = m
-    stats[1, i] = over_chunks("row_sumexp", chunks, row, shift, grad)
+    stats[1, i] = over_chunks("row_sumexp", chunks, row, shift, exps_kept_in(grad))
 
 
 @njit(**JIT_PARALLEL)
@@ -80,7 +119,7 @@ def _prob_stats_row(row, t, weight, smoothing, stats, i, grad, chunks):
     if smoothing:  # before the exp pass overwrites the row
         stats[4, i] = over_chunks("row_shifted_dot", chunks, weight, row, shift)
     sum_exp, total_wt, shifted_wt = over_chunks("_prob_row_sums", chunks, row, t, weight,
-                                                shift, 1.0, 0.0, grad, None)
+                                                shift, 1.0, 0.0, exps_kept_in(grad), None)
     stats[0, i] = m
     stats[1, i] = sum_exp
     stats[2, i] = shifted_wt
@@ -99,39 +138,63 @@ def vocab_parallel_stats_prob(x, target, weight, smoothing, stats, grad):
 
 
 @njit(**JIT_ROW)
-def _index_finish_row(out, y, weight, exp_scale, smoothing_scale, target_scale, chunks):
+def _index_finish_row(out, x, local_max, y, weight, exp_scale, smoothing_scale, target_scale,
+                      chunks):
     if y == IGNORED:  # zeroed by the statistics kernel
         return
-    over_chunks("row_rescale", chunks, out, exp_scale, smoothing_scale, weight)
-    if y >= 0:
-        out[y] -= scalar_like(out, target_scale)
+    kept = kept_exps(out)
+    source = exps_source(out, kept)
+    exps_again(x, _shift(x, scalar_like(x, local_max)), kept, source, chunks)
+    e_y = scalar_like(out, 0)
+    if y >= 0:  # read before row_rescale overwrites it (float: kept in out)
+        e_y = kept_value(out, source, y)
+    over_chunks("row_rescale", chunks, out, exp_scale, smoothing_scale, weight, 0.0, None,
+                source)
+    if y >= 0:  # the target's element written again from its exponential: one rounding
+        g_y = (e_y * scalar_like(out, exp_scale)
+               - weighted(scalar_like(out, smoothing_scale), weight, y)
+               - scalar_like(out, target_scale))
+        store(out, y, g_y)
 
 
 @njit(**JIT_PARALLEL)
-def vocab_parallel_finish_index(grad, local_target, weight, exp_scale, smoothing_scale,
-                                target_scale):
-    """grad[i] = grad[i] * exp_scale[i] - smoothing_scale[i] * w, and target_scale[i]
-    subtracted at the owned target's column (IGNORED rows left as they are)."""
+def vocab_parallel_finish_index(x, local_max, grad, local_target, weight, exp_scale,
+                                smoothing_scale, target_scale):
+    """grad[i] = exp(x[i] - shift) * exp_scale[i] - smoothing_scale[i] * w, and
+    target_scale[i] subtracted at the owned target's column (IGNORED rows left as they
+    are); exp(x - shift) kept in grad by the statistics kernel, or computed again from x
+    and the shard's row maxima ``local_max`` for 16-bit."""
     chunks = row_chunks(grad.shape[0], grad.shape[1])
     if chunks == 1:
         for i in prange(grad.shape[0]):
-            _index_finish_row(grad[i], local_target[i], weight, exp_scale[i],
-                              smoothing_scale[i], target_scale[i], 1)
+            _index_finish_row(grad[i], x[i], local_max[i], local_target[i], weight,
+                              exp_scale[i], smoothing_scale[i], target_scale[i], 1)
     else:
         for i in range(grad.shape[0]):
-            _index_finish_row(grad[i], local_target[i], weight, exp_scale[i],
-                              smoothing_scale[i], target_scale[i], chunks)
+            _index_finish_row(grad[i], x[i], local_max[i], local_target[i], weight,
+                              exp_scale[i], smoothing_scale[i], target_scale[i], chunks)
+
+
+@njit(**JIT_ROW)
+def _prob_finish_row(out, x, local_max, t, weight, exp_scale, scale, keep, eps_c, chunks):
+    kept = kept_exps(out)
+    source = exps_source(out, kept)
+    exps_again(x, _shift(x, scalar_like(x, local_max)), kept, source, chunks)
+    over_chunks("_prob_rescale_row", chunks, out, t, weight, exp_scale, scale, keep, eps_c,
+                0.0, None, source)
 
 
 @njit(**JIT_PARALLEL)
-def vocab_parallel_finish_prob(grad, target, weight, exp_scale, scale, keep, eps_c):
-    """grad[i] = grad[i] * exp_scale[i] - scale[i] * w * (keep * t + eps_c)."""
+def vocab_parallel_finish_prob(x, local_max, grad, target, weight, exp_scale, scale, keep,
+                               eps_c):
+    """grad[i] = exp(x[i] - shift) * exp_scale[i] - scale[i] * w * (keep * t + eps_c),
+    exp(x - shift) as in vocab_parallel_finish_index."""
     chunks = row_chunks(grad.shape[0], grad.shape[1])
     if chunks == 1:
         for i in prange(grad.shape[0]):
-            over_chunks("_prob_rescale_row", 1, grad[i], target[i], weight, exp_scale[i],
-                        scale[i], keep, eps_c, 0.0, None)
+            _prob_finish_row(grad[i], x[i], local_max[i], target[i], weight, exp_scale[i],
+                             scale[i], keep, eps_c, 1)
     else:
         for i in range(grad.shape[0]):
-            over_chunks("_prob_rescale_row", chunks, grad[i], target[i], weight,
-                        exp_scale[i], scale[i], keep, eps_c, 0.0, None)
+            _prob_finish_row(grad[i], x[i], local_max[i], target[i], weight, exp_scale[i],
+                             scale[i], keep, eps_c, chunks)
