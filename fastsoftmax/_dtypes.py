@@ -26,10 +26,9 @@ def is_half(dtype):
     return dtype.name in _KERNEL_BITS
 
 
-def is_float(dtype, half):
-    """True for the float types an op takes: float32, float64, and with ``half`` float16
-    and bfloat16."""
-    return (dtype.kind == "f" and dtype.itemsize in (4, 8)) or (half and is_half(dtype))
+def is_float(dtype):
+    """True for the float types the ops take: float32, float64, float16 and bfloat16."""
+    return (dtype.kind == "f" and dtype.itemsize in (4, 8)) or is_half(dtype)
 
 
 def kernel_view(a):

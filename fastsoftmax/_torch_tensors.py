@@ -13,18 +13,16 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def check_tensor(x, name, half=False, floating=True):
-    """A CPU tensor; with ``floating`` a float32/float64 one, and with ``half``
-    bfloat16/float16 too."""
+def check_tensor(x, name, floating=True):
+    """A CPU tensor; with ``floating`` a float32, float64, bfloat16 or float16 one."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
         raise ValueError(f"{name} is on {x.device}; fastsoftmax runs on the CPU: move it with "
                          f".cpu(), or use torch.nn.functional on {x.device.type}")
-    if floating and x.dtype not in FLOAT_DTYPES + (HALF_DTYPES if half else ()):
-        taken = "float32, float64, bfloat16 and float16" if half else "float32 and float64"
-        raise TypeError(f"{name} has dtype {x.dtype}; this function takes {taken} "
-                        f"(convert with .float())")
+    if floating and x.dtype not in FLOAT_DTYPES + HALF_DTYPES:
+        raise TypeError(f"{name} has dtype {x.dtype}; this function takes float32, float64, "
+                        "bfloat16 and float16 (convert with .float())")
 
 
 def to_numpy(x):

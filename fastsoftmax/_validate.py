@@ -13,19 +13,16 @@ from . import _dtypes
 REDUCTIONS = ("none", "mean", "sum")
 
 
-def float_array(x, name, half=False):
-    """``x`` as a float ndarray in native byte order (no copy when it already is):
-    float32/float64, and with ``half`` also float16/bfloat16."""
+def float_array(x, name):
+    """``x`` as a float32, float64, float16 or bfloat16 ndarray in native byte order (no
+    copy when it already is)."""
     arr = np.asarray(x)
-    if _dtypes.is_float(arr.dtype, half):
+    if _dtypes.is_float(arr.dtype):
         return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
-    if _dtypes.is_half(arr.dtype):  # the ops of the op table take it; not every function
-        raise TypeError(f"{name} has dtype {arr.dtype}, which this function does not take yet; "
-                        "convert with .astype(np.float32)")
-    accepted = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
     hint = (" (convert with .astype(np.float32))" if arr.dtype.kind in "biuf"
             else "")
-    raise TypeError(f"{name} must be a {accepted} array, got dtype {arr.dtype}{hint}")
+    raise TypeError(f"{name} must be a float32, float64, float16 or bfloat16 array, got dtype "
+                    f"{arr.dtype}{hint}")
 
 
 def class_axis(x, axis, name="x"):
@@ -50,7 +47,7 @@ def rows_inputs(arrays, axis):
     """Check the arrays of a rows op (name -> array): float (16-bit too), one shape and
     dtype, a class axis that is not empty. Returns (name -> normalised array, axis as a
     positive int)."""
-    checked = {name: float_array(a, name, half=True) for name, a in arrays.items()}
+    checked = {name: float_array(a, name) for name, a in arrays.items()}
     (first_name, first), *others = checked.items()
     for name, a in others:
         same_shape_and_dtype(first, a, first_name, name)
@@ -167,7 +164,7 @@ def cross_entropy_args(logits, target, weight, ignore_index, reduction, label_sm
                        z_loss=0.0, softcap=None):
     """Check every cross-entropy option the way torch.nn.functional.cross_entropy does
     (and z_loss: a finite number >= 0; softcap: None or a finite number > 0)."""
-    logits = float_array(logits, "logits", half=True)
+    logits = float_array(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d array")
     n_classes = logits.shape[-1]
@@ -317,7 +314,7 @@ def _broadcast_to_input(a, name, input, dtype):
 def kl_div_args(input, target, reduction, log_target):
     """Check kl_div's arguments the way torch.nn.functional.kl_div does (target may
     broadcast to input's shape; it is cast to input's dtype, 16-bit too)."""
-    input = float_array(input, "input", half=True)
+    input = float_array(input, "input")
     target = np.asarray(target)
     if target.dtype.kind != "f" and not _dtypes.is_half(target.dtype):
         raise TypeError(f"target must hold float probabilities (log-probabilities with "
@@ -333,7 +330,7 @@ def bce_args(input, target, weight, pos_weight, reduction):
     """Check binary_cross_entropy_with_logits' arguments as torch does: target of
     input's shape (cast to input's dtype, 16-bit too), weight and pos_weight broadcasting
     to it (cast to input's compute dtype: float32 for 16-bit input)."""
-    input = float_array(input, "input", half=True)
+    input = float_array(input, "input")
     target = np.asarray(target)
     if target.dtype.kind not in "biuf" and not _dtypes.is_half(target.dtype):
         raise TypeError(f"target must hold numbers in [0, 1], got dtype {target.dtype}")
@@ -462,9 +459,9 @@ def sampled_softmax_args(weights, biases, labels, inputs, num_sampled, num_class
     if not isinstance(remove_accidental_hits, (bool, np.bool_)):
         raise TypeError(f"remove_accidental_hits must be True or False, "
                         f"got {remove_accidental_hits!r}")
-    inputs = float_array(inputs, "inputs", half=True)
-    weights = float_array(weights, "weights", half=True)
-    biases = float_array(biases, "biases", half=True)
+    inputs = float_array(inputs, "inputs")
+    weights = float_array(weights, "weights")
+    biases = float_array(biases, "biases")
     if inputs.ndim != 2:
         raise ValueError(f"inputs must have shape (N, D), got shape {inputs.shape}")
     if weights.shape != (num_classes, inputs.shape[1]):
@@ -527,7 +524,7 @@ def vocab_shard_args(logits, target, weight, ignore_index, reduction, label_smoo
     ``target`` global class indices or this shard's probabilities, ``weight`` this shard's
     class weights. Returns (CrossEntropyArgs, vocab_start). Targets are checked against
     the global class count later, once the shards' sizes are combined."""
-    logits = float_array(logits, "logits", half=True)
+    logits = float_array(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (this shard's classes "
                          "last), got a 0-d array")
@@ -578,8 +575,8 @@ def _real_option(value, name):
 def jsd_args(student_logits, teacher_logits, beta, temperature, reduction):
     """Check jsd_logits' arguments: two float arrays of one shape and dtype (classes last,
     at least one class), beta in [0, 1], a finite temperature > 0, a known reduction."""
-    student = float_array(student_logits, "student_logits", half=True)
-    teacher = float_array(teacher_logits, "teacher_logits", half=True)
+    student = float_array(student_logits, "student_logits")
+    teacher = float_array(teacher_logits, "teacher_logits")
     same_shape_and_dtype(student, teacher, "student_logits", "teacher_logits")
     if student.ndim == 0:
         raise ValueError("student_logits and teacher_logits must have at least one dimension "

@@ -751,7 +751,7 @@ def binary_cross_entropy_with_logits_with_grad(input, target, *, weight=None, po
 
 def _elementwise_output(kernel, x, out):
     """Run an elementwise kernel into a result of x's shape (``out`` when given)."""
-    x = _validate.float_array(x, "x", half=True)
+    x = _validate.float_array(x, "x")
     if out is not None:
         _validate.out_array(out, x.shape, x.dtype, {"x": x})
     direct = out is not None and out.flags.c_contiguous

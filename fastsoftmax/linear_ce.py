@@ -11,6 +11,12 @@ The GEMMs use the BLAS of the array library in hand (:class:`_Blas` below: SciPy
 for NumPy when SciPy is installed, torch ops for :mod:`fastsoftmax.torch`). BLAS and the
 kernels run one after the other, never nested, on ``fastsoftmax.get_num_threads()``
 threads each.
+
+float16 and bfloat16 inputs are widened to float32 and the loop runs in float32: NumPy's
+and SciPy's BLAS have no 16-bit GEMM, and a float32 grad_weight accumulated over the
+chunks rounds once where a 16-bit one would round at every chunk. The gradients are
+rounded once to the inputs' dtype at the end and the loss is float32. The cost is
+float32 copies of h and weight (twice their 16-bit size) for the call.
 """
 import contextlib
 import functools
@@ -18,7 +24,7 @@ import operator
 
 import numpy as np
 
-from . import _backends, _validate, api
+from . import _backends, _dtypes, _validate, api
 
 NEEDS = ("h", "weight", "bias")
 
@@ -181,7 +187,7 @@ def _arguments(h, weight, target, bias, class_weight, ignore_index, reduction,
                          f"axis ({h.shape[-1]}) must equal weight's second ({weight.shape[1]})")
     if weight.dtype != h.dtype:
         raise TypeError(f"h has dtype {h.dtype} but weight has dtype {weight.dtype}; convert "
-                        f"one with .astype(np.{h.dtype})")
+                        f"one with .astype({_dtype_name(h.dtype)})")
     n_classes = weight.shape[0]
     if bias is not None:
         bias = _validate.float_array(bias, "bias")
@@ -190,7 +196,7 @@ def _arguments(h, weight, target, bias, class_weight, ignore_index, reduction,
                              f"{weight.shape}; bias must have shape ({n_classes},)")
         if bias.dtype != h.dtype:
             raise TypeError(f"bias has dtype {bias.dtype} but h has dtype {h.dtype}; convert "
-                            f"it with .astype(np.{h.dtype})")
+                            f"it with .astype({_dtype_name(h.dtype)})")
     target = np.asarray(target)
     if target.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
@@ -204,6 +210,16 @@ def _arguments(h, weight, target, bias, class_weight, ignore_index, reduction,
                                       label_smoothing, softcap=softcap)
     rows = np.ascontiguousarray(h.reshape(-1, h.shape[-1]))
     return rows, np.ascontiguousarray(weight), bias, ce
+
+
+def _dtype_name(dtype):
+    """How a user names ``dtype`` in NumPy code."""
+    return "ml_dtypes.bfloat16" if dtype.name == "bfloat16" else f"np.{dtype.name}"
+
+
+def _widened(a):
+    """A 16-bit array as float32 (see the top of this file); others as they are."""
+    return a.astype(np.float32) if a is not None and _dtypes.is_half(a.dtype) else a
 
 
 def _needs(need, bias):
@@ -302,7 +318,8 @@ def _loss(row_loss, valid, ce, denominator):
         full = np.zeros(ce.target.size, dtype=np.float64)
         full[valid] = row_loss
         row_loss = full
-    return api._reduce(row_loss, ce.reduction, denominator, ce.loss_shape, ce.logits.dtype)
+    return api._reduce(row_loss, ce.reduction, denominator, ce.loss_shape,
+                       _dtypes.compute_dtype(ce.logits.dtype))
 
 
 def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, label_smoothing,
@@ -317,9 +334,12 @@ def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, lab
     if chunk_bytes is not None:
         _checked_bytes(chunk_bytes)
     kernels = _backends.kernels(_backends.resolve(backend))
-    row_loss, valid, denominator, grad_h, grad_weight, grad_bias = _run(
-        h_rows, weight_rows, bias, ce, g, needs, chunk_bytes, blas, kernels,
-        _backends.get_num_threads())
+    dtype = h_rows.dtype
+    row_loss, valid, denominator, *grads = _run(
+        _widened(h_rows), _widened(weight_rows), _widened(bias), ce, g, needs, chunk_bytes,
+        blas, kernels, _backends.get_num_threads())
+    grad_h, grad_weight, grad_bias = (None if grad is None else grad.astype(dtype, copy=False)
+                                      for grad in grads)
     if grad_h is not None:
         grad_h = grad_h.reshape(np.shape(h))
     return _loss(row_loss, valid, ce, denominator), grad_h, grad_weight, grad_bias
@@ -328,8 +348,10 @@ def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, lab
 # ------------------------------------------------------------------------- public API
 
 _PARAMETERS_DOC = """h : array_like
-        float32 or float64 hidden states of shape ``(..., D)``; leading axes are
-        flattened into N rows.
+        float32, float64, float16 or bfloat16 hidden states of shape ``(..., D)``;
+        leading axes are flattened into N rows. 16-bit inputs are computed in float32
+        (float32 copies of h and weight for the call); the gradients are rounded once to
+        their dtype and the loss is float32.
     weight : array_like
         The output layer's weight, shape ``(V, D)`` (the ``nn.Linear`` layout), h's dtype.
     target : array_like
@@ -376,8 +398,8 @@ def linear_cross_entropy(h, weight, target, *, bias=None, class_weight=None, ign
     Returns
     -------
     numpy scalar or ndarray
-        A scalar of h's dtype for "mean"/"sum" (accumulated in float64), an array of
-        shape ``h.shape[:-1]`` for "none".
+        A scalar of h's dtype (float32 for 16-bit h) for "mean"/"sum" (accumulated in
+        float64), an array of shape ``h.shape[:-1]`` for "none".
 
     Raises
     ------

@@ -232,7 +232,7 @@ def _dim_argument(x, dim):
 def _rows_input(x, dim, dtype):
     if dtype is not None:
         x = x.to(dtype)
-    _check_tensor(x, "x", half=True)
+    _check_tensor(x, "x")
     return x, _dim_argument(x, dim)
 
 
@@ -490,13 +490,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     torch.Tensor
         Only with ``return_z_loss=True``: the z-loss term, shaped as the loss, detached.
     """
-    _check_tensor(input, "input", half=True)
+    _check_tensor(input, "input")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device.type != "cpu":
         raise ValueError(f"target is on {target.device}; move it with .cpu()")
     if weight is not None:
-        _check_tensor(weight, "weight", half=True)
+        _check_tensor(weight, "weight")
         if weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("fastsoftmax.torch.cross_entropy has no gradient for "
                                       "weight (neither has torch's); pass weight.detach()")
@@ -616,7 +616,7 @@ def entropy(logits, *, backend=None):
     torch.Tensor
         ``logits.shape[:-1]``, same dtype (as torch's ``Categorical.entropy()``).
     """
-    _check_tensor(logits, "logits", half=True)
+    _check_tensor(logits, "logits")
     if logits.dim() == 0:
         raise ValueError("logits must have at least one dimension (classes last), got a 0-d "
                          "tensor")
@@ -760,7 +760,7 @@ def kl_div(input, target, reduction="mean", log_target=False, *, backend=None):
     torch.Tensor
         0-d, or input's shape for "none"; input's dtype, float32 for 16-bit input.
     """
-    _check_tensor(input, "input", half=True)
+    _check_tensor(input, "input")
     _check_target(target)
     _no_grad_for(target, "target", "kl_div")
     _elementwise_loss_shape(input, reduction, _validate.KL_REDUCTIONS)
@@ -802,11 +802,11 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
         0-d, or input's shape for "none"; input's dtype, float32 for 16-bit input.
     """
     name = "binary_cross_entropy_with_logits"
-    _check_tensor(input, "input", half=True)
+    _check_tensor(input, "input")
     _check_target(target)
     for tensor, label in ((target, "target"), (weight, "weight"), (pos_weight, "pos_weight")):
         if tensor is not None and label != "target":
-            _check_tensor(tensor, label, half=True)
+            _check_tensor(tensor, label)
         _no_grad_for(tensor, label, name)
     _elementwise_loss_shape(input, reduction, _validate.REDUCTIONS)
     compute_grad = torch.is_grad_enabled() and input.requires_grad
@@ -929,12 +929,12 @@ def _sigmoid_doc(name, formula, torch_name):
 
 
 def sigmoid(x, *, backend=None):
-    _check_tensor(x, "x", half=True)
+    _check_tensor(x, "x")
     return _sigmoid(x, _backend_argument(backend))
 
 
 def log_sigmoid(x, *, backend=None):
-    _check_tensor(x, "x", half=True)
+    _check_tensor(x, "x")
     return _log_sigmoid(x, _backend_argument(backend))
 
 
@@ -1067,8 +1067,8 @@ def jsd_logits(student_logits, teacher_logits, beta=0.5, temperature=1.0, reduct
         0-d, or ``student_logits.shape[:-1]`` for "none"; the logits' dtype, float32 for
         16-bit logits.
     """
-    _check_tensor(student_logits, "student_logits", half=True)
-    _check_tensor(teacher_logits, "teacher_logits", half=True)
+    _check_tensor(student_logits, "student_logits")
+    _check_tensor(teacher_logits, "teacher_logits")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student_logits has shape {tuple(student_logits.shape)} but "
                          f"teacher_logits has shape {tuple(teacher_logits.shape)}; they must "

@@ -94,7 +94,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     Parameters
     ----------
     input : Tensor
-        float32 or float64 hidden states ``(..., D)`` on the CPU.
+        float32, float64, bfloat16 or float16 hidden states ``(..., D)`` on the CPU
+        (16-bit: the GEMMs and the loss run in float32 on float32 copies of input and
+        linear_weight, the gradients are rounded once to their dtype, a float32 loss).
     linear_weight : Tensor
         ``(V, D)``, input's dtype.
     target : Tensor
@@ -120,7 +122,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     Returns
     -------
     Tensor
-        0-d for "mean"/"sum", ``input.shape[:-1]`` for "none"; input's dtype.
+        0-d for "mean"/"sum", ``input.shape[:-1]`` for "none"; input's dtype (float32
+        for 16-bit input).
 
     Examples
     --------

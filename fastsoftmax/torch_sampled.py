@@ -104,7 +104,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
     >>> loss.sum().backward()
     """
     for tensor, name in ((weights, "weights"), (biases, "biases"), (inputs, "inputs")):
-        check_tensor(tensor, name, half=True)
+        check_tensor(tensor, name)
     labels = _labels_2d(labels, num_true)
     if sampled_values is not None:
         sampled_values = tuple(v.detach().numpy() if isinstance(v, torch.Tensor) else v

@@ -141,7 +141,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
         loss = vocab_parallel_cross_entropy(logits, target, vocab_start=lo)
         loss.backward()                       # w_shard.grad: this rank's rows only
     """
-    check_tensor(input, "input", half=True)
+    check_tensor(input, "input")
     check_tensor(target, "target", floating=False)
     if input.dim() != 2:
         raise ValueError(f"input has shape {tuple(input.shape)}; expected (N, V_local): rows, "
@@ -150,7 +150,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
         raise NotImplementedError("vocab_parallel_cross_entropy has no gradient for "
                                   "probability targets; pass target.detach()")
     if weight is not None:
-        check_tensor(weight, "weight", half=True)
+        check_tensor(weight, "weight")
         if weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("vocab_parallel_cross_entropy has no gradient for weight "
                                       "(neither has torch's); pass weight.detach()")

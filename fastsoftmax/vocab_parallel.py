@@ -459,7 +459,7 @@ def simulate(logits, target, sizes, *, weight=None, ignore_index=-100, reduction
     group : SimulatedGroup
         The group (its ``calls`` list the collectives).
     """
-    logits = _validate.float_array(logits, "logits", half=True)
+    logits = _validate.float_array(logits, "logits")
     sizes = [int(s) for s in sizes]
     if sum(sizes) != logits.shape[-1] or min(sizes) < 0:
         raise ValueError(f"sizes {sizes} must be >= 0 and add up to the {logits.shape[-1]} "

@@ -211,16 +211,6 @@ def test_cross_entropy_nan_logit(dtype, backend):
     assert np.isfinite(loss[2:]).all() and np.isfinite(grad[2:].astype(np.float32)).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_functions_without_16_bit_kernels_say_so(dtype, backend):
-    """The fused linear cross-entropy takes float32/float64 only (every op of the op table
-    and the vocab-parallel cross-entropy take 16-bit)."""
-    h = _logits((3, 8), dtype)
-    with pytest.raises(TypeError, match=rf"h has dtype {dtype}, which this function does not "
-                                        r"take yet; convert with \.astype\(np\.float32\)"):
-        fs.linear_cross_entropy(h, h, np.array([0, 1, 2]), backend=backend)
-
-
 def test_mixed_16_bit_types_are_refused(backend):
     y = _logits((3, 8), BF16)
     with pytest.raises(TypeError, match="y has dtype bfloat16 but dy has dtype float16"):
