@@ -27,6 +27,17 @@ def op_id(op):
     return op.name
 
 
+def loss_options(options, weight, n_rows):
+    """A test's loss options with their placeholders filled in: ``weight=True`` becomes
+    the given class weights, ``grad_output="rows"`` one value per row in [0.5, 2]."""
+    kwargs = dict(options)
+    if kwargs.pop("weight", False):
+        kwargs["weight"] = weight
+    if kwargs.get("grad_output") == "rows":
+        kwargs["grad_output"] = np.linspace(0.5, 2.0, n_rows)
+    return kwargs
+
+
 def op_inputs(op, x, axis=-1, seed=1):
     """The positional arrays of ``op`` built from logits ``x`` (the table's recipe)."""
     return op.from_logits(x, axis, np.random.default_rng(seed))

@@ -15,7 +15,7 @@ import pytest
 import fastsoftmax as fs
 from fastsoftmax import _ops, reference
 
-from conftest import op_inputs
+from conftest import loss_options, op_inputs
 
 BF16, F16 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)
 DTYPES = [BF16, F16]
@@ -171,11 +171,7 @@ CE_OPTIONS = {
 def test_cross_entropy_with_grad_matches_reference(dtype, shape, probabilities, option,
                                                    backend):
     x, target, weight = _ce_problem(shape, dtype, probabilities)
-    kwargs = dict(CE_OPTIONS[option])
-    if kwargs.pop("weight", False):
-        kwargs["weight"] = weight
-    if kwargs.get("grad_output") == "rows":
-        kwargs["grad_output"] = np.linspace(0.5, 2.0, shape[0])
+    kwargs = loss_options(CE_OPTIONS[option], weight, shape[0])
     context = f"{dtype} {shape} {option} prob={probabilities} {backend}"
     loss_ref, grad_ref = reference.cross_entropy_with_grad(x, target, **kwargs)
     loss, grad = fs.cross_entropy_with_grad(x, target, **kwargs, backend=backend)

@@ -15,7 +15,7 @@ import pytest
 
 from fastsoftmax import reference, vocab_parallel
 
-from conftest import assert_within_one_ulp_16
+from conftest import assert_within_one_ulp_16, loss_options
 
 DTYPES = [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)]
 SPLITS = {"500+501": (500, 501), "0+3+7": (0, 3, 7), "long": (40000, 30001)}
@@ -49,15 +49,11 @@ def _problem(split, dtype, probabilities, seed=0):
 def test_simulated_ranks_match_the_gathered_reference(dtype, split, probabilities, option,
                                                       inplace):
     logits, target, weight = _problem(split, dtype, probabilities)
-    kwargs = dict(OPTIONS[option])
-    if kwargs.pop("weight", False):
-        kwargs["weight"] = weight
+    kwargs = loss_options(OPTIONS[option], weight, logits.shape[0])
     if probabilities:
         kwargs.pop("ignore_index", None)
     elif "ignore_index" in kwargs:  # the ignored row holds this option's ignore_index
         target = np.where(target == -100, kwargs["ignore_index"], target)
-    if kwargs.get("grad_output") == "rows":
-        kwargs["grad_output"] = np.linspace(0.5, 2.0, logits.shape[0])
     context = f"{dtype} {split} prob={probabilities} {option} inplace={inplace}"
     loss_ref, grad_ref = reference.cross_entropy_with_grad(logits, target, **kwargs)
     before = logits.copy()
