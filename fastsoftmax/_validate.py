@@ -210,7 +210,7 @@ def softcap_value(softcap):
 @dataclass(frozen=True)
 class EntropyArgs:
     """Normalised entropy_with_grad arguments."""
-    logits: np.ndarray       # float32/float64, shape (..., C)
+    logits: np.ndarray       # float32/float64/float16/bfloat16, shape (..., C)
     reduction: str
     target = None            # (no target: inplace_buffer's overlap check has nothing to do)
 
@@ -554,7 +554,7 @@ def vocab_shard_args(logits, target, weight, ignore_index, reduction, label_smoo
 @dataclass(frozen=True)
 class JSDArgs:
     """Normalised jsd_logits arguments."""
-    logits: np.ndarray       # the student's, float32/float64, shape (..., C)
+    logits: np.ndarray       # the student's, float32/float64/float16/bfloat16, (..., C)
     teacher: np.ndarray      # the teacher's, same shape and dtype
     beta: float              # in [0, 1]
     temperature: float       # > 0

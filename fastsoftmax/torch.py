@@ -1,6 +1,5 @@
-"""PyTorch drop-ins backed by the fastsoftmax kernels (CPU, float32/float64; softmax,
-log_softmax, cross_entropy, kl_div, binary_cross_entropy_with_logits, sigmoid and log_sigmoid
-also bfloat16/float16, computed in float32, with float32 losses).
+"""PyTorch drop-ins backed by the fastsoftmax kernels (CPU; float32, float64, and bfloat16 /
+float16 computed in float32, with float32 losses).
 
 ``torch`` is imported when this module is imported, never by ``import fastsoftmax``.
 Importing it registers the ops ``torch.ops.fastsoftmax.*`` with ``torch.library``:
@@ -204,7 +203,8 @@ def _softmax_doc(name, formula):
     Parameters
     ----------
     x : torch.Tensor
-        CPU float32/float64 tensor.
+        CPU float32/float64/bfloat16/float16 tensor (16-bit: computed in float32, the
+        result rounded once to its dtype).
     dim : int
         The class dimension.
     dtype : torch.dtype, optional
@@ -447,7 +447,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Parameters
     ----------
     input : torch.Tensor
-        Logits, CPU float32/float64, shape (C,), (N, C) or (N, C, d1, ...).
+        Logits, CPU float32/float64/bfloat16/float16, shape (C,), (N, C) or
+        (N, C, d1, ...) (16-bit: computed in float32, a float32 loss, the gradient in
+        the logits' dtype).
     target : torch.Tensor
         Class indices (int64, shape without the C dim) or class probabilities
         (same shape as ``input``; they get a gradient when they require one).

@@ -325,7 +325,8 @@ def cross_entropy_with_grad(logits, target, *, vocab_start, comm, weight=None,
     Parameters
     ----------
     logits : array_like
-        This rank's shard, float32 or float64, shape ``(..., V_local)`` (V_local may be 0).
+        This rank's shard, float32, float64, float16 or bfloat16, shape ``(..., V_local)``
+        (V_local may be 0).
     target : array_like
         Global class indices of shape ``logits.shape[:-1]``, or this shard's columns of
         the class probabilities (``logits``' shape).
