@@ -108,6 +108,8 @@ ENTROPY_SAMPLES = {
     "large-logits": ((_logits((4, 6)) * 1e3).requires_grad_(), True),
     "no-grad": (_logits((4, 6)), False),
     "no-grad-3d": (_logits((2, 3, 7)), False),
+    "bfloat16": (_logits((4, 6), torch.bfloat16, requires_grad=True), True),  # bf16 entropy
+    "float16-no-grad": (_logits((4, 6), torch.float16), False),
 }
 
 
@@ -497,6 +499,8 @@ JSD_SAMPLES = {
     "non-contiguous": _jsd_sample((4, 6), layout="strided"),
     "float32": _jsd_sample((4, 6), dtype=torch.float32, temperature=0.5),
     "no-grad": _jsd_sample((4, 6), grad=False),
+    "bfloat16": _jsd_sample((4, 6), dtype=torch.bfloat16),  # a float32 loss
+    "float16-none": _jsd_sample((4, 6), reduction="none", dtype=torch.float16),
 }
 
 
