@@ -14,7 +14,7 @@ def pytest_addoption(parser):
                     help="comma-separated ops to run (default: those of the chosen set)")
     group.addoption("--bench-dtypes", default=None,
                     help="comma-separated dtypes to run, of float32, float64, bfloat16, float16 "
-                         "(default: those of the chosen set; 16-bit: the ops that take it)")
+                         "(default: those of the chosen set)")
     group.addoption("--bench-threads", type=int, default=None,
                     help="threads for fastsoftmax and torch (default: all cores)")
     group.addoption("--bench-elements", type=int, default=cases.ELEMENTS,
