@@ -97,6 +97,15 @@ def choose(forced, built, features):
     return runnable[-1]
 
 
+def numba_features():
+    """The features Numba's code generator targets: NUMBA_CPU_FEATURES when set (its
+    "+name" entries), else this CPU's."""
+    from numba.core import config
+    if config.CPU_FEATURES is not None:
+        return {entry[1:] for entry in config.CPU_FEATURES.split(",") if entry.startswith("+")}
+    return cpu_features()
+
+
 def numba_level(features):
     """The level Numba compiles for: this CPU's, unless NUMBA_CPU_NAME names another CPU
     (then taken as baseline, for example "generic" for portable caches)."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
-from fastsoftmax import _ops, reference
+from fastsoftmax import _isa, _ops, reference
 
 from conftest import loss_options, op_inputs
 
@@ -281,21 +281,39 @@ def test_torch_cross_entropy_in_place(dtype, compiled_backend):
 
 # ---- the Numba backend's 16-bit conversions, exhaustively where it is cheap ----
 
-def test_numba_float16_conversions_match_numpy():
+def _float16_conversions():
+    """Both float16 conversion pairs of the Numba backend: integer operations (every CPU),
+    and LLVM's (F16C) where this CPU has them; the kernels use one (_math._F16C)."""
+    from fastsoftmax._numba import _math
+    pairs = [pytest.param((_math._float16_to_float_integer, _math._float_to_float16_integer),
+                          id="integer")]
+    f16c = "f16c" in _isa.numba_features()
+    pairs.append(pytest.param((_math._float16_to_float_f16c, _math._float_to_float16_f16c),
+                              id="f16c", marks=pytest.mark.skipif(
+                                  not f16c, reason="this CPU has no F16C")))
+    return pairs
+
+
+@pytest.mark.parametrize("conversions", _float16_conversions())
+def test_numba_float16_conversions_match_numpy(conversions):
     """Every float16 decodes exactly and encodes back to itself; float32 bit patterns
     (random, and the overflow/subnormal edges) encode as NumPy's round to nearest even."""
     from numba import njit
-
-    from fastsoftmax._numba._math import load, store
+    decode, encode = conversions
 
     @njit
-    def copy(a, b):
+    def copy_bits(a, b):
         for j in range(a.size):
-            store(b, j, load(a, j))
+            b[j] = encode(decode(a[j]))
+
+    @njit
+    def encode_floats(a, b):
+        for j in range(a.size):
+            b[j] = encode(a[j])
 
     every = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16)
     back = np.empty_like(every)
-    copy(every, back)
+    copy_bits(every, back)
     nan = np.isnan(every.view(np.float16))
     assert np.isnan(back.view(np.float16)[nan]).all()
     np.testing.assert_array_equal(back[~nan], every[~nan])
@@ -304,7 +322,7 @@ def test_numba_float16_conversions_match_numpy():
                         .view(np.float32),
                         np.float32([65504, 65519.99, 65520, 1e-8, 2.98e-8, 5.96e-8, -0.0])])
     encoded = np.empty(f.size, np.int16)
-    copy(f, encoded)
+    encode_floats(f, encoded)
     with np.errstate(over="ignore", invalid="ignore"):
         expected = f.astype(np.float16)
     nan = np.isnan(expected)
