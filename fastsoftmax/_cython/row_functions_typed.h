@@ -9,7 +9,12 @@
  * chunks' results merged in chunk order so that a result does not depend on the thread
  * count. The chunk lengths and the rule are the Numba backend's (_numba/_split.py).
  * A helper joins the driver through a chunk function (fs_..._chunk below): it calls the
- * helper on the chunk [lo, lo + n) of the row arguments and stores its results. */
+ * helper on the chunk [lo, lo + n) of the row arguments and stores its results.
+ * The chunk functions and helpers exist for float and double only. A 16-bit (bfloat16,
+ * float16) row function runs the float ones on blocks of the row widened to float, its
+ * output rounded back once (fs_call_chunk): GCC vectorises no per-element float16
+ * conversion, and a block is converted by whole-vector F16C / AVX-512 instructions
+ * (rows.h fs_load_array_h). */
 #ifndef FASTSOFTMAX_ROWS_H
 #error "row_functions_typed.h is included by rows.h only"
 #endif
@@ -32,6 +37,7 @@ typedef struct {
     FS_C m_t, inv_t, log_sum, log_sum_t, inv_sum, beta, kl;
 } FS_ARGS;
 
+#if !FS_LOWP
 typedef void (*FS_FN(fs_chunk_fn))(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                     double *results);
 
@@ -46,6 +52,58 @@ static inline FS_T *FS_FN(fs_out_from)(FS_T *p, Py_ssize_t lo) {
 
 static inline FS_C *FS_FN(fs_kept_from)(FS_C *p, Py_ssize_t lo) {
     return p ? p + lo : NULL;
+}
+#endif
+
+/* A row whose max is NaN or +-inf: its exponentials (out, if given) are NaN. */
+static inline double FS_FN(fs_nan_row)(FS_T *out, Py_ssize_t n) {
+    if (out) for (Py_ssize_t j = 0; j < n; j++) out[j] = FS_STORE((FS_C)NAN);
+    return NAN;
+}
+
+/* results[0..merge) of the blocks of a chunk so far (first: none yet) merged with part,
+ * the next block's, as fs_over_chunks merges chunks */
+static inline void FS_FN(fs_merge_block)(double *results, const double *part, int merge,
+                                         int first) {
+    if (merge == FS_MERGE_MAX)  /* NaN stays */
+        results[0] = first || part[0] != part[0] || part[0] > results[0] ? part[0] : results[0];
+    for (int r = 0; r < merge; r++) results[r] = first ? part[r] : results[r] + part[r];
+}
+
+/* fn, a chunk function of the compute type, on [lo, lo + n) of the row arguments a.
+ * 16-bit rows: block by block of FS_BLOCK elements, the rows fn reads (`rows`,
+ * FS_READS_*) widened into float buffers and the out row it writes rounded back from
+ * one. The helpers sum in blocks of FS_BLOCK added into a double, so the merged results
+ * are the ones a 16-bit instance of the helpers gave. */
+static inline __attribute__((always_inline)) void FS_FN(fs_call_chunk)(
+        FS_CFN(fs_chunk_fn) fn, int rows, int merge, const FS_ARGS *a, Py_ssize_t lo,
+        Py_ssize_t n, double *results) {
+#if FS_LOWP
+    _Static_assert(sizeof(FS_ARGS) == sizeof(FS_CFN(fs_row_args))
+                   && offsetof(FS_ARGS, m) == offsetof(FS_CFN(fs_row_args), m),
+                   "the 16-bit and float row arguments differ in their rows' types only");
+    float x[FS_BLOCK], t[FS_BLOCK], out[FS_BLOCK];
+    FS_CFN(fs_row_args) block;
+    memcpy(&block, a, sizeof block);  /* the scalars; the rows are set below */
+    block.x = a->x ? x : NULL;
+    block.t = a->t ? t : NULL;
+    block.out = a->out ? out : NULL;
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
+        Py_ssize_t j = lo + start, len = FS_MIN(FS_BLOCK, n - start);
+        if (rows & FS_READS_X) FS_FN(fs_load_array)(a->x + j, x, len);
+        if (rows & FS_READS_T) FS_FN(fs_load_array)(a->t + j, t, len);
+        block.w = a->w ? a->w + j : NULL;
+        block.kept = a->kept ? a->kept + j : NULL;
+        double part[FS_MAX_RESULTS];
+        fn(&block, 0, len, part);
+        if ((rows & FS_WRITES_OUT) && a->out) FS_FN(fs_store_array)(out, a->out + j, len);
+        FS_FN(fs_merge_block)(results, part, merge, start == 0);
+    }
+#else
+    (void)rows;
+    (void)merge;
+    fn(a, lo, n, results);
+#endif
 }
 
 /* Where the exp pass of a row function keeps exp(z - m) (or z, capped) for its write
@@ -75,18 +133,19 @@ static inline void FS_FN(fs_release_kept)(FS_C *kept) {
 /* fn over the row (see the top of this file). `merge`: FS_MERGE_MAX (one result, the
  * largest, NaN if any is NaN), or the number of results, each summed over the chunks
  * (0: fn only writes). Returns the first result; `more` (if not NULL) gets the others. */
-static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(FS_FN(fs_chunk_fn) fn, const FS_ARGS *a,
-                                           Py_ssize_t n, int threads, int merge,
-                                           double *more) {
+static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(
+        FS_CFN(fs_chunk_fn) fn, int rows, const FS_ARGS *a, Py_ssize_t n, int threads,
+        int merge, double *more) {
     double results[FS_MAX_RESULTS] = {0};
     if (threads == 0) {
-        fn(a, 0, n, results);
+        FS_FN(fs_call_chunk)(fn, rows, merge, a, 0, n, results);
     } else {
         Py_ssize_t size = fs_chunk_length(n), count = (n + size - 1) / size;
         double part[FS_SPLIT_MAX_CHUNKS][FS_MAX_RESULTS];
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (Py_ssize_t c = 0; c < count; c++)
-            fn(a, c * size, FS_MIN(size, n - c * size), part[c]);
+            FS_FN(fs_call_chunk)(fn, rows, merge, a, c * size, FS_MIN(size, n - c * size),
+                                 part[c]);
         if (merge == FS_MERGE_MAX) {
             FS_C maxima[FS_SPLIT_MAX_CHUNKS] = {0};  /* (GCC cannot see that count >= 1) */
             for (Py_ssize_t c = 0; c < count; c++) maxima[c] = (FS_C)part[c][0];
@@ -100,6 +159,28 @@ static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(FS_FN(
     return results[0];
 }
 
+/* The rows each chunk function reads and writes (FS_READS_X, ..., rows.h) */
+#define FS_ROWS_fs_max_chunk FS_READS_X
+#define FS_ROWS_fs_sumexp_chunk FS_READS_X
+#define FS_ROWS_fs_sum_chunk FS_READS_T
+#define FS_ROWS_fs_dot_chunk (FS_READS_X | FS_READS_T)
+#define FS_ROWS_fs_shifted_dot_chunk FS_READS_X
+#define FS_ROWS_fs_prob_sums_chunk (FS_READS_X | FS_READS_T)
+#define FS_ROWS_fs_rescale_chunk FS_WRITES_OUT
+#define FS_ROWS_fs_prob_rescale_chunk (FS_READS_T | FS_WRITES_OUT)
+#define FS_ROWS_fs_shift_chunk (FS_READS_X | FS_WRITES_OUT)
+#define FS_ROWS_fs_softmax_bwd_chunk (FS_READS_X | FS_READS_T | FS_WRITES_OUT)
+#define FS_ROWS_fs_log_softmax_bwd_chunk (FS_READS_X | FS_READS_T | FS_WRITES_OUT)
+#define FS_ROWS_fs_entropy_sums_chunk FS_READS_X
+#define FS_ROWS_fs_entropy_grad_chunk (FS_READS_X | FS_WRITES_OUT)
+#define FS_ROWS_fs_max_t_chunk FS_READS_T
+#define FS_ROWS_fs_jsd_sums_chunk (FS_READS_X | FS_READS_T)
+#define FS_ROWS_fs_jsd_forward_chunk (FS_READS_X | FS_READS_T | FS_WRITES_OUT)
+#define FS_ROWS_fs_jsd_reverse_chunk (FS_READS_X | FS_READS_T)
+#define FS_ROWS_fs_jsd_mixture_chunk (FS_READS_X | FS_READS_T)
+#define FS_ROWS_fs_jsd_grad_chunk (FS_READS_X | FS_WRITES_OUT)
+
+#if !FS_LOWP
 /* ---- chunk functions: one per helper of rows_typed.h that a row function calls ---- */
 
 static inline void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
@@ -229,10 +310,13 @@ static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_
                        a->out + lo);
 }
 
+#endif  /* !FS_LOWP */
+
 /* ---- row functions: `threads` as for fs_over_chunks ---- */
 
 /* A helper of the row function's arguments `a` over its row (n, threads). */
-#define FS_OVER(chunk, merge, more) FS_FN(fs_over_chunks)(FS_FN(chunk), &a, n, threads, merge, more)
+#define FS_OVER(chunk, merge, more) \
+    FS_FN(fs_over_chunks)(FS_CFN(chunk), FS_ROWS_##chunk, &a, n, threads, merge, more)
 
 static inline __attribute__((always_inline)) void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x, .out = out, .kept = FS_FN(fs_kept_row)(out, n)};
