@@ -503,6 +503,22 @@ cdef inline void _store_rows(const float *x, anyreal *out, Py_ssize_t n) noexcep
         fs_store_array_h(x, out, n)
 
 
+def _float16_to_float32(const int16_t[::1] x, float[::1] out):
+    """For tests only: out = the float16 bits x as float32, by this ISA level's code."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} elements, x {x.shape[0]}; give them one length")
+    if x.shape[0]:
+        fs_load_array_h(&x[0], &out[0], x.shape[0])
+
+
+def _float32_to_float16(const float[::1] x, int16_t[::1] out):
+    """For tests only: out = the float16 bits of x, by this ISA level's code."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} elements, x {x.shape[0]}; give them one length")
+    if x.shape[0]:
+        fs_store_array_h(&x[0], &out[0], x.shape[0])
+
+
 cdef float *_lowp_scratch(Py_ssize_t count) noexcept nogil:
     """count floats, or NULL (flagged: raised after the parallel loop)"""
     return <float *> fs_scratch_malloc(count * sizeof(float))
