@@ -10,13 +10,22 @@
  * count. The chunk lengths and the rule are the Numba backend's (_numba/_split.py).
  * A helper joins the driver through a chunk function (fs_..._chunk below): it calls the
  * helper on the chunk [lo, lo + n) of the row arguments and stores its results.
- * The chunk functions and helpers exist for float and double only. A 16-bit (bfloat16,
- * float16) row function runs the float ones on blocks of the row widened to float, its
- * output rounded back once (fs_call_chunk): GCC vectorises no per-element float16
- * conversion, and a block is converted by whole-vector F16C / AVX-512 instructions
- * (rows.h fs_load_array_h). */
+ * A float16 row function (FS_WIDEN) has no helpers or chunk functions of its own: it
+ * runs the float ones on blocks of the row widened to float, its output rounded back
+ * once (fs_call_chunk). GCC vectorises no per-element float16 conversion, and a block is
+ * converted by whole-vector F16C / AVX-512 instructions (rows.h fs_load_array_h). */
 #ifndef FASTSOFTMAX_ROWS_H
 #error "row_functions_typed.h is included by rows.h only"
+#endif
+#if !defined(FS_WIDEN)
+#error "row_functions_typed.h needs FS_WIDEN (and rows_typed.h's names)"
+#endif
+
+/* The chunk functions a row function calls: its own, or the float ones on widened blocks */
+#if FS_WIDEN
+#define FS_CHUNK(name) FS_CFN(name)
+#else
+#define FS_CHUNK(name) FS_FN(name)
 #endif
 
 #define FS_ARGS FS_FN(fs_row_args)
@@ -37,7 +46,7 @@ typedef struct {
     FS_C m_t, inv_t, log_sum, log_sum_t, inv_sum, beta, kl;
 } FS_ARGS;
 
-#if !FS_LOWP
+#if !FS_WIDEN
 typedef void (*FS_FN(fs_chunk_fn))(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                     double *results);
 
@@ -70,15 +79,15 @@ static inline void FS_FN(fs_merge_block)(double *results, const double *part, in
     for (int r = 0; r < merge; r++) results[r] = first ? part[r] : results[r] + part[r];
 }
 
-/* fn, a chunk function of the compute type, on [lo, lo + n) of the row arguments a.
- * 16-bit rows: block by block of FS_BLOCK elements, the rows fn reads (`rows`,
- * FS_READS_*) widened into float buffers and the out row it writes rounded back from
- * one. The helpers sum in blocks of FS_BLOCK added into a double, so the merged results
- * are the ones a 16-bit instance of the helpers gave. */
+/* fn, a chunk function (FS_CHUNK), on [lo, lo + n) of the row arguments a. FS_WIDEN:
+ * block by block of FS_BLOCK elements, the rows fn reads (`rows`, FS_READS_*) widened
+ * into float buffers and the out row it writes rounded back from one. The helpers sum in
+ * blocks of FS_BLOCK added into a double, so the merged results are the ones helpers
+ * reading the 16-bit row would give. */
 static inline __attribute__((always_inline)) void FS_FN(fs_call_chunk)(
-        FS_CFN(fs_chunk_fn) fn, int rows, int merge, const FS_ARGS *a, Py_ssize_t lo,
+        FS_CHUNK(fs_chunk_fn) fn, int rows, int merge, const FS_ARGS *a, Py_ssize_t lo,
         Py_ssize_t n, double *results) {
-#if FS_LOWP
+#if FS_WIDEN
     _Static_assert(sizeof(FS_ARGS) == sizeof(FS_CFN(fs_row_args))
                    && offsetof(FS_ARGS, m) == offsetof(FS_CFN(fs_row_args), m),
                    "the 16-bit and float row arguments differ in their rows' types only");
@@ -134,7 +143,7 @@ static inline void FS_FN(fs_release_kept)(FS_C *kept) {
  * largest, NaN if any is NaN), or the number of results, each summed over the chunks
  * (0: fn only writes). Returns the first result; `more` (if not NULL) gets the others. */
 static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(
-        FS_CFN(fs_chunk_fn) fn, int rows, const FS_ARGS *a, Py_ssize_t n, int threads,
+        FS_CHUNK(fs_chunk_fn) fn, int rows, const FS_ARGS *a, Py_ssize_t n, int threads,
         int merge, double *more) {
     double results[FS_MAX_RESULTS] = {0};
     if (threads == 0) {
@@ -180,7 +189,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(
 #define FS_ROWS_fs_jsd_mixture_chunk (FS_READS_X | FS_READS_T)
 #define FS_ROWS_fs_jsd_grad_chunk (FS_READS_X | FS_WRITES_OUT)
 
-#if !FS_LOWP
+#if !FS_WIDEN
 /* ---- chunk functions: one per helper of rows_typed.h that a row function calls ---- */
 
 static inline void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n, double *r) {
@@ -310,13 +319,13 @@ static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_
                        a->out + lo);
 }
 
-#endif  /* !FS_LOWP */
+#endif  /* !FS_WIDEN */
 
 /* ---- row functions: `threads` as for fs_over_chunks ---- */
 
 /* A helper of the row function's arguments `a` over its row (n, threads). */
 #define FS_OVER(chunk, merge, more) \
-    FS_FN(fs_over_chunks)(FS_CFN(chunk), FS_ROWS_##chunk, &a, n, threads, merge, more)
+    FS_FN(fs_over_chunks)(FS_CHUNK(chunk), FS_ROWS_##chunk, &a, n, threads, merge, more)
 
 static inline __attribute__((always_inline)) void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
     FS_ARGS a = {.x = x, .out = out, .kept = FS_FN(fs_kept_row)(out, n)};
@@ -472,3 +481,4 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T
 
 #undef FS_OVER
 #undef FS_ARGS
+#undef FS_CHUNK

@@ -2,10 +2,9 @@
  *
  * The same algorithms as fastsoftmax/_numba/_math.py. Each helper is written once, as
  * plain C in rows_typed.h, and each row function (one op on one row, over the row
- * driver) in row_functions_typed.h; the end of this header includes the helpers for
- * float (suffix f) and double (d), and the row functions for those and the 16-bit
- * storage types bfloat16 (b) and float16 (h), which run the float helpers on blocks
- * widened to float; FS_FN(fs_row_max) is fs_row_max_f in the float instance. This
+ * driver) in row_functions_typed.h; the end of this header includes both for float
+ * (suffix f), double (d), and the 16-bit storage types bfloat16 (b) and float16 (h),
+ * computed in float; FS_FN(fs_row_max) is fs_row_max_f in the float instance. This
  * header holds what does not depend on the type.
  * Reductions use `#pragma omp simd reduction`, which lets GCC split them into vector
  * lanes under -fopenmp-simd without -ffast-math (which would break NaN/inf
@@ -242,7 +241,7 @@ enum {
 };
 
 /* The rows of its arguments that a chunk function reads and writes (FS_ROWS_* in
- * row_functions_typed.h): a 16-bit row function widens and rounds back only those. */
+ * row_functions_typed.h): a float16 row function widens and rounds back only those. */
 enum { FS_READS_X = 1, FS_READS_T = 2, FS_WRITES_OUT = 4 };
 
 /* The three cases of the JSD row function (fs_jsd_row): beta = 0 (the forward KL),
@@ -335,7 +334,7 @@ FS_MATH int16_t fs_store_h(float x) {
     return (int16_t)(uint16_t)(h | (sign >> 16));
 }
 
-/* Blocks of 16-bit elements to float and back: the 16-bit row functions run the float
+/* Blocks of 16-bit elements to float and back: the float16 row functions run the float
  * helpers on blocks widened this way (fs_call_chunk, row_functions_typed.h), and short
  * rows of a 16-bit array the float block kernels on a float copy (_kernels.pyx).
  * float16 at the x86-64-v3 and v4 levels converts whole vectors with F16C / AVX-512
@@ -343,7 +342,7 @@ FS_MATH int16_t fs_store_h(float x) {
  * the same bits as fs_load_h / fs_store_h), where the integer conversion cost about 10
  * operations per element each way (and stayed inline in every loop): float16 CE + grad
  * in place, Cython, 2 threads, time ratio new / old side by side (bench.ab, one run):
- * 0.59 at 128 x 131072, 0.60 at 512 x 32768, 0.54 at 16777 x 1000. */
+ * 0.51 at 128 x 131072, 0.53 at 512 x 32768, 0.55 at 16777 x 1000, level with bfloat16. */
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -389,17 +388,24 @@ static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) 
     for (Py_ssize_t i = done; i < n; i++) out[i] = fs_store_h(x[i]);
 }
 
-/* The instances.
- * rows_typed.h, the helpers, for float (suffix f) and double (d): FS_T the element type,
- * FS_S its suffix, FS_P the suffix of the x86 intrinsics, FS_I the lane index type (the
+/* The instances: FS_T the storage type, FS_C the compute type, FS_S and FS_CS their
+ * name suffixes, FS_LOWP 1 for 16-bit storage, FS_LOAD / FS_STORE the conversions
+ * between them, FS_P the suffix of the x86 intrinsics, FS_I the lane index type (the
  * element width), FS_EXP_HI the bound above which fs_exp_* gives +inf (127 ln2,
- * 1023 ln2: 2^k stays normal), FS_LOG_NORMAL / FS_MIN_NORMAL (rows_typed.h).
- * row_functions_typed.h, the row driver and row functions, for those two and the 16-bit
- * storage types bfloat16 (b) and float16 (h): FS_T the storage type, FS_S its suffix,
- * FS_C the compute type (float for 16-bit) and FS_CS its suffix, FS_LOWP 1 for 16-bit
- * storage, FS_LOAD / FS_STORE the conversions of one element between them. */
+ * 1023 ln2: 2^k stays normal). bfloat16 (b) has the long-row helpers (rows_typed.h), each
+ * element converted inline (a shift each way); float16 (h) has row functions only
+ * (FS_WIDEN 1), which run the float helpers on blocks widened to float
+ * (row_functions_typed.h's fs_call_chunk): its per-element conversion does not vectorise
+ * to one instruction as fs_load_array_h's blocks do. bfloat16 went the same way first:
+ * slower, with nothing to gain (time ratio widened / inline, bench.ab, 2 threads:
+ * softmax_backward 1.13-1.39, CE + grad in place 1.04-1.14). */
 #define FS_IDENTITY(v) (v)
-
+#define FS_WIDEN 0
+#define FS_C float
+#define FS_CS f
+#define FS_LOWP 0
+#define FS_LOAD FS_IDENTITY
+#define FS_STORE FS_IDENTITY
 #define FS_T float
 #define FS_S f
 #define FS_P ps
@@ -408,13 +414,19 @@ static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) 
 #define FS_LOG_NORMAL fs_log_normal_f
 #define FS_MIN_NORMAL 1.17549435e-38f
 #include "rows_typed.h"
+#include "row_functions_typed.h"
+#undef FS_T
+#undef FS_S
+#undef FS_C
+#undef FS_CS
+
+#define FS_C double
+#define FS_CS d
 #undef FS_P
 #undef FS_I
 #undef FS_EXP_HI
 #undef FS_LOG_NORMAL
 #undef FS_MIN_NORMAL
-#undef FS_T
-#undef FS_S
 
 #define FS_T double
 #define FS_S d
@@ -424,31 +436,6 @@ static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) 
 #define FS_LOG_NORMAL fs_log_d
 #define FS_MIN_NORMAL 2.2250738585072014e-308
 #include "rows_typed.h"
-#undef FS_P
-#undef FS_I
-#undef FS_EXP_HI
-#undef FS_LOG_NORMAL
-#undef FS_MIN_NORMAL
-#undef FS_T
-#undef FS_S
-
-#define FS_LOWP 0
-#define FS_LOAD FS_IDENTITY
-#define FS_STORE FS_IDENTITY
-#define FS_T float
-#define FS_S f
-#define FS_C float
-#define FS_CS f
-#include "row_functions_typed.h"
-#undef FS_T
-#undef FS_S
-#undef FS_C
-#undef FS_CS
-
-#define FS_T double
-#define FS_S d
-#define FS_C double
-#define FS_CS d
 #include "row_functions_typed.h"
 #undef FS_T
 #undef FS_S
@@ -457,21 +444,34 @@ static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) 
 #undef FS_LOWP
 #undef FS_LOAD
 #undef FS_STORE
+#undef FS_P
+#undef FS_I
+#undef FS_EXP_HI
+#undef FS_LOG_NORMAL
+#undef FS_MIN_NORMAL
 
-#define FS_LOWP 1
 #define FS_C float
 #define FS_CS f
+#define FS_LOWP 1
+#define FS_P ps
+#define FS_I int32_t
+#define FS_EXP_HI (127.0f * 0.69314718f)
+#define FS_LOG_NORMAL fs_log_normal_f
+#define FS_MIN_NORMAL 1.17549435e-38f
 
 #define FS_T uint16_t
 #define FS_S b
 #define FS_LOAD fs_load_b
 #define FS_STORE fs_store_b
+#include "rows_typed.h"
 #include "row_functions_typed.h"
 #undef FS_T
 #undef FS_S
 #undef FS_LOAD
 #undef FS_STORE
+#undef FS_WIDEN
 
+#define FS_WIDEN 1
 #define FS_T int16_t
 #define FS_S h
 #define FS_LOAD fs_load_h
@@ -481,9 +481,15 @@ static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) 
 #undef FS_S
 #undef FS_LOAD
 #undef FS_STORE
+#undef FS_WIDEN
 
 #undef FS_C
 #undef FS_CS
 #undef FS_LOWP
+#undef FS_P
+#undef FS_I
+#undef FS_EXP_HI
+#undef FS_LOG_NORMAL
+#undef FS_MIN_NORMAL
 
 #endif

@@ -1,20 +1,28 @@
-/* The typed row helpers of rows.h, written once and included there once per element type
- * (float and double), with
- *   FS_T       the element type
- *   FS_S       its name suffix (f, d): FS_FN(fs_row_max) is fs_row_max_f
+/* The typed row helpers of rows.h, written once and included there once per element type,
+ * with
+ *   FS_T       the storage type of a row (float, double; uint16_t for bfloat16 bits)
+ *   FS_C       the compute type (FS_T, or float for bfloat16)
+ *   FS_S, FS_CS  the name suffixes of FS_T and FS_C (f, d, b, h): FS_FN(fs_row_max) is
+ *              fs_row_max_f, ..., FS_CFN(fs_exp_core) is the compute type's exp
+ *   FS_LOWP    1 for bfloat16: its instance has the long-row helpers only
+ *   FS_LOAD(v), FS_STORE(v)  a stored element to FS_C and back (rounded to nearest
+ *              even); the identity for float and double
  *   FS_P       the x86 intrinsic suffix (ps, pd): FS_MM(_mm512_max_) is _mm512_max_ps
  *   FS_I       the integer type of a lane index (int32_t, int64_t)
  *   FS_EXP_HI  fs_exp's bound: above it exp(x) is +inf
  *   FS_LOG_NORMAL, FS_MIN_NORMAL  log of a normal FS_T, and the smallest normal FS_T
- * bfloat16 and float16 rows have no instance here: their row functions run the float
- * helpers on blocks widened to float (fs_call_chunk, row_functions_typed.h).
+ * Class weights are FS_C (float32 for a 16-bit row). Every read of a row goes through
+ * FS_LOAD and every write through FS_STORE, so that a helper is written once for the
+ * three types. float16 has no instance: its row functions run the float helpers on
+ * blocks widened to float (fs_call_chunk, row_functions_typed.h).
  * No include guard: each inclusion is one instance. Not to be included elsewhere. */
 #ifndef FASTSOFTMAX_ROWS_H
 #error "rows_typed.h is included by rows.h only"
 #endif
-#if !defined(FS_T) || !defined(FS_S) || !defined(FS_P) || !defined(FS_I) \
+#if !defined(FS_T) || !defined(FS_C) || !defined(FS_S) || !defined(FS_CS) || !defined(FS_LOWP) \
+    || !defined(FS_LOAD) || !defined(FS_STORE) || !defined(FS_P) || !defined(FS_I) \
     || !defined(FS_EXP_HI) || !defined(FS_LOG_NORMAL) || !defined(FS_MIN_NORMAL)
-#error "rows_typed.h needs FS_T, FS_S, FS_P, FS_I, FS_EXP_HI, FS_LOG_NORMAL and FS_MIN_NORMAL"
+#error "rows_typed.h needs FS_T, FS_C, FS_S, FS_CS, FS_LOWP, FS_LOAD, FS_STORE, FS_P, FS_I, FS_EXP_HI, FS_LOG_NORMAL and FS_MIN_NORMAL"
 #endif
 
 /* Names local to this file (#undef at its end). */
@@ -22,6 +30,9 @@
 #define FS_INDEX_VEC FS_FN(fs_index_vec)                     /* fs_index_vec_f, ... */
 #define FS_LANES ((Py_ssize_t)(FS_VEC_BYTES / sizeof(FS_T)))  /* lanes of a vector */
 
+/* The scalar math runs in the compute type FS_C and is defined by the float and double
+ * instances only; a 16-bit instance calls the float one (FS_CFN). */
+#if !FS_LOWP
 FS_MATH FS_T FS_FN(fs_exp)(FS_T x) {
     return x > FS_EXP_HI ? (FS_T)INFINITY : FS_FN(fs_exp_core)(x);
 }
@@ -67,38 +78,39 @@ static inline FS_T FS_FN(fs_weight)(const FS_T *w, Py_ssize_t j) {
 FS_MATH FS_T FS_FN(fs_kept_exp)(FS_T v, FS_T m, FS_T cap) {
     return cap != 0 ? FS_FN(fs_exp_core)(v - m) : v;
 }
+#endif
 
 /* Largest element; NaN if the row holds a NaN. */
-static inline FS_T FS_FN(fs_row_max)(const FS_T *row, Py_ssize_t n) {
-    FS_T m = row[0];
+static inline FS_C FS_FN(fs_row_max)(const FS_T *row, Py_ssize_t n) {
+    FS_C m = FS_LOAD(row[0]);
     int nan = 0;
     #pragma omp simd reduction(max:m) reduction(|:nan)
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_T v = row[j];
+        FS_C v = FS_LOAD(row[j]);
         m = v > m ? v : m;
         nan |= v != v;
     }
-    return nan ? (FS_T)NAN : m;
+    return nan ? (FS_C)NAN : m;
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
-        const FS_T *row, Py_ssize_t n, FS_T m, FS_T cap, FS_T *kept) {
+        const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap, FS_C *kept) {
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc = 0;
+        FS_C acc = 0;
         if (kept) {
             #pragma omp simd reduction(+:acc)
             for (Py_ssize_t j = start; j < stop; j++) {
-                FS_T z = FS_FN(fs_softcap)(row[j], cap);
-                FS_T e = FS_FN(fs_exp_core)(z - m);
+                FS_C z = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap);
+                FS_C e = FS_CFN(fs_exp_core)(z - m);
                 kept[j] = cap != 0 ? z : e;
                 acc += e;
             }
         } else {
             #pragma omp simd reduction(+:acc)
             for (Py_ssize_t j = start; j < stop; j++)
-                acc += FS_FN(fs_exp_core)(FS_FN(fs_softcap)(row[j], cap) - m);
+                acc += FS_CFN(fs_exp_core)(FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap) - m);
         }
         total += acc;
     }
@@ -106,8 +118,8 @@ static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
 }
 
 /* kept (if not NULL) = NaN; returns NaN */
-static inline double FS_FN(fs_nan_kept)(FS_T *kept, Py_ssize_t n) {
-    if (kept) for (Py_ssize_t j = 0; j < n; j++) kept[j] = (FS_T)NAN;
+static inline double FS_FN(fs_nan_kept)(FS_C *kept, Py_ssize_t n) {
+    if (kept) for (Py_ssize_t j = 0; j < n; j++) kept[j] = (FS_C)NAN;
     return NAN;
 }
 
@@ -115,8 +127,8 @@ static inline double FS_FN(fs_nan_kept)(FS_T *kept, Py_ssize_t n) {
  * row function's FS_ARGS.kept), also kept = exp(z - m), or z when capped (kept may be
  * row). Keeping the exponentials lets the write pass rescale them instead of computing
  * exp again: CE + grad 0.96 -> 0.81 ns/elem at 512 x 32768 float32. */
-static inline double FS_FN(fs_row_sumexp)(const FS_T *row, Py_ssize_t n, FS_T m, FS_T cap,
-                                          FS_T *kept) {
+static inline double FS_FN(fs_row_sumexp)(const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap,
+                                          FS_C *kept) {
     if (!isfinite(m)) return FS_FN(fs_nan_kept)(kept, n);
     return cap != 0 ? FS_FN(fs_row_sumexp_loop)(row, n, m, cap, kept)
                     : FS_FN(fs_row_sumexp_loop)(row, n, m, 0, kept);
@@ -127,10 +139,10 @@ static inline __attribute__((always_inline)) double FS_FN(fs_row_dot_loop)(
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc = 0;
+        FS_C acc = 0;
         #pragma omp simd reduction(+:acc)
         for (Py_ssize_t j = start; j < stop; j++)
-            acc += a[j] * (b ? b[j] : (FS_T)1);
+            acc += FS_LOAD(a[j]) * (b ? FS_LOAD(b[j]) : (FS_C)1);
         total += acc;
     }
     return total;
@@ -142,22 +154,22 @@ static inline double FS_FN(fs_row_dot)(const FS_T *a, const FS_T *b, Py_ssize_t 
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_shifted_dot_loop)(
-        const FS_T *w, const FS_T *row, Py_ssize_t n, FS_T m, FS_T cap) {
+        const FS_C *w, const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap) {
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc = 0;
+        FS_C acc = 0;
         #pragma omp simd reduction(+:acc)
         for (Py_ssize_t j = start; j < stop; j++)
-            acc += FS_FN(fs_weight)(w, j) * (FS_FN(fs_softcap)(row[j], cap) - m);
+            acc += FS_CFN(fs_weight)(w, j) * (FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap) - m);
         total += acc;
     }
     return total;
 }
 
 /* sum(w * (fs_softcap(row, cap) - m)) (w NULL: ones) */
-static inline double FS_FN(fs_row_shifted_dot)(const FS_T *w, const FS_T *row, Py_ssize_t n,
-                                               FS_T m, FS_T cap) {
+static inline double FS_FN(fs_row_shifted_dot)(const FS_C *w, const FS_T *row, Py_ssize_t n,
+                                               FS_C m, FS_C cap) {
     if (cap != 0)
         return w ? FS_FN(fs_row_shifted_dot_loop)(w, row, n, m, cap)
                  : FS_FN(fs_row_shifted_dot_loop)(NULL, row, n, m, cap);
@@ -166,17 +178,17 @@ static inline double FS_FN(fs_row_shifted_dot)(const FS_T *w, const FS_T *row, P
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
-        const FS_T *row, const FS_T *t, const FS_T *w, Py_ssize_t n, FS_T m, FS_T keep,
-        FS_T eps, FS_T cap, FS_T *kept, double *total_wt, double *shifted_wt) {
+        const FS_T *row, const FS_T *t, const FS_C *w, Py_ssize_t n, FS_C m, FS_C keep,
+        FS_C eps, FS_C cap, FS_C *kept, double *total_wt, double *shifted_wt) {
     double sum_exp = 0.0, twt = 0.0, swt = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_exp = 0, acc_wt = 0, acc_shifted = 0;
+        FS_C acc_exp = 0, acc_wt = 0, acc_shifted = 0;
         #pragma omp simd reduction(+:acc_exp,acc_wt,acc_shifted)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T capped = FS_FN(fs_softcap)(row[j], cap), z = capped - m;
-            FS_T wt = FS_FN(fs_weight)(w, j) * (t[j] * keep + eps);
-            FS_T e = FS_FN(fs_exp_core)(z);
+            FS_C capped = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap), z = capped - m;
+            FS_C wt = FS_CFN(fs_weight)(w, j) * (FS_LOAD(t[j]) * keep + eps);
+            FS_C e = FS_CFN(fs_exp_core)(z);
             if (kept) kept[j] = cap != 0 ? capped : e;
             acc_exp += e;
             acc_wt += wt;
@@ -192,9 +204,9 @@ static inline __attribute__((always_inline)) double FS_FN(fs_prob_sums_loop)(
  * z = fs_softcap(row, cap): returns sum(exp(z - m)), sets *total_wt = sum(w t') and
  * *shifted_wt = sum(w t' (z - m)); with kept, also kept = exp(z - m), or z when capped
  * (as fs_row_sumexp). All three are NaN when m is not finite. */
-static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const FS_T *w,
-                                         Py_ssize_t n, FS_T m, FS_T keep, FS_T eps, FS_T cap,
-                                         FS_T *kept, double *total_wt, double *shifted_wt) {
+static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const FS_C *w,
+                                         Py_ssize_t n, FS_C m, FS_C keep, FS_C eps, FS_C cap,
+                                         FS_C *kept, double *total_wt, double *shifted_wt) {
     if (!isfinite(m)) {
         *total_wt = *shifted_wt = NAN;
         return FS_FN(fs_nan_kept)(kept, n);
@@ -209,84 +221,85 @@ static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const F
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_rescale_loop)(
-        const FS_T *kept, FS_T *out, FS_T k, FS_T f, const FS_T *w, Py_ssize_t n, FS_T m,
-        FS_T cap) {
+        const FS_C *kept, FS_T *out, FS_C k, FS_C f, const FS_C *w, Py_ssize_t n, FS_C m,
+        FS_C cap) {
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_T v = kept[j], e = FS_FN(fs_kept_exp)(v, m, cap);
-        out[j] = (e * k - f * FS_FN(fs_weight)(w, j)) * FS_FN(fs_softcap_slope)(v, cap);
+        FS_C v = kept[j], e = FS_CFN(fs_kept_exp)(v, m, cap);
+        out[j] = FS_STORE((e * k - f * FS_CFN(fs_weight)(w, j))
+                          * FS_CFN(fs_softcap_slope)(v, cap));
     }
 }
 
 /* out = e * k - f * w (w NULL: ones; f = 0 leaves e * k, bit for bit), e = exp(z - m)
  * from what the exp pass kept (fs_kept_exp); with cap (not 0), the result is multiplied
  * by dz/dx. out may be kept. */
-static inline void FS_FN(fs_rescale)(const FS_T *kept, FS_T *out, FS_T k, FS_T f,
-                                     const FS_T *w, Py_ssize_t n, FS_T m, FS_T cap) {
+static inline void FS_FN(fs_rescale)(const FS_C *kept, FS_T *out, FS_C k, FS_C f,
+                                     const FS_C *w, Py_ssize_t n, FS_C m, FS_C cap) {
     if (cap != 0) FS_FN(fs_rescale_loop)(kept, out, k, f, w, n, m, cap);
     else if (w) FS_FN(fs_rescale_loop)(kept, out, k, f, w, n, m, 0);
     else FS_FN(fs_rescale_loop)(kept, out, k, f, NULL, n, m, 0);
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_prob_rescale_loop)(
-        const FS_T *kept, FS_T *out, const FS_T *t, const FS_T *w, FS_T k, FS_T f, FS_T keep,
-        FS_T eps, Py_ssize_t n, FS_T m, FS_T cap) {
+        const FS_C *kept, FS_T *out, const FS_T *t, const FS_C *w, FS_C k, FS_C f, FS_C keep,
+        FS_C eps, Py_ssize_t n, FS_C m, FS_C cap) {
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_T v = kept[j], e = FS_FN(fs_kept_exp)(v, m, cap);
-        out[j] = (e * k - f * FS_FN(fs_weight)(w, j) * (t[j] * keep + eps))
-                 * FS_FN(fs_softcap_slope)(v, cap);
+        FS_C v = kept[j], e = FS_CFN(fs_kept_exp)(v, m, cap);
+        out[j] = FS_STORE((e * k - f * FS_CFN(fs_weight)(w, j) * (FS_LOAD(t[j]) * keep + eps))
+                          * FS_CFN(fs_softcap_slope)(v, cap));
     }
 }
 
 /* out = e * k - f * w * (t * keep + eps) (w NULL: ones), e and cap as in fs_rescale */
-static inline void FS_FN(fs_prob_rescale)(const FS_T *kept, FS_T *out, const FS_T *t,
-                                          const FS_T *w, FS_T k, FS_T f, FS_T keep, FS_T eps,
-                                          Py_ssize_t n, FS_T m, FS_T cap) {
+static inline void FS_FN(fs_prob_rescale)(const FS_C *kept, FS_T *out, const FS_T *t,
+                                          const FS_C *w, FS_C k, FS_C f, FS_C keep, FS_C eps,
+                                          Py_ssize_t n, FS_C m, FS_C cap) {
     if (cap != 0) FS_FN(fs_prob_rescale_loop)(kept, out, t, w, k, f, keep, eps, n, m, cap);
     else if (w) FS_FN(fs_prob_rescale_loop)(kept, out, t, w, k, f, keep, eps, n, m, 0);
     else FS_FN(fs_prob_rescale_loop)(kept, out, t, NULL, k, f, keep, eps, n, m, 0);
 }
 
 /* out = (row - m) - log_sum */
-static inline void FS_FN(fs_shift)(const FS_T *row, FS_T m, FS_T log_sum, FS_T *out,
+static inline void FS_FN(fs_shift)(const FS_T *row, FS_C m, FS_C log_sum, FS_T *out,
                                    Py_ssize_t n) {
     #pragma omp simd
-    for (Py_ssize_t j = 0; j < n; j++) out[j] = (row[j] - m) - log_sum;
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = FS_STORE((FS_LOAD(row[j]) - m) - log_sum);
 }
 
 /* out = y * (dy - dot) */
-static inline void FS_FN(fs_softmax_bwd)(const FS_T *y, const FS_T *dy, FS_T dot, FS_T *out,
+static inline void FS_FN(fs_softmax_bwd)(const FS_T *y, const FS_T *dy, FS_C dot, FS_T *out,
                                          Py_ssize_t n) {
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++)
-        out[j] = y[j] * (dy[j] - dot);
+        out[j] = FS_STORE(FS_LOAD(y[j]) * (FS_LOAD(dy[j]) - dot));
 }
 
 /* out = dy - exp(logp) * total */
-static inline void FS_FN(fs_log_softmax_bwd)(const FS_T *logp, const FS_T *dy, FS_T total,
+static inline void FS_FN(fs_log_softmax_bwd)(const FS_T *logp, const FS_T *dy, FS_C total,
                                              FS_T *out, Py_ssize_t n) {
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++)
-        out[j] = dy[j] - FS_FN(fs_exp)(logp[j]) * total;
+        out[j] = FS_STORE(FS_LOAD(dy[j]) - FS_CFN(fs_exp)(FS_LOAD(logp[j])) * total);
 }
 
 /* The shifted logit d = max(x - m, FS_ENTROPY_FLOOR) of the entropy */
-FS_MATH FS_T FS_FN(fs_entropy_d)(FS_T x, FS_T m) {
-    FS_T d = x - m;
-    return d > (FS_T)FS_ENTROPY_FLOOR ? d : (FS_T)FS_ENTROPY_FLOOR;
+FS_MATH FS_C FS_FN(fs_entropy_d)(FS_C x, FS_C m) {
+    FS_C d = x - m;
+    return d > (FS_C)FS_ENTROPY_FLOOR ? d : (FS_C)FS_ENTROPY_FLOOR;
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_entropy_sums_loop)(
-        const FS_T *row, Py_ssize_t n, FS_T m, FS_T *kept, double *sum_ed, int keep_d) {
+        const FS_T *row, Py_ssize_t n, FS_C m, FS_C *kept, double *sum_ed, int keep_d) {
     double sum_e = 0.0, total_ed = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_e = 0, acc_ed = 0;
+        FS_C acc_e = 0, acc_ed = 0;
         #pragma omp simd reduction(+:acc_e,acc_ed)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T d = FS_FN(fs_entropy_d)(row[j], m);
-            FS_T e = FS_FN(fs_exp_core)(d);
+            FS_C d = FS_FN(fs_entropy_d)(FS_LOAD(row[j]), m);
+            FS_C e = FS_CFN(fs_exp_core)(d);
             if (kept) kept[j] = keep_d ? d : e;
             acc_e += e;
             acc_ed += e * d;
@@ -300,9 +313,9 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_sums_loop)(
 
 /* Entropy, with d = fs_entropy_d(row, m) and e = exp(d) (formulas in
  * fastsoftmax/_numba/_entropy.py): returns sum(e), sets *sum_ed = sum(e d); with kept
- * (the row function's FS_ARGS.kept), also kept = e, or kept = d when kept is row (in
- * place: the gradient pass then cannot read row). m is the row's finite max. */
-static inline double FS_FN(fs_entropy_sums)(const FS_T *row, Py_ssize_t n, FS_T m, FS_T *kept,
+ * (the row function's FS_ARGS.kept), also kept = e, or kept = d when kept is row (float
+ * in place: the gradient pass then cannot read row). m is the row's finite max. */
+static inline double FS_FN(fs_entropy_sums)(const FS_T *row, Py_ssize_t n, FS_C m, FS_C *kept,
                                             double *sum_ed) {
     /* Each case a loop of its own: with the NULL test left inside, the entropy (no out)
      * ran as scalar code, 1.2 ns/elem against 0.2 with out (float32, 2 threads). */
@@ -313,21 +326,22 @@ static inline double FS_FN(fs_entropy_sums)(const FS_T *row, Py_ssize_t n, FS_T 
 }
 
 /* The entropy gradient out = k * e * (mean_d - d) after fs_entropy_sums. Out of place,
- * and for a 16-bit row (whose kept is a float row of scratch), kept holds e and d is
- * recomputed from row; in place, kept (= out = row) holds d and e is computed again. Keeping e saves the second exp: the time of entropy_with_grad
+ * or 16-bit, kept holds e and d is recomputed from row (a 16-bit out may be row: each
+ * element is read before it is written); float in place, kept (= out = row) holds d and
+ * e is computed again. Keeping e saves the second exp: the time of entropy_with_grad
  * over that of cross_entropy_with_grad at 128 x 131072 float32, 2 threads, calls
  * interleaved in one process on a loaded machine: Cython 1.40 -> 0.80-1.21, Numba
  * 1.34 -> 1.02-1.07 (two runs each). */
-static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_T m, const FS_T *kept, FS_T *out,
-                                          Py_ssize_t n, FS_T k, FS_T mean_d) {
+static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_C m, const FS_C *kept, FS_T *out,
+                                          Py_ssize_t n, FS_C k, FS_C mean_d) {
     if ((const void *)kept == (const void *)row) {
         #pragma omp simd
         for (Py_ssize_t j = 0; j < n; j++)
-            out[j] = k * FS_FN(fs_exp_core)(kept[j]) * (mean_d - kept[j]);
+            out[j] = FS_STORE(k * FS_CFN(fs_exp_core)(kept[j]) * (mean_d - kept[j]));
     } else {
         #pragma omp simd
         for (Py_ssize_t j = 0; j < n; j++)
-            out[j] = k * kept[j] * (mean_d - FS_FN(fs_entropy_d)(row[j], m));
+            out[j] = FS_STORE(k * kept[j] * (mean_d - FS_FN(fs_entropy_d)(FS_LOAD(row[j]), m)));
     }
 }
 
@@ -337,18 +351,18 @@ static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_T m, const FS_T *k
  * FS_ARGS.kept (the gradient row itself for float and double) ---- */
 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
-        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s, FS_T m_t, FS_T inv_t, FS_T *kept,
+        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s, FS_C m_t, FS_C inv_t, FS_C *kept,
         double *sum_t) {
     double total_s = 0.0, total_t = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_s = 0, acc_t = 0;
+        FS_C acc_s = 0, acc_t = 0;
         #pragma omp simd reduction(+:acc_s,acc_t)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T e = FS_FN(fs_exp_core)((s[j] - m_s) * inv_t);
+            FS_C e = FS_CFN(fs_exp_core)((FS_LOAD(s[j]) - m_s) * inv_t);
             if (kept) kept[j] = e;
             acc_s += e;
-            acc_t += FS_FN(fs_exp_core)((t[j] - m_t) * inv_t);
+            acc_t += FS_CFN(fs_exp_core)((FS_LOAD(t[j]) - m_t) * inv_t);
         }
         total_s += acc_s;
         total_t += acc_t;
@@ -359,38 +373,38 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
 
 /* sum(exp((s - m_s) inv_t)); sets *sum_t = sum(exp((t - m_t) inv_t)); with kept, also
  * kept = exp((s - m_s) inv_t). m_s, m_t: the rows' finite maxima. */
-static inline double FS_FN(fs_jsd_sums)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s,
-                                        FS_T m_t, FS_T inv_t, FS_T *kept, double *sum_t) {
+static inline double FS_FN(fs_jsd_sums)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
+                                        FS_C m_t, FS_C inv_t, FS_C *kept, double *sum_t) {
     return kept ? FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, kept, sum_t)
                 : FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, NULL, sum_t);
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
-        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s, FS_T m_t, FS_T inv_t,
-        FS_T log_sum_s, FS_T log_sum_t, FS_T inv_sum_s, FS_T beta, FS_T k, FS_T *kept,
+        const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s, FS_C m_t, FS_C inv_t,
+        FS_C log_sum_s, FS_C log_sum_t, FS_C inv_sum_s, FS_C beta, FS_C k, FS_C *kept,
         FS_T *out, int mode, double *kl_q) {
-    const FS_T keep = 1 - beta, tiny = FS_MIN_NORMAL, zero = 0;
+    const FS_C keep = 1 - beta, tiny = FS_MIN_NORMAL, zero = 0;
     double loss = 0.0, total_kl_q = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
-        FS_T acc_loss = 0, acc_kl_q = 0;
+        FS_C acc_loss = 0, acc_kl_q = 0;
         #pragma omp simd reduction(+:acc_loss,acc_kl_q)
         for (Py_ssize_t j = start; j < stop; j++) {
-            FS_T log_q = (s[j] - m_s) * inv_t - log_sum_s;
-            FS_T log_p = (t[j] - m_t) * inv_t - log_sum_t;
-            FS_T q = kept ? kept[j] * inv_sum_s : FS_FN(fs_exp_core)(log_q);
-            FS_T p = FS_FN(fs_exp_core)(log_p);
+            FS_C log_q = (FS_LOAD(s[j]) - m_s) * inv_t - log_sum_s;
+            FS_C log_p = (FS_LOAD(t[j]) - m_t) * inv_t - log_sum_t;
+            FS_C q = kept ? kept[j] * inv_sum_s : FS_CFN(fs_exp_core)(log_q);
+            FS_C p = FS_CFN(fs_exp_core)(log_p);
             if (mode == FS_JSD_FORWARD) {
                 acc_loss += p > zero ? p * (log_p - log_q) : zero;
-                if (kept) out[j] = k * (q - p);
+                if (kept) out[j] = FS_STORE(k * (q - p));
             } else if (mode == FS_JSD_REVERSE) {
                 acc_loss += q > zero ? q * (log_q - log_p) : zero;
                 if (kept) kept[j] = log_q - log_p;
             } else {
-                FS_T mix = beta * p + keep * q;
-                FS_T log_m = FS_LOG_NORMAL(mix > tiny ? mix : tiny);
-                FS_T term_q = q > zero ? q * (log_q - log_m) : zero;
-                FS_T term_p = p > zero ? p * (log_p - log_m) : zero;
+                FS_C mix = beta * p + keep * q;
+                FS_C log_m = FS_LOG_NORMAL(mix > tiny ? mix : tiny);
+                FS_C term_q = q > zero ? q * (log_q - log_m) : zero;
+                FS_C term_p = p > zero ? p * (log_p - log_m) : zero;
                 acc_loss += beta * term_p + keep * term_q;
                 acc_kl_q += term_q;
                 if (kept) kept[j] = log_q - log_m;
@@ -408,9 +422,9 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
  * exp((s - m_s) inv_t)), also kept = r = log Q - log M, or at beta = 0 the gradient
  * k (Q - P) into out. Each (mode, kept) case is a loop of its own (a constant mode and
  * NULL). */
-static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_T m_s,
-                                         FS_T m_t, FS_T inv_t, FS_T log_sum_s, FS_T log_sum_t,
-                                         FS_T inv_sum_s, FS_T beta, FS_T k, FS_T *kept,
+static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
+                                         FS_C m_t, FS_C inv_t, FS_C log_sum_s, FS_C log_sum_t,
+                                         FS_C inv_sum_s, FS_C beta, FS_C k, FS_C *kept,
                                          FS_T *out, int mode, double *kl_q) {
 #define FS_JSD_TERMS(o, m) FS_FN(fs_jsd_terms_loop)(s, t, n, m_s, m_t, inv_t, log_sum_s, \
                                                     log_sum_t, inv_sum_s, beta, k, o, out, m, \
@@ -425,16 +439,20 @@ static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_
 
 /* The JSD gradient out = k Q (r - kl_q) after fs_jsd_terms, kept holding r; Q is
  * computed again from s (kept no longer holds it). */
-static inline void FS_FN(fs_jsd_grad)(const FS_T *s, Py_ssize_t n, FS_T m_s, FS_T inv_t,
-                                      FS_T log_sum_s, FS_T k, FS_T kl_q, const FS_T *kept,
+static inline void FS_FN(fs_jsd_grad)(const FS_T *s, Py_ssize_t n, FS_C m_s, FS_C inv_t,
+                                      FS_C log_sum_s, FS_C k, FS_C kl_q, const FS_C *kept,
                                       FS_T *out) {
-    const FS_T zero = 0;
+    const FS_C zero = 0;
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_T q = FS_FN(fs_exp_core)((s[j] - m_s) * inv_t - log_sum_s);
-        out[j] = q > zero ? k * q * (kept[j] - kl_q) : zero;
+        FS_C q = FS_CFN(fs_exp_core)((FS_LOAD(s[j]) - m_s) * inv_t - log_sum_s);
+        out[j] = FS_STORE(q > zero ? k * q * (kept[j] - kl_q) : zero);
     }
 }
+
+/* The short rows: float and double only (a 16-bit array's short rows run the float
+ * block kernels on a float copy, _kernels.pyx). */
+#if !FS_LOWP
 
 /* ---- short rows (the block kernels, C < 128): a row is a few vectors ----
  * With one row of 10 classes per task, an omp simd loop runs entirely in its scalar
@@ -764,6 +782,7 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
     }
 }
 
+#endif  /* !FS_LOWP */
 
 #undef FS_FOR_EACH_VECTOR
 #undef FS_LANES
