@@ -2,10 +2,10 @@
  * logits, sigmoid and log-sigmoid, on flat arrays (any shape, no rows).
  *
  * The same formulas as fastsoftmax/_numba/_elementwise.py. Each loop is written once, in
- * elementwise_typed.h, which this header includes four times: for float (suffix f),
- * double (d), and the 16-bit storage types bfloat16 (b) and float16 (h), computed in float
- * (issue 18: losses and weights float, every output element rounded once, as in rows.h's
- * 16-bit instances). An element is computed in its compute type, so that float32 runs at
+ * elementwise_typed.h, which this header includes three times: for float (suffix f),
+ * double (d), and bfloat16 storage (b), computed in float (issue 18: losses and weights
+ * float, every output element rounded once, as in rows.h's 16-bit instances); float16
+ * (h) runs the float loops on widened blocks (below). An element is computed in its compute type, so that float32 runs at
  * twice the vector lanes of double (float32, two threads, bench.ab: kl_div + grad 2.60 -> 1.26
  * ns/elem at 16777x1000, BCE + grad 4.50 -> 1.92), and the losses are summed in that type
  * over blocks of FS_BLOCK elements, the block sums in double. exp is rows.h's; log is rows.h's for
@@ -33,10 +33,10 @@
     (loss && grad ? call_with(loss, grad) : loss ? call_with(loss, NULL)             \
      : grad ? call_with(NULL, grad) : call_with(NULL, NULL))
 
-/* The four instances: FS_T the storage type, FS_C the compute type (and the type of the
+/* The instances: FS_T the storage type, FS_C the compute type (and the type of the
  * losses and of the weight streams), FS_S and FS_CS their name suffixes, FS_LOAD /
- * FS_STORE the conversions between them (rows.h's); FS_EW_LOWP 1 for 16-bit storage,
- * whose instances use the float instance's scalar math. */
+ * FS_STORE the conversions between them (rows.h's); FS_EW_LOWP 1 for bfloat16 storage,
+ * whose instance uses the float instance's scalar math. */
 #define FS_C float
 #define FS_CS f
 #define FS_EW_LOWP 0
@@ -92,18 +92,62 @@
 #undef FS_LOAD
 #undef FS_STORE
 
-#define FS_T int16_t
-#define FS_S h
-#define FS_LOAD fs_load_h
-#define FS_STORE fs_store_h
-#include "elementwise_typed.h"
-#undef FS_T
-#undef FS_S
-#undef FS_LOAD
-#undef FS_STORE
 #undef FS_C
 #undef FS_CS
 #undef FS_EW_LOWP
+
+/* float16 (suffix h): the float instance's segments on blocks of FS_BLOCK elements
+ * widened to float by rows.h's fs_load_array_h (F16C / AVX-512 vector conversions, where
+ * an element converted inline costs about 10 integer operations each way), each gradient
+ * or output block rounded back once, as the float16 row functions do
+ * (row_functions_typed.h). A loss is the blocks' sums added in double, the sum the
+ * segment forms over its own blocks. */
+static inline double fs_kl_div_at_h(const void *x, const void *t, const double *g,
+                                    double scale, void *loss, void *grad, Py_ssize_t i,
+                                    Py_ssize_t n, int log_target) {
+    float xb[FS_BLOCK], tb[FS_BLOCK], grad_b[FS_BLOCK];
+    double total = 0.0;
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
+        Py_ssize_t at = i + start, len = FS_MIN(FS_BLOCK, n - start);
+        fs_load_array_h((const int16_t *)x + at, xb, len);
+        fs_load_array_h((const int16_t *)t + at, tb, len);
+        total += fs_kl_div_segment_f(xb, tb, g ? g + start : NULL, scale,
+                                     loss ? (float *)loss + at : NULL, grad ? grad_b : NULL,
+                                     len, log_target);
+        if (grad) fs_store_array_h(grad_b, (int16_t *)grad + at, len);
+    }
+    return total;
+}
+
+static inline double fs_bce_at_h(const void *x, const void *t, const void *w,
+                                 Py_ssize_t w_at, const void *pw, Py_ssize_t pw_at,
+                                 const double *g, double scale, void *loss, void *grad,
+                                 Py_ssize_t i, Py_ssize_t n) {
+    float xb[FS_BLOCK], tb[FS_BLOCK], grad_b[FS_BLOCK];
+    double total = 0.0;
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
+        Py_ssize_t at = i + start, len = FS_MIN(FS_BLOCK, n - start);
+        fs_load_array_h((const int16_t *)x + at, xb, len);
+        fs_load_array_h((const int16_t *)t + at, tb, len);
+        total += fs_bce_segment_f(xb, tb, (const float *)w + w_at + start,
+                                  (const float *)pw + pw_at + start, g ? g + start : NULL,
+                                  scale, loss ? (float *)loss + at : NULL,
+                                  grad ? grad_b : NULL, len);
+        if (grad) fs_store_array_h(grad_b, (int16_t *)grad + at, len);
+    }
+    return total;
+}
+
+static inline void fs_sigmoid_at_h(const void *x, void *out, Py_ssize_t i, Py_ssize_t n,
+                                   int log_sigmoid) {
+    float xb[FS_BLOCK], out_b[FS_BLOCK];
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
+        Py_ssize_t at = i + start, len = FS_MIN(FS_BLOCK, n - start);
+        fs_load_array_h((const int16_t *)x + at, xb, len);
+        fs_sigmoid_segment_f(xb, out_b, len, log_sigmoid);
+        fs_store_array_h(out_b, (int16_t *)out + at, len);
+    }
+}
 
 /* The storage type of a kernel's arrays (the instance to call), passed by
  * elementwise.pxi. */

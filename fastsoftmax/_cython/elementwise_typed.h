@@ -1,13 +1,13 @@
-/* The typed elementwise loops of elementwise.h, written once and included there four
+/* The typed elementwise loops of elementwise.h, written once and included there three
  * times, with
  *   FS_T                  the storage type of x, t, grad and out (float, double, uint16_t
- *                         for bfloat16, int16_t for float16)
+ *                         for bfloat16)
  *   FS_C                  the compute type (float, double), in which every element is
  *                         computed; also the type of the losses and of the weight streams
- *   FS_S, FS_CS           their name suffixes (f, d, b, h; f, d): FS_FN(fs_kl_div_segment)
+ *   FS_S, FS_CS           their name suffixes (f, d, b; f, d): FS_FN(fs_kl_div_segment)
  *                         is fs_kl_div_segment_b in the bfloat16 instance
  *   FS_LOAD, FS_STORE     FS_T -> FS_C and back, rounded to nearest even (rows.h)
- *   FS_EW_LOWP            1 for 16-bit storage: the scalar math below is the float
+ *   FS_EW_LOWP            1 for bfloat16 storage: the scalar math below is the float
  *                         instance's (FS_CFN), not defined again
  * and for float and double (FS_EW_LOWP 0):
  *   FS_EW_LOG_NORMAL      log of a normal number of type FS_C
