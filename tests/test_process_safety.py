@@ -129,17 +129,18 @@ def test_threads_under_the_workqueue_layer(tmp_path):
     run_script(code, tmp_path, NUMBA_THREADING_LAYER="workqueue")
 
 
-# float32 rows of 10: the block kernels' scratch; 16-bit rows of 1000: the float32 row
-# that keeps a 16-bit row's exponentials (fs_kept_row)
+# float32 rows of 10: the block kernels' scratch (the JSD's padded rows); 16-bit rows of
+# 1000: the float32 row that keeps a 16-bit row's exponentials (fs_kept_row)
 @pytest.mark.parametrize("op, dtype, shape", [
     ("softmax", "float32", (5000, 10)), ("cross_entropy_with_grad", "float32", (5000, 10)),
-    ("entropy", "float32", (5000, 10)), ("softmax", "bfloat16", (40, 1000)),
-    ("cross_entropy_with_grad", "float16", (40, 1000))])
+    ("entropy", "float32", (5000, 10)), ("jsd_logits_with_grad", "float32", (5000, 10)),
+    ("softmax", "bfloat16", (40, 1000)), ("cross_entropy_with_grad", "float16", (40, 1000))])
 def test_failed_scratch_allocation_raises_memory_error(op, dtype, shape):
     kernels = pytest.importorskip("fastsoftmax._cython._kernels",
                                   reason="the Cython extension is not built")
     x = np.random.default_rng(0).standard_normal(shape).astype(numpy_dtype(dtype))
-    args = (x, np.arange(shape[0]) % shape[1]) if op.startswith("cross") else (x,)
+    args = ((x, np.arange(shape[0]) % shape[1]) if op.startswith("cross")
+            else (x, x[::-1].copy()) if op.startswith("jsd") else (x,))
     kernels._test_fail_scratch_allocations(True)
     try:
         with pytest.raises(MemoryError, match="scratch"):

@@ -691,6 +691,21 @@ static inline void FS_FN(fs_short_log_softmax_bwd)(const FS_T *logp, const FS_T 
                          - FS_FN(fs_vexp)(FS_FN(fs_vload)(logp + j, n - j, 0)) * total));
 }
 
+/* x[0 : n] into out[0 : width], width a whole number of vectors (width - n < FS_LANES),
+ * and fill after n: a short row padded for the long-row loops (_kernels.pyx's
+ * _jsd_padded_rows). Masked vectors, where memcpy and a fill loop cost a libc call and a
+ * scalar loop per row. */
+static inline void FS_FN(fs_short_pad)(const FS_T *x, Py_ssize_t n, FS_T fill, FS_T *out,
+                                       Py_ssize_t width) {
+    for (Py_ssize_t j = 0; j < width; j += FS_LANES)
+        FS_FN(fs_vstore)(out + j, FS_LANES, FS_FN(fs_vload)(x + j, n - j, fill));
+}
+
+/* out[0 : n] = x[0 : n], x padded as by fs_short_pad */
+static inline void FS_FN(fs_short_unpad)(const FS_T *x, Py_ssize_t n, FS_T *out) {
+    FS_FOR_EACH_VECTOR(n, FS_FN(fs_vstore)(out + j, n - j, FS_FN(fs_vload)(x + j, FS_LANES, 0)));
+}
+
 /* Entropy of a short row, with e = exp(row - m) and d = max(row - m, floor): sum(e d) */
 static inline double FS_FN(fs_short_entropy_dot)(const FS_T *e, const FS_T *row, FS_T m,
                                                  Py_ssize_t n) {
