@@ -19,7 +19,8 @@ ALL_BUILT = ["baseline", "avx2", "avx512"]
 # the Cython kernel tests that run once per forced level (about 25 s each)
 KERNEL_TESTS = ["tests/test_short_rows.py", "tests/test_row_ops.py", "tests/test_cross_entropy.py",
                 "tests/test_long_rows.py", "tests/test_entropy.py", "tests/test_bce.py",
-                "tests/test_kl_div.py", "tests/test_cython_low_precision.py"]
+                "tests/test_kl_div.py", "tests/test_jsd.py", "tests/test_cython_low_precision.py",
+                "tests/test_low_precision_entropy_jsd.py"]
 
 
 def _cython_package():
