@@ -134,3 +134,29 @@ def assert_within_one_ulp_16(actual, expected, context, allowance=0.0):
     assert excess.max(initial=0.0) <= 0, (
         f"{context}: {np.count_nonzero(excess > 0)} elements off by more than one ulp "
         f"(worst by {excess.max():.3g} beyond)")
+
+
+def assert_float16_conversions_match_numpy(to_float32, to_float16):
+    """A float16 conversion pair, each taking and returning a 1-D array (float16 bits as
+    int16 -> float32; float32 -> int16 bits), against NumPy: every float16 (and 7 more
+    elements, so that a vector loop reaches its tail) decodes exactly and encodes back to
+    itself; float32 bit patterns (random, and the overflow/subnormal edges) encode as
+    NumPy's round to nearest even; NaN stays NaN."""
+    every = np.arange(65536 + 7, dtype=np.uint32).astype(np.uint16).view(np.int16)
+    wide = to_float32(every)
+    nan = np.isnan(every.view(np.float16))
+    np.testing.assert_array_equal(wide[~nan], every.view(np.float16)[~nan].astype(np.float32))
+    assert np.isnan(wide[nan]).all()
+    back = to_float16(wide)
+    assert np.isnan(back.view(np.float16)[nan]).all()
+    np.testing.assert_array_equal(back[~nan], every[~nan])
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.integers(0, 2 ** 32, 200_003, dtype=np.uint64).astype(np.uint32)
+                        .view(np.float32),
+                        np.float32([65504, 65519.99, 65520, 1e-8, 2.98e-8, 5.96e-8, -0.0])])
+    encoded = to_float16(f)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = f.astype(np.float16)
+    nan = np.isnan(expected)
+    assert np.isnan(encoded.view(np.float16)[nan]).all()
+    np.testing.assert_array_equal(encoded[~nan], expected.view(np.int16)[~nan])

@@ -101,42 +101,41 @@
  * an element converted inline costs about 10 integer operations each way), each gradient
  * or output block rounded back once, as the float16 row functions do
  * (row_functions_typed.h). A loss is the blocks' sums added in double, the sum the
- * segment forms over its own blocks. */
+ * segment forms over its own blocks. FS_EW_WIDENED_LOSS is the body of a loss's entry
+ * point: x and t widened block by block into xb and tb, `segment` (the float segment on
+ * the block [at, at + len), its gradient into grad_b) summed, the gradient block rounded
+ * back. */
+#define FS_EW_WIDENED_LOSS(segment)                                                  \
+    float xb[FS_BLOCK], tb[FS_BLOCK], grad_b[FS_BLOCK];                              \
+    double total = 0.0;                                                              \
+    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {                       \
+        Py_ssize_t at = i + start, len = FS_MIN(FS_BLOCK, n - start);                \
+        fs_load_array_h((const int16_t *)x + at, xb, len);                           \
+        fs_load_array_h((const int16_t *)t + at, tb, len);                           \
+        total += (segment);                                                          \
+        if (grad) fs_store_array_h(grad_b, (int16_t *)grad + at, len);               \
+    }                                                                                \
+    return total
+
 static inline double fs_kl_div_at_h(const void *x, const void *t, const double *g,
                                     double scale, void *loss, void *grad, Py_ssize_t i,
                                     Py_ssize_t n, int log_target) {
-    float xb[FS_BLOCK], tb[FS_BLOCK], grad_b[FS_BLOCK];
-    double total = 0.0;
-    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
-        Py_ssize_t at = i + start, len = FS_MIN(FS_BLOCK, n - start);
-        fs_load_array_h((const int16_t *)x + at, xb, len);
-        fs_load_array_h((const int16_t *)t + at, tb, len);
-        total += fs_kl_div_segment_f(xb, tb, g ? g + start : NULL, scale,
-                                     loss ? (float *)loss + at : NULL, grad ? grad_b : NULL,
-                                     len, log_target);
-        if (grad) fs_store_array_h(grad_b, (int16_t *)grad + at, len);
-    }
-    return total;
+    FS_EW_WIDENED_LOSS(fs_kl_div_segment_f(xb, tb, g ? g + start : NULL, scale,
+                                           loss ? (float *)loss + at : NULL,
+                                           grad ? grad_b : NULL, len, log_target));
 }
 
 static inline double fs_bce_at_h(const void *x, const void *t, const void *w,
                                  Py_ssize_t w_at, const void *pw, Py_ssize_t pw_at,
                                  const double *g, double scale, void *loss, void *grad,
                                  Py_ssize_t i, Py_ssize_t n) {
-    float xb[FS_BLOCK], tb[FS_BLOCK], grad_b[FS_BLOCK];
-    double total = 0.0;
-    for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
-        Py_ssize_t at = i + start, len = FS_MIN(FS_BLOCK, n - start);
-        fs_load_array_h((const int16_t *)x + at, xb, len);
-        fs_load_array_h((const int16_t *)t + at, tb, len);
-        total += fs_bce_segment_f(xb, tb, (const float *)w + w_at + start,
-                                  (const float *)pw + pw_at + start, g ? g + start : NULL,
-                                  scale, loss ? (float *)loss + at : NULL,
-                                  grad ? grad_b : NULL, len);
-        if (grad) fs_store_array_h(grad_b, (int16_t *)grad + at, len);
-    }
-    return total;
+    FS_EW_WIDENED_LOSS(fs_bce_segment_f(xb, tb, (const float *)w + w_at + start,
+                                        (const float *)pw + pw_at + start,
+                                        g ? g + start : NULL, scale,
+                                        loss ? (float *)loss + at : NULL,
+                                        grad ? grad_b : NULL, len));
 }
+#undef FS_EW_WIDENED_LOSS
 
 static inline void fs_sigmoid_at_h(const void *x, void *out, Py_ssize_t i, Py_ssize_t n,
                                    int log_sigmoid) {
