@@ -70,6 +70,7 @@ static inline double FS_FN(fs_nan_row)(FS_T *out, Py_ssize_t n) {
     return NAN;
 }
 
+#if FS_WIDEN
 /* results[0..merge) of the blocks of a chunk so far (first: none yet) merged with part,
  * the next block's, as fs_over_chunks merges chunks */
 static inline void FS_FN(fs_merge_block)(double *results, const double *part, int merge,
@@ -78,6 +79,7 @@ static inline void FS_FN(fs_merge_block)(double *results, const double *part, in
         results[0] = first || part[0] != part[0] || part[0] > results[0] ? part[0] : results[0];
     for (int r = 0; r < merge; r++) results[r] = first ? part[r] : results[r] + part[r];
 }
+#endif
 
 /* fn, a chunk function (FS_CHUNK), on [lo, lo + n) of the row arguments a. FS_WIDEN:
  * block by block of FS_BLOCK elements, the rows fn reads (`rows`, FS_READS_*) widened
