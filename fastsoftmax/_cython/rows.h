@@ -293,7 +293,9 @@ FS_MATH uint16_t fs_store_b(float x) {
 /* float16 <-> float in integer and float operations, as selects. GCC 12 does not
  * vectorise _Float16 conversions without AVX512-FP16 (a loop of (float)h stays scalar
  * vcvtph2ps on x86-64-v3 and v4: "no vectype", -fopt-info-vec), so the bits are
- * converted by hand, the same code at every level.
+ * converted by hand, the same code at every level: whole arrays at the baseline level,
+ * single elements and the tails of fs_load_array_h / fs_store_array_h (below, which
+ * convert whole vectors with F16C / AVX-512) at the others.
  * Decode: a normal half is its 15 bits moved to float's place (shifted up 13) plus
  * the exponent bias difference, a subnormal half its mantissa times 2^-24; inf / NaN
  * (exponent 31) get float's all-ones exponent. Encode (round to nearest even): a value >= 65536 (or
