@@ -119,21 +119,21 @@ static double uniform(double lo, double hi) {
 
 /* ---- reference 16-bit conversions: exact arithmetic on doubles, no bit tricks ---- */
 
-static double decode_bfloat16(uint16_t bits) {
-    int exponent = (bits >> 7) & 0xff, mantissa = bits & 0x7f;
-    double magnitude = exponent == 0 ? ldexp(mantissa, -133)
-                       : exponent == 0xff ? (mantissa ? NAN : INFINITY)
-                       : ldexp(128 + mantissa, exponent - 134);
+/* A 16-bit IEEE-style float with `mantissa_bits` stored mantissa bits (bfloat16 7,
+ * float16 10) and the other 15 - mantissa_bits bits of exponent. */
+static double decode_16(uint16_t bits, int mantissa_bits) {
+    int exponent_max = (1 << (15 - mantissa_bits)) - 1, bias = exponent_max >> 1;
+    int exponent = (bits >> mantissa_bits) & exponent_max;
+    int mantissa = bits & ((1 << mantissa_bits) - 1);
+    double magnitude = exponent == 0 ? ldexp(mantissa, 1 - bias - mantissa_bits)
+                       : exponent == exponent_max ? (mantissa ? NAN : INFINITY)
+                       : ldexp((1 << mantissa_bits) + mantissa, exponent - bias - mantissa_bits);
     return bits & 0x8000 ? -magnitude : magnitude;
 }
 
-static double decode_float16(uint16_t bits) {
-    int exponent = (bits >> 10) & 0x1f, mantissa = bits & 0x3ff;
-    double magnitude = exponent == 0 ? ldexp(mantissa, -24)
-                       : exponent == 0x1f ? (mantissa ? NAN : INFINITY)
-                       : ldexp(1024 + mantissa, exponent - 25);
-    return bits & 0x8000 ? -magnitude : magnitude;
-}
+static double decode_bfloat16(uint16_t bits) { return decode_16(bits, 7); }
+
+static double decode_float16(uint16_t bits) { return decode_16(bits, 10); }
 
 /* |v| rounded to nearest even with `digits` significant bits and a smallest step of
  * 2^min_exponent (the subnormal step); nearbyint rounds ties to even. */
