@@ -16,7 +16,6 @@ from numba.extending import intrinsic, overload
 from .. import _isa
 
 
-
 def _cache_probe():
     """A function defined beside the kernels, used only to ask Numba where it would cache."""
 
