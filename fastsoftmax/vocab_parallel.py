@@ -65,7 +65,8 @@ class LocalStats:
 class GlobalStats:
     """The combined statistics (see :func:`combine`), identical on every rank except
     ``factor``, this rank's ``exp(local max - global max)`` per row."""
-    log_sum: np.ndarray      # log(sum over all classes of exp(x - M)) per row
+    sum_exp: np.ndarray      # sum over all classes of exp(x - M) per row
+    log_sum: np.ndarray      # its log
     target_term: np.ndarray  # x_y - M (index) or sum w t (x - M) (probabilities)
     target_weight: np.ndarray  # w_y (index; 1 without class weights) or sum w t
     smoothing_term: object   # sum over all classes of w (x - M), or None
@@ -194,40 +195,20 @@ def combine(stats, comm):
     maxima[n_rows] = stats.vocab_start + stats.n_classes
     comm.allreduce_max(maxima)
     global_max = maxima[:n_rows]
-    if not args.probabilities:  # an ignored row has no classes anywhere: keep it finite
-        global_max[~stats.valid] = 0.0
-    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN logits are data
-        factor = np.exp(local_max - global_max)
-        shift = np.where(local_max == -np.inf, 0.0, local_max)
-        delta = shift - global_max   # moves a term from this shard's shift to the global max
-        rows = [stats.stats[1] * factor]
-        if args.probabilities:
-            rows += [stats.stats[2] + stats.stats[3] * delta, stats.stats[3]]
-        else:
-            owned = stats.local_target >= 0
-            rows.append(np.where(owned, stats.stats[2] + delta, 0.0))
-            if weighted:
-                rows.append(np.where(owned, args.weight[np.where(owned, stats.local_target, 0)]
-                                     if stats.n_classes else 0.0, 0.0))
-        local_weight_sum = float(np.sum(args.weight, dtype=np.float64)) if weighted \
-            else float(stats.n_classes)
-        if smoothing:
-            rows.append(stats.stats[-1] + local_weight_sum * delta)
-    sums = np.concatenate([*rows, [stats.n_classes, local_weight_sum]])
+    local_weight_sum = float(np.sum(args.weight, dtype=np.float64)) if weighted \
+        else float(stats.n_classes)
+    factor, sums, terms = _kernels().vocab_parallel_shard_terms(
+        stats.stats, global_max, stats.local_target, args.weight, smoothing, stats.n_classes,
+        local_weight_sum)
     comm.allreduce_sum(sums)
     n_classes, weight_sum = int(sums[-2]), float(sums[-1])
     _check_tiling(n_classes, int(maxima[n_rows]), stats)
-    per_row = sums[:-2].reshape(len(rows), n_rows)
-    if args.probabilities:
-        target_weight = per_row[2]
-    elif weighted:
-        target_weight = per_row[2]
-    else:
-        target_weight = stats.valid.astype(np.float64)
+    target_weight = terms[2] if args.probabilities or weighted else \
+        stats.valid.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_sum = np.log(per_row[0])
-    return GlobalStats(log_sum, per_row[1], target_weight,
-                       per_row[-1] if smoothing else None, factor, n_classes, weight_sum)
+        log_sum = np.log(terms[0])
+    return GlobalStats(terms[0], log_sum, terms[1], target_weight,
+                       terms[-1] if smoothing else None, factor, n_classes, weight_sum)
 
 
 def _check_tiling(n_classes, end, stats):
@@ -276,34 +257,25 @@ def finish(stats, combined, *, grad_output=1.0):
     g = _validate.grad_output_array(grad_output, args.reduction, args.loss_shape)
     eps = args.label_smoothing
     keep, eps_c = 1.0 - eps, eps / combined.n_classes
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        total_wt = keep * combined.target_weight + eps_c * combined.weight_sum
-        shifted_wt = keep * combined.target_weight * combined.target_term \
-            if not args.probabilities else keep * combined.target_term
-        if combined.smoothing_term is not None:
-            shifted_wt = shifted_wt + eps_c * combined.smoothing_term
-        row_loss = total_wt * combined.log_sum - shifted_wt
-        if args.probabilities:
-            denominator = np.float64(stats.n_rows)
-        else:
-            row_loss = np.where(stats.valid, row_loss, 0.0)
-            denominator = np.sum(combined.target_weight[stats.valid], dtype=np.float64)
-        if args.reduction != "mean":
-            denominator = np.float64(1.0)
-        scale, row_scale = api._grad_scales(g, denominator)
-        s = scale * row_scale if row_scale.size else np.full(stats.n_rows, scale)
-        exp_scale = s * total_wt * combined.factor / np.exp(combined.log_sum)
-        smoothing_scale, target_scale = s * eps_c, s * keep * combined.target_weight
+    if args.probabilities or args.reduction != "mean":
+        denominator = np.float64(stats.n_rows if args.reduction == "mean" else 1.0)
+    else:
+        denominator = np.sum(combined.target_weight[stats.valid], dtype=np.float64)
+    scale, row_scale = api._grad_scales(g, denominator)
+    row_loss, exp_scale, row_scale, target_scale = _kernels().vocab_parallel_row_terms(
+        combined.sum_exp, combined.log_sum, combined.target_term, combined.target_weight,
+        combined.smoothing_term, combined.factor, stats.valid, scale, row_scale, keep, eps_c,
+        combined.weight_sum, args.probabilities)
     if stats.n_rows and stats.n_classes:
         view = _dtypes.kernel_view
         rows, local_max, grad = view(stats.rows), stats.stats[0], view(stats.grad)
         if args.probabilities:
             target = np.ascontiguousarray(args.target).reshape(stats.grad.shape)
             _kernels().vocab_parallel_finish_prob(rows, local_max, grad, view(target),
-                                                  args.weight, exp_scale, s, keep, eps_c)
+                                                  args.weight, exp_scale, row_scale, keep, eps_c)
         else:
             _kernels().vocab_parallel_finish_index(rows, local_max, grad, stats.local_target,
-                                                   args.weight, exp_scale, smoothing_scale,
+                                                   args.weight, exp_scale, row_scale, eps_c,
                                                    target_scale)
     api._copy_back(stats.result, stats.grad)
     loss = api._reduce(row_loss, args.reduction, denominator, args.loss_shape,
