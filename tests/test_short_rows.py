@@ -4,6 +4,9 @@
 Every class count from 1 to 130 is checked, so that every tail length of a 16-lane
 (float32) and 8-lane (float64) vector and both switches to the row kernels are
 crossed, with special values placed in the last, partial vector of a row."""
+import ctypes
+import mmap
+
 import numpy as np
 import pytest
 
@@ -129,3 +132,49 @@ def test_masked_tail_does_not_read_or_write_past_the_array(compiled_backend):
             getattr(fs, op.name)(*args, out=out, backend=compiled_backend)
             assert_close(out, getattr(reference, op.name)(*args), describe(op=op.name, classes=n))
             np.testing.assert_array_equal(out_buffer[ROWS * n:], 7.0)
+
+
+def array_before_unreadable_page(values, keep):
+    """A copy of ``values`` whose last byte is the last of a page, the next page
+    unreadable (PROT_NONE): a load or store past the array faults. ``keep`` holds the
+    mapping (the array does not own it)."""
+    page = mmap.PAGESIZE
+    end = -(-values.nbytes // page) * page  # the readable pages, then the guard page
+    mapping = mmap.mmap(-1, end + page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mprotect(ctypes.c_void_p(start + end), ctypes.c_size_t(page), 0) != 0:
+        pytest.skip(f"mprotect failed (errno {ctypes.get_errno()}): no guard page here")
+    keep.append(mapping)
+    a = np.frombuffer(mapping, values.dtype, values.size, end - values.nbytes)
+    a = a.reshape(values.shape)
+    a[...] = values
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_ending_at_an_unreadable_page(compiled_backend, dtype):
+    """The AVX2 kernels load a row's tail as a whole vector when that vector ends in the
+    row's page (rows_typed.h, fs_vload): at the end of a page they must not, nor store
+    there. Inputs and outputs end where an unreadable page begins; a read or write past
+    them crashes the test."""
+    keep = []
+    for n in (1, 3, 10, 17, 33, 100):
+        context = describe(classes=n, dtype=dtype)
+        values = np.random.default_rng(n).standard_normal((ROWS, n)).astype(dtype)
+        x = array_before_unreadable_page(values, keep)
+        out = array_before_unreadable_page(np.zeros_like(values), keep)
+        for op in ROW_OPS:
+            if op.output != "same":
+                continue
+            args = [array_before_unreadable_page(a, keep) for a in op_inputs(op, x)]
+            getattr(fs, op.name)(*args, out=out, backend=compiled_backend)
+            assert_close(out, getattr(reference, op.name)(*args), f"{context} {op.name}")
+        target = np.arange(ROWS) % n
+        want_loss, want_grad = reference.cross_entropy_with_grad(values, target)
+        loss, grad = fs.cross_entropy_with_grad(x, target, out=out, backend=compiled_backend)
+        assert_close(loss, want_loss, context)
+        assert_close(grad, want_grad, context)
+        loss, grad = fs.cross_entropy_with_grad(x, target, inplace=True,
+                                                backend=compiled_backend)
+        assert_close(grad, want_grad, f"{context} inplace")

@@ -511,25 +511,31 @@ static inline FS_INDEX_VEC FS_FN(fs_lanes_below)(Py_ssize_t count) {
     return FS_FN(fs_lane_numbers)() < (FS_I)count;
 }
 
-/* p[0 : count] into the low lanes, fill in the others; never reads past p[count-1].
- * A whole vector is a plain load: vmaskmov loads were half the time of the C = 10 row
- * max on a Zen 5 EPYC (perf), logsumexp C = 10 float32, one thread 5.6 -> 3.8 ns/elem.
- * A tail built from plain loads of L/2, L/4, ... lanes was slower (11 ns/elem: the
- * vector is then read back from the stack, a failed store forwarding). */
+/* p[0 : count] into the low lanes, fill in the others. A whole vector is a plain load:
+ * vmaskmov loads were half the time of the C = 10 row max on a Zen 5 EPYC (perf),
+ * logsumexp C = 10 float32, one thread 5.6 -> 3.8 ns/elem. So is a tail whose vector
+ * ends in p's 4 KiB page, where no read can fault (the lanes past count are dropped by
+ * the blend); only a tail at a page end is a vmaskmov load. That load was 52% of the
+ * C = 10 row max on a Xeon (perf, CE + grad, one thread). A tail built from plain loads
+ * of L/2, L/4, ... lanes was slower (11 ns/elem: the vector is then read back from the
+ * stack, a failed store forwarding). */
 static inline FS_VEC FS_FN(fs_vload)(const FS_T *p, Py_ssize_t count, FS_T fill) {
-    if (count >= FS_LANES) {
-        FS_VEC v;
-        memcpy(&v, p, sizeof v);
-        return v;
-    }
+    if (count >= FS_LANES)
+        return (FS_VEC)FS_MM(_mm256_loadu_)(p);
     FS_INDEX_VEC in_row = FS_FN(fs_lanes_below)(count);
-    return (FS_VEC)FS_MM(_mm256_blendv_)(FS_MM(_mm256_set1_)(fill),
-                                         FS_MM(_mm256_maskload_)(p, (__m256i)in_row),
-                                         (FS_VEC)in_row);
+    int in_page = ((uintptr_t)p & 4095) <= 4096 - sizeof(FS_VEC);
+    FS_VEC v = in_page ? (FS_VEC)FS_MM(_mm256_loadu_)(p)
+                       : (FS_VEC)FS_MM(_mm256_maskload_)(p, (__m256i)in_row);
+    return (FS_VEC)FS_MM(_mm256_blendv_)(FS_MM(_mm256_set1_)(fill), v, (FS_VEC)in_row);
 }
 
 static inline void FS_FN(fs_vstore)(FS_T *p, Py_ssize_t count, FS_VEC v) {
     FS_MM(_mm256_maskstore_)(p, (__m256i)FS_FN(fs_lanes_below)(count), v);
+}
+
+/* As the generic one below, which GCC compiled to a scalar max per lane here */
+static inline FS_VEC FS_FN(fs_vmax)(FS_VEC a, FS_VEC b) {
+    return (FS_VEC)FS_MM(_mm256_max_)(b, a);  /* b > a ? b : a, lane by lane */
 }
 #else
 /* memcpy of a variable length: libc's copy, faster here than a loop over the lanes */
@@ -542,12 +548,12 @@ static inline FS_VEC FS_FN(fs_vload)(const FS_T *p, Py_ssize_t count, FS_T fill)
 static inline void FS_FN(fs_vstore)(FS_T *p, Py_ssize_t count, FS_VEC v) {
     memcpy(p, &v, (size_t)FS_MIN(count, FS_LANES) * sizeof(FS_T));
 }
-#endif
 
 static inline FS_VEC FS_FN(fs_vmax)(FS_VEC a, FS_VEC b) {
     for (Py_ssize_t l = 0; l < FS_LANES; l++) a[l] = b[l] > a[l] ? b[l] : a[l];
     return a;
 }
+#endif
 
 /* Lane reductions as a tree of halves (GCC turns the half loops into shuffles); a
  * loop over the lanes was one dependent add per lane. */
