@@ -2,8 +2,9 @@
 every switch point of their row drivers, more tightly than each agrees with the reference.
 
 Switch points crossed:
-* class counts 1-17 (Cython's narrow path: a row of at most one vector, 16 float32 or 8
-  float64 classes, rows transposed 16 or 8 at a time), 63/64/65 (Numba's SMALL_C = 64;
+* class counts 1-17 (Cython's narrow path: a row of at most one AVX-512 vector, 16
+  float32 or 8 float64 classes, or two AVX2 ones, rows transposed 16 or 8 at a time),
+  63/64/65 (Numba's SMALL_C = 64;
   Cython's without AVX-512) and 127/128/129 (Cython's SMALL_C = 128 with AVX-512), each
   in calls of 3 rows (the last call 2) and of 2 * (4096 // C) + 37 rows: an odd row
   count, so groups of 16 and 8 rows are cut at the end, and blocks of 4096 // C rows with

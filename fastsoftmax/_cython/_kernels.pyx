@@ -142,6 +142,7 @@ cdef extern from *:
 
 cdef extern from "rows.h":
     int FS_VEC_BYTES
+    int FS_NARROW_TILES
     int fs_fail_scratch  # tests: every scratch allocation fails
     void fs_flag_scratch_failure() nogil
     int fs_take_scratch_failure() nogil
@@ -397,7 +398,7 @@ cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
     C = 10 CE + grad time in perf). When shifted_w is not NULL, shifted_w[r] = sum(w * (x - m))
     of row r (w NULL: ones)."""
     cdef Py_ssize_t r
-    if n <= <Py_ssize_t>(FS_VEC_BYTES // sizeof(real)):
+    if n <= <Py_ssize_t>(FS_NARROW_TILES * FS_VEC_BYTES // sizeof(real)):
         if real is float:
             fs_narrow_exp_rows_f(x, rows, n, w, e, m, inv_sums, shifted_w)
         else:

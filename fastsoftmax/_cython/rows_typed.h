@@ -732,8 +732,8 @@ static inline void FS_FN(fs_short_entropy_grad)(const FS_T *e, const FS_T *row, 
         FS_FN(fs_vstore)(out + j, n - j, k * FS_FN(fs_vload)(e + j, n - j, 0) * (mean_d - d)));
 }
 
-/* ---- narrow rows (at most one vector, C <= L): L rows at a time, transposed ----
- * Loaded as L row vectors and transposed in registers, a group's column j is one
+/* ---- narrow rows (at most FS_NARROW_TILES vectors): L rows at a time, transposed ----
+ * Loaded as L row vectors (per tile) and transposed in registers, a group's column j is one
  * vector (lane i: row i), so the max, the exp and the sum run across vectors with every
  * lane busy and no lane reductions; the exponentials are transposed back and stored
  * as rows (C = 10, float32, 2 threads, kernels side by side with the masked-vector
@@ -772,20 +772,26 @@ static inline void FS_FN(fs_transpose)(FS_VEC *v) {
 }
 #endif
 
-/* For the rows x[r n : (r + 1) n], r < rows, n <= L: m[r] = the row max, e = exp(x - m)
- * (rows of n), sums[r] = sum of row r of e and, when shifted_w is not NULL,
- * shifted_w[r] = sum(w (x - m)) (w NULL: ones).
+/* For the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L: m[r] = the row max,
+ * e = exp(x - m) (rows of n), sums[r] = sum of row r of e and, when shifted_w is not
+ * NULL, shifted_w[r] = sum(w (x - m)) (w NULL: ones). A group of L rows is loaded as
+ * tiles of L x L (tile t: lanes t L .. t L + L - 1 of each row), each transposed, so
+ * that v[j] is column j for every j < n.
  * As in the wider rows, a NaN may or may not be the max and makes the row's sum NaN. */
 static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
                                              const FS_T *w, FS_T *e, FS_T *m, double *sums,
                                              double *shifted_w) {
+    const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
         Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_LANES];
-        for (Py_ssize_t i = 0; i < FS_LANES; i++)  /* rows past count: zeros */
-            v[i] = FS_FN(fs_vload)(x + (first + FS_MIN(i, count - 1)) * n,
-                                   i < count ? n : 0, 0);
-        FS_FN(fs_transpose)(v);
+        FS_VEC v[FS_NARROW_TILES * FS_LANES] = {0};  /* GCC cannot tell that tiles >= 1 */
+        for (Py_ssize_t t = 0; t < tiles; t++) {
+            for (Py_ssize_t i = 0; i < FS_LANES; i++)  /* rows past count: zeros */
+                v[t * FS_LANES + i] = FS_FN(fs_vload)(
+                    x + (first + FS_MIN(i, count - 1)) * n + t * FS_LANES,
+                    i < count ? n - t * FS_LANES : 0, 0);
+            FS_FN(fs_transpose)(v + t * FS_LANES);
+        }
         FS_VEC max = v[0], sum = {0}, dot = {0};
         for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
         for (Py_ssize_t j = 0; j < n; j++) {
@@ -793,9 +799,11 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
             v[j] = FS_FN(fs_vexp_core)(v[j] - max);
             sum += v[j];
         }
-        FS_FN(fs_transpose)(v);
+        for (Py_ssize_t t = 0; t < tiles; t++) FS_FN(fs_transpose)(v + t * FS_LANES);
         for (Py_ssize_t i = 0; i < count; i++) {
-            FS_FN(fs_vstore)(e + (first + i) * n, n, v[i]);
+            for (Py_ssize_t t = 0; t < tiles; t++)
+                FS_FN(fs_vstore)(e + (first + i) * n + t * FS_LANES, n - t * FS_LANES,
+                                 v[t * FS_LANES + i]);
             sums[first + i] = sum[i];
             if (shifted_w) shifted_w[first + i] = dot[i];
         }
