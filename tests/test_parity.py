@@ -4,11 +4,10 @@ every switch point of their row drivers, more tightly than each agrees with the 
 Switch points crossed:
 * class counts 1-17 (Cython's narrow path: a row of at most one AVX-512 vector, 16
   float32 or 8 float64 classes, or two AVX2 ones, rows transposed 16 or 8 at a time),
-  63/64/65 (Numba's SMALL_C = 64;
-  Cython's without AVX-512) and 127/128/129 (Cython's SMALL_C = 128 with AVX-512), each
-  in calls of 3 rows (the last call 2) and of 2 * (4096 // C) + 37 rows: an odd row
-  count, so groups of 16 and 8 rows are cut at the end, and blocks of 4096 // C rows with
-  the last one cut;
+  63/64/65 (Numba's SMALL_C = 64; Cython's without AVX-512) and 127/128/129 (Cython's
+  SMALL_C = 128 with AVX-512), each in calls of 3 rows (the last call 2) and of
+  2 * (4096 // C) + 37 rows: an odd row count, so groups of 16 and 8 rows are cut at the
+  end, and blocks of 4096 // C rows with the last one cut;
 * the long-row split of both backends (fewer than 4 rows of at least 4 * 16384 =
   65536 classes): calls of 3 rows and of 1 row at 65535, 65536 and 65537 classes, and
   of 4 rows at 65536 (not split; the last call 1 row);

@@ -1,6 +1,7 @@
 """Few classes: the block kernels load each row as whole vectors with a masked tail
 (Cython, below 128 classes; the backward kernels too; rows of at most one AVX-512
-vector or two AVX2 ones 16 or 8 at a time, transposed in registers) or transpose blocks of rows (Numba, below 64).
+vector or two AVX2 ones 16 or 8 at a time, transposed in registers) or transpose
+blocks of rows (Numba, below 64).
 Every class count from 1 to 130 is checked, so that every tail length of a 16-lane
 (float32) and 8-lane (float64) vector and both switches to the row kernels are
 crossed, with special values placed in the last, partial vector of a row."""
