@@ -784,14 +784,15 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
     const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
         Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_NARROW_TILES * FS_LANES] = {0};  /* GCC cannot tell that tiles >= 1 */
-        for (Py_ssize_t t = 0; t < tiles; t++) {
+        FS_VEC v[FS_NARROW_TILES * FS_LANES];
+        Py_ssize_t t = 0;
+        do {  /* at least once: GCC then sees v[0] set (a for loop warned) */
             for (Py_ssize_t i = 0; i < FS_LANES; i++)  /* rows past count: zeros */
                 v[t * FS_LANES + i] = FS_FN(fs_vload)(
                     x + (first + FS_MIN(i, count - 1)) * n + t * FS_LANES,
                     i < count ? n - t * FS_LANES : 0, 0);
             FS_FN(fs_transpose)(v + t * FS_LANES);
-        }
+        } while (++t < tiles);
         FS_VEC max = v[0], sum = {0}, dot = {0};
         for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
         for (Py_ssize_t j = 0; j < n; j++) {
@@ -799,9 +800,9 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
             v[j] = FS_FN(fs_vexp_core)(v[j] - max);
             sum += v[j];
         }
-        for (Py_ssize_t t = 0; t < tiles; t++) FS_FN(fs_transpose)(v + t * FS_LANES);
+        for (t = 0; t < tiles; t++) FS_FN(fs_transpose)(v + t * FS_LANES);
         for (Py_ssize_t i = 0; i < count; i++) {
-            for (Py_ssize_t t = 0; t < tiles; t++)
+            for (t = 0; t < tiles; t++)
                 FS_FN(fs_vstore)(e + (first + i) * n + t * FS_LANES, n - t * FS_LANES,
                                  v[t * FS_LANES + i]);
             sums[first + i] = sum[i];
