@@ -28,12 +28,15 @@ from . import _backends, _dtypes, _validate, api
 
 NEEDS = ("h", "weight", "bias")
 
-# Default chunk budget (bytes of the logits chunk plus its row buffers). Measured
-# 2026-12-02, AMD EPYC 2 threads (shared, noisy machine), fp32, 2048 x 1024 x 32768, best
-# of 3 interleaved rounds against the three GEMMs on the whole arrays: 16/32/64/128/256 MiB
-# (128..2048 rows) ran at 1.28/1.13/1.05/1.07/1.06 x; 64 MiB is the knee (fs.linear_
-# cross_entropy_with_grad(chunk_bytes=...) against three np.matmul calls).
-DEFAULT_CHUNK_BYTES = 64 * 2 ** 20
+# Default chunk budget (bytes of the logits chunk plus its row buffers), from
+# fs.linear_cross_entropy_with_grad(chunk_bytes=...) against three np.matmul calls on the
+# whole arrays, fp32, 2 threads, interleaved rounds (noisy machines):
+#   AMD EPYC (AVX2), 2048 x 1024 x 32768: 16/32/64/128/256 MiB 1.28/1.13/1.05/1.07/1.06 x;
+#   Xeon (AVX-512), 4096 x 1024 x 32768: 32/64/128/256/512 MiB 1.32/1.13-1.20/1.05-1.07/
+#   1.08-1.09/1.11 x; 16384 x 512 x 32768: 64/128/256 MiB 1.24/1.16-1.17/1.12-1.13 x.
+# 256 MiB has the smallest worst case. Between the GEMMs OpenBLAS's idle threads spin
+# and take a core from the loss kernel (see README, fused linear + cross-entropy).
+DEFAULT_CHUNK_BYTES = 256 * 2 ** 20
 _chunk_bytes = DEFAULT_CHUNK_BYTES
 
 
@@ -45,7 +48,7 @@ def set_linear_cross_entropy_chunk_bytes(nbytes=None):
     nbytes : int or None
         Bytes of the per-chunk buffers (the chunk's logits, plus two chunks of ``h``'s
         rows when targets are ignored); at least one row is always processed. None
-        restores the measured default (64 MiB).
+        restores the measured default (256 MiB).
     """
     global _chunk_bytes
     _chunk_bytes = DEFAULT_CHUNK_BYTES if nbytes is None else _checked_bytes(nbytes)
@@ -376,7 +379,7 @@ _PARAMETERS_DOC = """h : array_like
     chunk_bytes : int, optional
         Budget in bytes of the per-chunk buffers (the chunk's logits, plus two chunks of
         h rows when targets are ignored); at least one row per chunk. Default: the
-        global setting (:func:`set_linear_cross_entropy_chunk_bytes`, 64 MiB)."""
+        global setting (:func:`set_linear_cross_entropy_chunk_bytes`, 256 MiB)."""
 _documented = api.filled_doc(parameters=_PARAMETERS_DOC, backend=api.CROSS_ENTROPY_BACKEND_DOC)
 
 
