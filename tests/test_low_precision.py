@@ -299,21 +299,17 @@ def test_numba_float16_conversions_match_numpy(conversions):
     from numba import njit
     decode, encode = conversions
 
-    @njit
-    def to_float32(bits):
-        out = np.empty(bits.size, np.float32)
-        for j in range(bits.size):
-            out[j] = decode(bits[j])
-        return out
+    def elementwise(convert, dtype):  # convert applied to each value, in a compiled loop
+        @njit
+        def apply(values):
+            out = np.empty(values.size, dtype)
+            for j in range(values.size):
+                out[j] = convert(values[j])
+            return out
+        return apply
 
-    @njit
-    def to_float16(values):
-        out = np.empty(values.size, np.int16)
-        for j in range(values.size):
-            out[j] = encode(values[j])
-        return out
-
-    assert_float16_conversions_match_numpy(to_float32, to_float16)
+    assert_float16_conversions_match_numpy(elementwise(decode, np.float32),
+                                           elementwise(encode, np.int16))
 
 
 def test_numba_bfloat16_conversions_match_ml_dtypes():
