@@ -505,11 +505,18 @@ static inline FS_T FS_FN(fs_vreduce_max)(FS_VEC v) { return FS_MM(_mm512_reduce_
 static inline FS_T FS_FN(fs_vreduce_add)(FS_VEC v) { return FS_MM(_mm512_reduce_add_)(v); }
 
 #else  /* AVX2 or 16-byte vectors: load and store by the instruction set, the rest generic */
-#if FS_VEC_BYTES == 32
 /* -1 in the lanes below count, 0 elsewhere */
 static inline FS_INDEX_VEC FS_FN(fs_lanes_below)(Py_ssize_t count) {
     return FS_FN(fs_lane_numbers)() < (FS_I)count;
 }
+
+/* Whether a whole vector at p ends in p's 4 KiB page, where reading it cannot fault
+ * even past the end of p's array (pages are the unit of protection, 4 KiB or more). */
+static inline int FS_FN(fs_vector_in_page)(const FS_T *p) {
+    return ((uintptr_t)p & 4095) <= 4096 - sizeof(FS_VEC);
+}
+
+#if FS_VEC_BYTES == 32
 
 /* p[0 : count] into the low lanes, fill in the others. A whole vector is a plain load:
  * vmaskmov loads were half the time of the C = 10 row max on a Zen 5 EPYC (perf),
@@ -523,9 +530,8 @@ static inline FS_VEC FS_FN(fs_vload)(const FS_T *p, Py_ssize_t count, FS_T fill)
     if (count >= FS_LANES)
         return (FS_VEC)FS_MM(_mm256_loadu_)(p);
     FS_INDEX_VEC in_row = FS_FN(fs_lanes_below)(count);
-    int in_page = ((uintptr_t)p & 4095) <= 4096 - sizeof(FS_VEC);
-    FS_VEC v = in_page ? (FS_VEC)FS_MM(_mm256_loadu_)(p)
-                       : (FS_VEC)FS_MM(_mm256_maskload_)(p, (__m256i)in_row);
+    FS_VEC v = FS_FN(fs_vector_in_page)(p) ? (FS_VEC)FS_MM(_mm256_loadu_)(p)
+                                            : (FS_VEC)FS_MM(_mm256_maskload_)(p, (__m256i)in_row);
     return (FS_VEC)FS_MM(_mm256_blendv_)(FS_MM(_mm256_set1_)(fill), v, (FS_VEC)in_row);
 }
 
@@ -534,11 +540,19 @@ static inline void FS_FN(fs_vstore)(FS_T *p, Py_ssize_t count, FS_VEC v) {
 }
 
 #else
-/* memcpy of a variable length: libc's copy, faster here than a loop over the lanes */
+/* A whole vector, or a tail in the page (as with AVX2), is one plain load with the lanes
+ * past count set to fill; a tail at a page end a memcpy of a variable length (libc's
+ * copy, faster here than a loop over the lanes). */
 static inline FS_VEC FS_FN(fs_vload)(const FS_T *p, Py_ssize_t count, FS_T fill) {
     FS_VEC v = (FS_VEC){0} + fill;
-    memcpy(&v, p, (size_t)FS_MIN(count, FS_LANES) * sizeof(FS_T));
-    return v;
+    if (count < FS_LANES && !FS_FN(fs_vector_in_page)(p)) {
+        memcpy(&v, p, (size_t)count * sizeof(FS_T));
+        return v;
+    }
+    FS_VEC loaded;
+    memcpy(&loaded, p, sizeof loaded);
+    FS_INDEX_VEC in_row = FS_FN(fs_lanes_below)(count);
+    return (FS_VEC)(((FS_INDEX_VEC)loaded & in_row) | ((FS_INDEX_VEC)v & ~in_row));
 }
 
 static inline void FS_FN(fs_vstore)(FS_T *p, Py_ssize_t count, FS_VEC v) {
