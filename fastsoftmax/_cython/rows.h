@@ -155,7 +155,8 @@ FS_MATH double fs_log_d(double x) {
     memcpy(&bits, &x, sizeof bits);
     /* k = the exponent field - 1023, converted by building the double 2^52 + field and
      * subtracting 2^52 (exact): AVX2 has no int64 -> double conversion, so a cast made
-     * the whole log scalar there (forced avx2, C = 10 CE + grad: 13% of the kernel). */
+     * the whole log scalar there (forced avx2, 2 threads, bench.ab against the build
+     * before: C = 10 CE + grad 0.74 -> 0.61 of its time, logsumexp 0.67 -> 0.53). */
     uint64_t field_bits = (bits >> 52) | 0x4330000000000000ULL;
     double k;
     memcpy(&k, &field_bits, sizeof k);
