@@ -8,13 +8,16 @@ import importlib.util
 import numpy as np
 
 import fastsoftmax as fs
+from fastsoftmax import _dtypes
 
 GEMM_FLOOR = "gemm-floor"
 
 
 def problem(n, d, v, dtype="float32", ignored=0.0, seed=0):
-    """h (n, d), weight (v, d) and n targets (a fraction ``ignored`` set to -100), read-only."""
+    """h (n, d), weight (v, d) and n targets (a fraction ``ignored`` set to -100), read-only;
+    ``dtype`` a bench dtype name (bfloat16: ml_dtypes')."""
     rng = np.random.default_rng(seed)
+    dtype = _dtypes.bfloat16() if dtype == "bfloat16" else np.dtype(dtype)
     h = rng.standard_normal((n, d)).astype(dtype)
     weight = (rng.standard_normal((v, d)) / np.sqrt(d)).astype(dtype)
     target = rng.integers(0, v, n)
@@ -29,8 +32,11 @@ def _fastsoftmax(h, weight, target):
 
 
 def _gemm_floor(h, weight, target):
-    """The three GEMMs of the op on the whole arrays (NumPy's BLAS, outputs preallocated):
-    h W^T, G W, G^T h with G the logits themselves. No loss, no chunking."""
+    """The three GEMMs of the op on the whole arrays (outputs preallocated): h W^T, G W,
+    G^T h with G the logits themselves. No loss, no chunking. NumPy's BLAS; torch's for
+    16-bit arrays, which NumPy's has no GEMM for (the floor of the torch path then)."""
+    if _dtypes.is_half(h.dtype):
+        return _torch_gemm_floor(h, weight)
     logits = np.empty((h.shape[0], weight.shape[0]), h.dtype)
     grad_h, grad_weight = np.empty_like(h), np.empty_like(weight)
 
@@ -41,14 +47,30 @@ def _gemm_floor(h, weight, target):
     return call
 
 
+def _torch_gemm_floor(h, weight):
+    import torch
+
+    from fastsoftmax._torch_tensors import to_tensor
+    th, tw = to_tensor(h.copy()), to_tensor(weight.copy())
+    logits = torch.empty((h.shape[0], weight.shape[0]), dtype=th.dtype)
+    grad_h, grad_weight = torch.empty_like(th), torch.empty_like(tw)
+
+    def call():
+        torch.mm(th, tw.T, out=logits)
+        torch.mm(logits, tw, out=grad_h)
+        torch.mm(logits.T, th, out=grad_weight)
+    return call
+
+
 def _torch_factory(kind):
     def factory(h, weight, target):
         import torch
         import torch.nn.functional as F
 
         import fastsoftmax.torch as fst
-        th = torch.from_numpy(h.copy()).requires_grad_()
-        tw = torch.from_numpy(weight.copy()).requires_grad_()
+        from fastsoftmax._torch_tensors import to_tensor
+        th = to_tensor(h.copy()).requires_grad_()
+        tw = to_tensor(weight.copy()).requires_grad_()
         tt = torch.from_numpy(target.copy())
 
         def loss():

@@ -1,7 +1,7 @@
 """Interleaved timing rounds of the linear_cross_entropy implementations (one process):
 gemm-floor, fastsoftmax, fastsoftmax-torch, torch 2.13 chunked, 50%-ignored; median ratios.
 
-    python -m bench.linear_interleaved 4096x1024x32768 3
+    python -m bench.linear_interleaved 4096x1024x32768 3 [--dtype bfloat16]
 """
 import argparse
 import time
@@ -17,13 +17,15 @@ def main(argv=None):
     parser.add_argument("shape", help="N x D x V, e.g. 4096x1024x32768")
     parser.add_argument("rounds", type=int, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", help="float32, float64, bfloat16, float16")
     args = parser.parse_args(argv)
     configure_threads(args.threads)
     shape = tuple(map(int, args.shape.split("x")))
     impls = implementations()
-    calls = {n: impls[n](*problem(*shape))
+    calls = {n: impls[n](*problem(*shape, dtype=args.dtype))
              for n in ("gemm-floor", "fastsoftmax", "fastsoftmax-torch", "torch-chunked")}
-    calls["fastsoftmax-50%-ignored"] = impls["fastsoftmax"](*problem(*shape, ignored=0.5))
+    calls["fastsoftmax-50%-ignored"] = impls["fastsoftmax"](*problem(*shape, dtype=args.dtype,
+                                                                     ignored=0.5))
     for call in calls.values():
         call()
     times = {name: [] for name in calls}

@@ -34,7 +34,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="4096x512x32768,16384x512x32768,65536x512x32768",
                         help="comma-separated NxDxV")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", help="float32, float64, bfloat16, float16")
     parser.add_argument("--only", help="comma-separated implementation names")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -44,11 +44,12 @@ def main(argv=None):
         return
 
     import fastsoftmax as fs
+    from bench.cases import numpy_dtype
     from bench.linear_implementations import GEMM_FLOOR, implementations
     names = [n for n in implementations() if n != GEMM_FLOOR]
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
-    itemsize = 4 if args.dtype == "float32" else 8
+    itemsize = numpy_dtype(args.dtype).itemsize
     budget = fs.get_linear_cross_entropy_chunk_bytes()
     print(f"**peak memory above the inputs, one forward + backward**, {args.dtype}, "
           f"chunk budget {budget / MB:.0f} MB\n")

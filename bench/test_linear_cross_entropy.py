@@ -4,7 +4,9 @@ shape: ``linear_cross_entropy|NxDxV|dtype``. ``fastsoftmax-50%-ignored`` is fast
 the same shape with half the targets ignored.
 
 Small shapes by default; the issue's shapes (4096 x 1024 x 32768, 16384 x 512 x 32768) with
-``--bench-full``. These are measurements, not tests: nothing here asserts a speed.
+``--bench-full``. float32 unless ``--bench-dtypes`` names others (float64, bfloat16,
+float16: in 16-bit the NumPy API widens to float32, the torch ones run 16-bit GEMMs).
+These are measurements, not tests: nothing here asserts a speed.
 """
 import time
 
@@ -22,15 +24,16 @@ def pytest_generate_tests(metafunc):
     if "linear_case" not in metafunc.fixturenames:
         return
     shapes = FULL_SHAPES if metafunc.config.getoption("--bench-full") else QUICK_SHAPES
-    impls = implementations()
-    names = [*impls, IGNORED]
-    metafunc.parametrize("linear_case", [(shape, name) for shape in shapes for name in names],
-                         ids=[f"{'x'.join(map(str, s))}|{n}" for s in shapes for n in names])
+    dtypes = (metafunc.config.getoption("--bench-dtypes") or "float32").split(",")
+    names = [*implementations(), IGNORED]
+    cases = [(shape, dtype.strip(), name) for dtype in dtypes for shape in shapes
+             for name in names]
+    metafunc.parametrize("linear_case", cases,
+                         ids=[f"{'x'.join(map(str, s))}|{d}|{n}" for s, d, n in cases])
 
 
 def test_linear_cross_entropy(benchmark, linear_case, bench_seconds, request):
-    shape, name = linear_case
-    dtype = "float32"
+    shape, dtype, name = linear_case
     if name == IGNORED:
         factory, ignored = implementations()["fastsoftmax"], 0.5
     else:

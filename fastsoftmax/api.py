@@ -298,16 +298,17 @@ def _cross_entropy_chunk(kernels, rows, target, weight, weight_sum, ignore_index
     """Cross-entropy of one chunk of a validated problem, without validating again.
 
     For callers that run many chunks of one problem (``fastsoftmax.linear_cross_entropy``):
-    ``rows`` is a C-contiguous (rows, C) float32/float64 array, ``target`` int64 indices
+    ``rows`` is a C-contiguous (rows, C) array of a float dtype, ``target`` int64 indices
     checked by ``_validate.cross_entropy_args``, ``weight``/``weight_sum`` from
     ``_class_weight``, ``scale``/``row_scale`` as from ``_grad_scales``. Row losses go to
     ``row_loss`` (float64); with ``inplace`` the gradient overwrites ``rows``. ``kernels``
     None runs the reference.
     """
     if kernels is not None:
-        kernels.cross_entropy_index(rows, target, weight, weight_sum, ignore_index,
+        view = _dtypes.kernel_view(rows)
+        kernels.cross_entropy_index(view, target, weight, weight_sum, ignore_index,
                                     label_smoothing, 0.0, softcap, scale, 0.0, row_scale,
-                                    row_loss, np.empty(0), rows if inplace else None)
+                                    row_loss, np.empty(0), view if inplace else None)
         return
     options = dict(weight=weight, ignore_index=ignore_index, reduction="none",
                    label_smoothing=label_smoothing, softcap=softcap)

@@ -12,11 +12,13 @@ for NumPy when SciPy is installed, torch ops for :mod:`fastsoftmax.torch`). BLAS
 kernels run one after the other, never nested, on ``fastsoftmax.get_num_threads()``
 threads each.
 
-float16 and bfloat16 inputs are widened to float32 and the loop runs in float32: NumPy's
-and SciPy's BLAS have no 16-bit GEMM, and a float32 grad_weight accumulated over the
-chunks rounds once where a 16-bit one would round at every chunk. The gradients are
-rounded once to the inputs' dtype at the end and the loss is float32. The cost is
-float32 copies of h and weight (twice their 16-bit size) for the call.
+float16 and bfloat16: with torch's GEMMs (``_Blas.runs_half``) the chunk's GEMMs run in
+the 16-bit dtype, as torch's unfused version does (the logits and G are 16-bit; the
+cross-entropy math is float32 inside the kernel). NumPy's and SciPy's BLAS have no 16-bit
+GEMM, so there h and weight are widened to float32 copies (twice their 16-bit size) and
+the loop runs in float32. Either way grad_weight and grad_bias accumulate over the chunks
+in float32 and are rounded once at the end (a 16-bit accumulator rounds at every chunk:
+Liger #512 and #827, training that diverged), and the loss is float32.
 """
 import contextlib
 import functools
@@ -80,9 +82,23 @@ class _Blas:
     """The three GEMMs of a chunk on NumPy arrays, and the thread limit around them.
 
     ``logits(h, w, out)``: out = h @ w.T. ``grad_h(g, w, out)``: out = g @ w.
-    ``grad_weight(g, h, out, accumulate)``: out (+)= g.T @ h. Every operand is
-    C-contiguous and ``out`` is written in place.
+    ``grad_weight(g, h, out, accumulate)``: out (+)= g.T @ h, ``out`` float32 for 16-bit
+    g and h (the accumulator). Every operand is C-contiguous and ``out`` is written in
+    place. ``runs_half``: whether the GEMMs take float16 and bfloat16 operands (else the
+    loop runs on float32 copies).
     """
+
+    runs_half = False
+
+    def linear(self, h, w, bias, out):
+        """out = h @ w.T + bias (bias may be None)."""
+        self.logits(h, w, out)
+        if bias is not None:
+            out += bias
+
+    def add_column_sums(self, g, out):
+        """out += g.sum(axis=0), summed in out's dtype."""
+        out += np.sum(g, axis=0, dtype=out.dtype)
 
     def threads(self, n):
         return _blas_threads(n)
@@ -220,9 +236,12 @@ def _dtype_name(dtype):
     return "ml_dtypes.bfloat16" if dtype.name == "bfloat16" else f"np.{dtype.name}"
 
 
-def _widened(a):
-    """A 16-bit array as float32 (see the top of this file); others as they are."""
-    return a.astype(np.float32) if a is not None and _dtypes.is_half(a.dtype) else a
+def _widened(a, blas):
+    """A 16-bit array as float32 when ``blas`` has no 16-bit GEMM (see the top of this
+    file); others as they are."""
+    if a is None or not _dtypes.is_half(a.dtype) or blas.runs_half:
+        return a
+    return a.astype(np.float32)
 
 
 def _needs(need, bias):
@@ -251,6 +270,7 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
     n_rows, dim = h.shape
     n_classes = weight.shape[0]
     dtype = h.dtype
+    accumulator = _dtypes.compute_dtype(dtype)  # of grad_weight and grad_bias
     target = ce.target.reshape(-1)
     # Rows with an ignored target are left out before any GEMM; they keep grad_h = 0.
     valid = np.flatnonzero(target != ce.ignore_index) if ce.may_ignore else None
@@ -268,10 +288,10 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
         grad_h = np.empty((n_rows, dim), dtype) if valid is None else \
             np.zeros((n_rows, dim), dtype)
     if "weight" in needs:  # the first chunk's GEMM writes it (beta = 0)
-        grad_weight = np.empty((n_classes, dim), dtype) if n_valid else \
-            np.zeros((n_classes, dim), dtype)
+        grad_weight = np.empty((n_classes, dim), accumulator) if n_valid else \
+            np.zeros((n_classes, dim), accumulator)
     if "bias" in needs:
-        grad_bias = np.zeros(n_classes, dtype)
+        grad_bias = np.zeros(n_classes, accumulator)
     row_loss = np.empty(n_valid, dtype=np.float64)
     if n_valid == 0:
         return row_loss, valid, denominator, grad_h, grad_weight, grad_bias
@@ -281,7 +301,6 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
     if valid is not None:
         h_buffer = np.empty((chunk, dim), dtype)
         grad_h_buffer = np.empty((chunk, dim), dtype) if grad_h is not None else None
-    column_sum = np.empty(n_classes, dtype) if grad_bias is not None else None
 
     with blas.threads(threads):
         for start in range(0, n_valid, chunk):
@@ -293,9 +312,7 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
                 rows = valid[start:stop]
                 h_chunk = np.take(h, rows, axis=0, out=h_buffer[:size])
             logits = logits_buffer[:size]
-            blas.logits(h_chunk, weight, logits)
-            if bias is not None:
-                logits += bias
+            blas.linear(h_chunk, weight, bias, logits)
             chunk_scale = row_scale[rows] if row_scale.size else row_scale
             api._cross_entropy_chunk(kernels, logits, target[rows], class_weight, weight_sum,
                                      ce.ignore_index, ce.label_smoothing, ce.softcap, scale,
@@ -310,8 +327,7 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
                     blas.grad_h(logits, weight, grad_h_buffer[:size])
                     grad_h[rows] = grad_h_buffer[:size]
             if grad_bias is not None:
-                np.sum(logits, axis=0, out=column_sum)
-                grad_bias += column_sum
+                blas.add_column_sums(logits, grad_bias)
     return row_loss, valid, denominator, grad_h, grad_weight, grad_bias
 
 
@@ -339,8 +355,8 @@ def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, lab
     kernels = _backends.kernels(_backends.resolve(backend))
     dtype = h_rows.dtype
     row_loss, valid, denominator, *grads = _run(
-        _widened(h_rows), _widened(weight_rows), _widened(bias), ce, g, needs, chunk_bytes,
-        blas, kernels, _backends.get_num_threads())
+        _widened(h_rows, blas), _widened(weight_rows, blas), _widened(bias, blas), ce, g, needs,
+        chunk_bytes, blas, kernels, _backends.get_num_threads())
     grad_h, grad_weight, grad_bias = (None if grad is None else grad.astype(dtype, copy=False)
                                       for grad in grads)
     if grad_h is not None:
@@ -353,8 +369,9 @@ def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, lab
 _PARAMETERS_DOC = """h : array_like
         float32, float64, float16 or bfloat16 hidden states of shape ``(..., D)``;
         leading axes are flattened into N rows. 16-bit inputs are computed in float32
-        (float32 copies of h and weight for the call); the gradients are rounded once to
-        their dtype and the loss is float32.
+        (float32 copies of h and weight for the call: NumPy has no 16-bit GEMM;
+        :func:`fastsoftmax.torch.linear_cross_entropy` runs 16-bit GEMMs); the gradients
+        are rounded once to their dtype and the loss is float32.
     weight : array_like
         The output layer's weight, shape ``(V, D)`` (the ``nn.Linear`` layout), h's dtype.
     target : array_like
