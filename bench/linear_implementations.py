@@ -51,7 +51,7 @@ def _torch_gemm_floor(h, weight):
     import torch
 
     from fastsoftmax._torch_tensors import to_tensor
-    th, tw = to_tensor(h.copy()), to_tensor(weight.copy())
+    th, tw = to_tensor(h).clone(), to_tensor(weight).clone()
     logits = torch.empty((h.shape[0], weight.shape[0]), dtype=th.dtype)
     grad_h, grad_weight = torch.empty_like(th), torch.empty_like(tw)
 
@@ -69,8 +69,9 @@ def _torch_factory(kind):
 
         import fastsoftmax.torch as fst
         from fastsoftmax._torch_tensors import to_tensor
-        th = to_tensor(h.copy()).requires_grad_()
-        tw = to_tensor(weight.copy()).requires_grad_()
+        # torch-allocated (64-byte aligned), as a torch caller's tensors are
+        th = to_tensor(h).clone().requires_grad_()
+        tw = to_tensor(weight).clone().requires_grad_()
         tt = torch.from_numpy(target.copy())
 
         def loss():

@@ -90,6 +90,14 @@ class _Blas:
 
     runs_half = False
 
+    def empty(self, shape, dtype):
+        """An uninitialised chunk buffer (the logits, gathered h rows) for these GEMMs."""
+        return np.empty(shape, dtype)
+
+    def cast(self, a, dtype):
+        """``a`` rounded to ``dtype`` (``a`` itself when it has it)."""
+        return a.astype(dtype, copy=False)
+
     def linear(self, h, w, bias, out):
         """out = h @ w.T + bias (bias may be None)."""
         self.logits(h, w, out)
@@ -297,9 +305,9 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
         return row_loss, valid, denominator, grad_h, grad_weight, grad_bias
 
     chunk = _chunk_rows(chunk_bytes, n_valid, n_classes, dim, dtype.itemsize, valid is not None)
-    logits_buffer = np.empty((chunk, n_classes), dtype)
+    logits_buffer = blas.empty((chunk, n_classes), dtype)
     if valid is not None:
-        h_buffer = np.empty((chunk, dim), dtype)
+        h_buffer = blas.empty((chunk, dim), dtype)
         grad_h_buffer = np.empty((chunk, dim), dtype) if grad_h is not None else None
 
     with blas.threads(threads):
@@ -357,7 +365,7 @@ def _compute(h, weight, target, bias, class_weight, ignore_index, reduction, lab
     row_loss, valid, denominator, *grads = _run(
         _widened(h_rows, blas), _widened(weight_rows, blas), _widened(bias, blas), ce, g, needs,
         chunk_bytes, blas, kernels, _backends.get_num_threads())
-    grad_h, grad_weight, grad_bias = (None if grad is None else grad.astype(dtype, copy=False)
+    grad_h, grad_weight, grad_bias = (None if grad is None else blas.cast(grad, dtype)
                                       for grad in grads)
     if grad_h is not None:
         grad_h = grad_h.reshape(np.shape(h))

@@ -12,12 +12,18 @@ alone (one GEMM per chunk) and the backward pass runs the loop again with each r
 """
 import contextlib
 
+import numpy as np
 import torch
 
 from . import linear_ce
 from ._torch_tensors import check_tensor, to_numpy, to_tensor
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+
+def _torch_dtype(dtype):
+    """The torch dtype of a NumPy one (ml_dtypes' bfloat16: torch.bfloat16)."""
+    return to_tensor(np.empty(0, dtype)).dtype
 
 
 class _TorchBlas(linear_ce._Blas):
@@ -34,6 +40,16 @@ class _TorchBlas(linear_ce._Blas):
 
     def __init__(self):
         self._partial = None  # the 16-bit scratch of grad_weight, made on first use
+
+    def empty(self, shape, dtype):
+        """Allocated by torch: its allocator puts large buffers on 2 MiB boundaries with
+        huge pages, where NumPy's are 16-byte aligned. A bfloat16 G^T h with G in a NumPy
+        buffer took 1.5x the time (0.37 against 0.24 s at 4096 x 1024 x 32768, Xeon with
+        AMX, 2 threads; h W^T with a NumPy h 2.0x), float32 GEMMs the same time."""
+        return to_numpy(torch.empty(shape, dtype=_torch_dtype(dtype)))
+
+    def cast(self, a, dtype):  # 0.021 s where ml_dtypes' astype took 0.089 (32M floats)
+        return a if a.dtype == dtype else to_numpy(to_tensor(a).to(_torch_dtype(dtype)))
 
     def logits(self, h, w, out):
         torch.mm(to_tensor(h), to_tensor(w).T, out=to_tensor(out))
