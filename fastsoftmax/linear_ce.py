@@ -18,7 +18,8 @@ cross-entropy math is float32 inside the kernel). NumPy's and SciPy's BLAS have 
 GEMM, so there h and weight are widened to float32 copies (twice their 16-bit size) and
 the loop runs in float32. Either way grad_weight and grad_bias accumulate over the chunks
 in float32 and are rounded once at the end (a 16-bit accumulator rounds at every chunk:
-Liger #512 and #827, training that diverged), and the loss is float32.
+Liger #512 and #827, training that diverged; a single chunk's grad_weight is one GEMM,
+rounded by it), and the loss is float32.
 """
 import contextlib
 import functools
@@ -83,9 +84,9 @@ class _Blas:
 
     ``logits(h, w, out)``: out = h @ w.T. ``grad_h(g, w, out)``: out = g @ w.
     ``grad_weight(g, h, out, accumulate)``: out (+)= g.T @ h, ``out`` float32 for 16-bit
-    g and h (the accumulator). Every operand is C-contiguous and ``out`` is written in
-    place. ``runs_half``: whether the GEMMs take float16 and bfloat16 operands (else the
-    loop runs on float32 copies).
+    g and h over several chunks (the accumulator). Every operand is C-contiguous and
+    ``out`` is written in place. ``runs_half``: whether the GEMMs take float16 and
+    bfloat16 operands (else the loop runs on float32 copies).
     """
 
     runs_half = False
@@ -278,7 +279,6 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
     n_rows, dim = h.shape
     n_classes = weight.shape[0]
     dtype = h.dtype
-    accumulator = _dtypes.compute_dtype(dtype)  # of grad_weight and grad_bias
     target = ce.target.reshape(-1)
     # Rows with an ignored target are left out before any GEMM; they keep grad_h = 0.
     valid = np.flatnonzero(target != ce.ignore_index) if ce.may_ignore else None
@@ -291,6 +291,10 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
     scale, row_scale = api._grad_scales(grad_output, denominator) if grad_needed \
         else (1.0, np.empty(0))
 
+    chunk = _chunk_rows(chunk_bytes, n_valid, n_classes, dim, dtype.itemsize, valid is not None)
+    # A 16-bit grad_weight summed over several chunks is summed in float32; one chunk's is
+    # one GEMM, rounded once by it (no float32 V x D array, no copy and rounding pass).
+    accumulator = dtype if chunk >= n_valid else _dtypes.compute_dtype(dtype)
     grad_h = grad_weight = grad_bias = None
     if "h" in needs:  # zeros only where ignored rows stay untouched (calloc: no pass)
         grad_h = np.empty((n_rows, dim), dtype) if valid is None else \
@@ -299,12 +303,11 @@ def _run(h, weight, bias, ce, grad_output, needs, chunk_bytes, blas, kernels, th
         grad_weight = np.empty((n_classes, dim), accumulator) if n_valid else \
             np.zeros((n_classes, dim), accumulator)
     if "bias" in needs:
-        grad_bias = np.zeros(n_classes, accumulator)
+        grad_bias = np.zeros(n_classes, _dtypes.compute_dtype(dtype))
     row_loss = np.empty(n_valid, dtype=np.float64)
     if n_valid == 0:
         return row_loss, valid, denominator, grad_h, grad_weight, grad_bias
 
-    chunk = _chunk_rows(chunk_bytes, n_valid, n_classes, dim, dtype.itemsize, valid is not None)
     logits_buffer = blas.empty((chunk, n_classes), dtype)
     if valid is not None:
         h_buffer = blas.empty((chunk, dim), dtype)

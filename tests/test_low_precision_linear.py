@@ -161,10 +161,12 @@ def test_torch_16_bit_error_is_at_most_twice_torchs(dtype, option):
             f"{name} {dtype} {option}: error {error:.3g}, torch's {torch_error:.3g}"
 
 
+@pytest.mark.parametrize("chunks", ["several chunks", "one chunk"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_torch_16_bit_gemms_run_in_16_bit(dtype, monkeypatch):
+def test_torch_16_bit_gemms_run_in_16_bit(dtype, chunks, monkeypatch):
     """No float32 copy of input or linear_weight: every GEMM operand is 16-bit, and the
-    only float32 arrays are the grad_weight and grad_bias accumulators."""
+    only float32 arrays are the grad_weight accumulator (over several chunks; one chunk's
+    grad_weight is its GEMM's 16-bit output) and grad_bias's."""
     from fastsoftmax import torch_linear
     seen = []
     for method in ("linear", "grad_h", "grad_weight"):
@@ -176,11 +178,14 @@ def test_torch_16_bit_gemms_run_in_16_bit(dtype, monkeypatch):
         monkeypatch.setattr(torch_linear._TorchBlas, method, spy)
     tensors, target, options, _ = _torch_problem(dtype, "plain")
     leaves = [t.requires_grad_() for t in tensors]
+    chunk_bytes = 8 * 300 * 2 if chunks == "several chunks" else None
     fst.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2],
-                             chunk_bytes=8 * 300 * 2).backward()
+                             chunk_bytes=chunk_bytes).backward()
     assert {method for method, _ in seen} == {"linear", "grad_h", "grad_weight"}
+    accumulator = np.float32 if chunks == "several chunks" else dtype
     for method, dtypes in seen:
         operands = dtypes[:-1] if method == "grad_weight" else dtypes
         assert all(d == dtype for d in operands), (method, dtypes)
         if method == "grad_weight":
-            assert dtypes[-1] == np.float32, "the grad_weight accumulator"
+            assert dtypes[-1] == accumulator, "the grad_weight accumulator"
+    assert leaves[1].grad.dtype == leaves[1].dtype
