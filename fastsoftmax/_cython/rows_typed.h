@@ -352,7 +352,7 @@ static inline void FS_FN(fs_entropy_grad)(const FS_T *row, FS_C m, const FS_C *k
 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
         const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s, FS_C m_t, FS_C inv_t, FS_C *kept,
-        double *sum_t) {
+        FS_C *kept_t, double *sum_t) {
     double total_s = 0.0, total_t = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
@@ -360,9 +360,11 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
         #pragma omp simd reduction(+:acc_s,acc_t)
         for (Py_ssize_t j = start; j < stop; j++) {
             FS_C e = FS_CFN(fs_exp_core)((FS_LOAD(s[j]) - m_s) * inv_t);
+            FS_C e_t = FS_CFN(fs_exp_core)((FS_LOAD(t[j]) - m_t) * inv_t);
             if (kept) kept[j] = e;
+            if (kept_t) kept_t[j] = e_t;
             acc_s += e;
-            acc_t += FS_CFN(fs_exp_core)((FS_LOAD(t[j]) - m_t) * inv_t);
+            acc_t += e_t;
         }
         total_s += acc_s;
         total_t += acc_t;
@@ -372,17 +374,23 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_sums_loop)(
 }
 
 /* sum(exp((s - m_s) inv_t)); sets *sum_t = sum(exp((t - m_t) inv_t)); with kept, also
- * kept = exp((s - m_s) inv_t). m_s, m_t: the rows' finite maxima. */
+ * kept = exp((s - m_s) inv_t), and with kept_t (only with kept) kept_t =
+ * exp((t - m_t) inv_t). m_s, m_t: the rows' finite maxima. */
 static inline double FS_FN(fs_jsd_sums)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
-                                        FS_C m_t, FS_C inv_t, FS_C *kept, double *sum_t) {
-    return kept ? FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, kept, sum_t)
-                : FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, NULL, sum_t);
+                                        FS_C m_t, FS_C inv_t, FS_C *kept, FS_C *kept_t,
+                                        double *sum_t) {
+    /* a loop per case, in a branch that tests each pointer it gets (a pointer not known
+     * to be set made the loop test it per element) */
+#define FS_JSD_SUMS(o, o_t) FS_FN(fs_jsd_sums_loop)(s, t, n, m_s, m_t, inv_t, o, o_t, sum_t)
+    if (kept && kept_t) return FS_JSD_SUMS(kept, kept_t);
+    return kept ? FS_JSD_SUMS(kept, NULL) : FS_JSD_SUMS(NULL, NULL);
+#undef FS_JSD_SUMS
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
         const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s, FS_C m_t, FS_C inv_t,
-        FS_C log_sum_s, FS_C log_sum_t, FS_C inv_sum_s, FS_C beta, FS_C k, FS_C *kept,
-        FS_T *out, int mode, double *kl_q) {
+        FS_C log_sum_s, FS_C log_sum_t, FS_C inv_sum_s, FS_C inv_sum_t, FS_C beta, FS_C k,
+        FS_C *kept, FS_C *kept_t, FS_T *out, int mode, double *kl_q) {
     const FS_C keep = 1 - beta, tiny = FS_MIN_NORMAL, zero = 0;
     double loss = 0.0, total_kl_q = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
@@ -393,13 +401,16 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
             FS_C log_q = (FS_LOAD(s[j]) - m_s) * inv_t - log_sum_s;
             FS_C log_p = (FS_LOAD(t[j]) - m_t) * inv_t - log_sum_t;
             FS_C q = kept ? kept[j] * inv_sum_s : FS_CFN(fs_exp_core)(log_q);
-            FS_C p = FS_CFN(fs_exp_core)(log_p);
+            FS_C p = kept_t ? kept_t[j] * inv_sum_t : FS_CFN(fs_exp_core)(log_p);
             if (mode == FS_JSD_FORWARD) {
                 acc_loss += p > zero ? p * (log_p - log_q) : zero;
                 if (kept) out[j] = FS_STORE(k * (q - p));
             } else if (mode == FS_JSD_REVERSE) {
                 acc_loss += q > zero ? q * (log_q - log_p) : zero;
-                if (kept) kept[j] = log_q - log_p;
+                if (kept) {
+                    kept[j] = log_q - log_p;
+                    kept_t[j] = q;
+                }
             } else {
                 FS_C mix = beta * p + keep * q;
                 FS_C log_m = FS_LOG_NORMAL(mix > tiny ? mix : tiny);
@@ -407,7 +418,10 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
                 FS_C term_p = p > zero ? p * (log_p - log_m) : zero;
                 acc_loss += beta * term_p + keep * term_q;
                 acc_kl_q += term_q;
-                if (kept) kept[j] = log_q - log_m;
+                if (kept) {
+                    kept[j] = log_q - log_m;
+                    kept_t[j] = q;
+                }
             }
         }
         loss += acc_loss;
@@ -418,34 +432,38 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
 }
 
 /* The loss of the row (mode FS_JSD_*), after fs_jsd_sums (log_sum_* the logs of its sums,
- * inv_sum_s 1 / the student's); sets *kl_q = KL(Q || M). With kept (holding
- * exp((s - m_s) inv_t)), also kept = r = log Q - log M, or at beta = 0 the gradient
- * k (Q - P) into out. Each (mode, kept) case is a loop of its own (a constant mode and
- * NULL). */
+ * inv_sum_* 1 / them); sets *kl_q = KL(Q || M). With kept and kept_t (holding the exps
+ * of s and t), also kept = r = log Q - log M and kept_t = Q, or at beta = 0 the gradient
+ * k (Q - P) into out (there kept_t may be NULL: P from its exp). Each (mode, kept,
+ * kept_t) case is a loop of its own (a constant mode and NULLs). */
 static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
                                          FS_C m_t, FS_C inv_t, FS_C log_sum_s, FS_C log_sum_t,
-                                         FS_C inv_sum_s, FS_C beta, FS_C k, FS_C *kept,
-                                         FS_T *out, int mode, double *kl_q) {
-#define FS_JSD_TERMS(o, m) FS_FN(fs_jsd_terms_loop)(s, t, n, m_s, m_t, inv_t, log_sum_s, \
-                                                    log_sum_t, inv_sum_s, beta, k, o, out, m, \
-                                                    kl_q)
-    if (mode == FS_JSD_FORWARD)
-        return kept ? FS_JSD_TERMS(kept, FS_JSD_FORWARD) : FS_JSD_TERMS(NULL, FS_JSD_FORWARD);
-    if (mode == FS_JSD_REVERSE)
-        return kept ? FS_JSD_TERMS(kept, FS_JSD_REVERSE) : FS_JSD_TERMS(NULL, FS_JSD_REVERSE);
-    return kept ? FS_JSD_TERMS(kept, FS_JSD_MIXTURE) : FS_JSD_TERMS(NULL, FS_JSD_MIXTURE);
+                                         FS_C inv_sum_s, FS_C inv_sum_t, FS_C beta, FS_C k,
+                                         FS_C *kept, FS_C *kept_t, FS_T *out, int mode,
+                                         double *kl_q) {
+#define FS_JSD_TERMS(o, o_t, m) FS_FN(fs_jsd_terms_loop)(s, t, n, m_s, m_t, inv_t, log_sum_s, \
+                                                         log_sum_t, inv_sum_s, inv_sum_t, beta, \
+                                                         k, o, o_t, out, m, kl_q)
+    if (!kept) {
+        if (mode == FS_JSD_FORWARD) return FS_JSD_TERMS(NULL, NULL, FS_JSD_FORWARD);
+        if (mode == FS_JSD_REVERSE) return FS_JSD_TERMS(NULL, NULL, FS_JSD_REVERSE);
+        return FS_JSD_TERMS(NULL, NULL, FS_JSD_MIXTURE);
+    }
+    if (!kept_t) return FS_JSD_TERMS(kept, NULL, FS_JSD_FORWARD);  /* (forward only) */
+    if (mode == FS_JSD_FORWARD) return FS_JSD_TERMS(kept, kept_t, FS_JSD_FORWARD);
+    if (mode == FS_JSD_REVERSE) return FS_JSD_TERMS(kept, kept_t, FS_JSD_REVERSE);
+    return FS_JSD_TERMS(kept, kept_t, FS_JSD_MIXTURE);
 #undef FS_JSD_TERMS
 }
 
-/* The JSD gradient out = k Q (r - kl_q) after fs_jsd_terms, kept holding r; Q is
- * computed again from s (kept no longer holds it). */
-static inline void FS_FN(fs_jsd_grad)(const FS_T *s, Py_ssize_t n, FS_C m_s, FS_C inv_t,
-                                      FS_C log_sum_s, FS_C k, FS_C kl_q, const FS_C *kept,
-                                      FS_T *out) {
+/* The JSD gradient out = k Q (r - kl_q) after fs_jsd_terms, kept holding r and kept_t Q
+ * (out may be kept itself). */
+static inline void FS_FN(fs_jsd_grad)(Py_ssize_t n, FS_C k, FS_C kl_q, const FS_C *kept,
+                                      const FS_C *kept_t, FS_T *out) {
     const FS_C zero = 0;
     #pragma omp simd
     for (Py_ssize_t j = 0; j < n; j++) {
-        FS_C q = FS_CFN(fs_exp_core)((FS_LOAD(s[j]) - m_s) * inv_t - log_sum_s);
+        FS_C q = kept_t[j];
         out[j] = FS_STORE(q > zero ? k * q * (kept[j] - kl_q) : zero);
     }
 }
