@@ -49,11 +49,15 @@ static inline void *fs_scratch_malloc(size_t size) {
 
 /* exp(x) = 2^k * P(r), r = x - k ln2 (Cody-Waite split of ln2), |r| <= ln2/2.
  * float: degree-6 minimax polynomial (Cephes expf coefficients), ~1 ulp.
- * double: Taylor series to degree 12, truncation < 2e-16. 2^k is built in the
- * exponent bits without a float-to-int conversion: the sum k + (2^m + bias), m the
- * mantissa width, is exact (k is an integer, in [-126, 127] or [-1022, 1023] for x
- * in [lo, hi]) and its low mantissa bits hold k + bias, which a left shift by m moves
- * into the exponent field of an otherwise zero word. Converting k * 2^m + bias * 2^m
+ * double: Taylor series to degree 12, truncation < 2e-16. k is x log2(e) rounded to
+ * the nearest integer by the addition x log2(e) + (2^m + bias) itself, m the mantissa
+ * width (the sum lies in [2^m, 2^(m+1)), where the floats are the integers), and k =
+ * that sum - (2^m + bias), exact. floor() had no SSE2 instruction and was a libm call
+ * per element at the baseline level (exp-sum kernels 2.7 ns/elem against AVX2's 0.4).
+ * 2^k is built in the exponent bits without a float-to-int conversion: the sum's low
+ * mantissa bits hold k + bias (k is in [-126, 127] or [-1022, 1023] for x in
+ * [lo, hi]), which a left shift by m moves into the exponent field of an otherwise zero
+ * word. Converting k * 2^m + bias * 2^m
  * to an int instead (one FMA and a convert, as this code did) is undefined behaviour
  * in C when k is NaN (x NaN), infinite (x = +inf) or out of the int's range; the bit
  * casts and the unsigned shift are defined for every value, in as many instructions
@@ -75,7 +79,8 @@ static inline void *fs_scratch_malloc(size_t size) {
 FS_MATH float fs_exp_core_f(float x) {
     const float lo = -126.0f * 0.69314718f;
     float xc = x < lo ? lo : x;  /* a NaN stays NaN (x > lo ? x : lo would clamp it) */
-    float k = floorf(xc * 1.44269504f + 0.5f);
+    float biased = xc * 1.44269504f + (8388608.0f + 127.0f);  /* 2^23 + 127 + k */
+    float k = biased - (8388608.0f + 127.0f);
     float r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -85,7 +90,6 @@ FS_MATH float fs_exp_core_f(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    float biased = k + (8388608.0f + 127.0f);  /* 2^23 + 127 + k */
     uint32_t bits;
     memcpy(&bits, &biased, sizeof bits);
     bits <<= 23;  /* mantissa bits 0-8 (k + 127) into the exponent field */
@@ -97,7 +101,8 @@ FS_MATH float fs_exp_core_f(float x) {
 FS_MATH double fs_exp_core_d(double x) {
     const double lo = -1022.0 * 0.6931471805599453;
     double xc = x < lo ? lo : x;
-    double k = floor(xc * 1.4426950408889634 + 0.5);
+    double biased = xc * 1.4426950408889634 + (4503599627370496.0 + 1023.0);  /* 2^52 + 1023 + k */
+    double k = biased - (4503599627370496.0 + 1023.0);
     double r = (xc - k * 0.693359375) - k * -2.12194440054690583e-4;
     double p = 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
@@ -112,7 +117,6 @@ FS_MATH double fs_exp_core_d(double x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    double biased = k + (4503599627370496.0 + 1023.0);  /* 2^52 + 1023 + k */
     uint64_t bits;
     memcpy(&bits, &biased, sizeof bits);
     bits <<= 52;  /* mantissa bits 0-11 (k + 1023) into the exponent field */
