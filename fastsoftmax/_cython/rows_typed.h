@@ -404,10 +404,10 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
             FS_C p = kept_t ? kept_t[j] * inv_sum_t : FS_CFN(fs_exp_core)(log_p);
             if (mode == FS_JSD_FORWARD) {
                 acc_loss += p > zero ? p * (log_p - log_q) : zero;
-                if (kept) out[j] = FS_STORE(k * (q - p));
+                if (out) out[j] = FS_STORE(k * (q - p));
             } else if (mode == FS_JSD_REVERSE) {
                 acc_loss += q > zero ? q * (log_q - log_p) : zero;
-                if (kept) {
+                if (out) {
                     kept[j] = log_q - log_p;
                     kept_t[j] = q;
                 }
@@ -418,7 +418,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
                 FS_C term_p = p > zero ? p * (log_p - log_m) : zero;
                 acc_loss += beta * term_p + keep * term_q;
                 acc_kl_q += term_q;
-                if (kept) {
+                if (out) {
                     kept[j] = log_q - log_m;
                     kept_t[j] = q;
                 }
@@ -433,26 +433,30 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_terms_loop)(
 
 /* The loss of the row (mode FS_JSD_*), after fs_jsd_sums (log_sum_* the logs of its sums,
  * inv_sum_* 1 / them); sets *kl_q = KL(Q || M). With kept and kept_t (holding the exps
- * of s and t), also kept = r = log Q - log M and kept_t = Q, or at beta = 0 the gradient
- * k (Q - P) into out (there kept_t may be NULL: P from its exp). Each (mode, kept,
- * kept_t) case is a loop of its own (a constant mode and NULLs). */
+ * of s and t), Q and P come from them; with out too, kept = r = log Q - log M and
+ * kept_t = Q, or at beta = 0 the gradient k (Q - P) goes into out (there kept_t may be
+ * NULL: P from its exp). Each (mode, kept, kept_t, out) case is a loop of its own (a
+ * constant mode and NULLs), in a branch that tests the pointers it passes: a pointer not
+ * known to be set was tested per element (JSD + grad 0.90 instead of 0.74x the time). */
 static inline double FS_FN(fs_jsd_terms)(const FS_T *s, const FS_T *t, Py_ssize_t n, FS_C m_s,
                                          FS_C m_t, FS_C inv_t, FS_C log_sum_s, FS_C log_sum_t,
                                          FS_C inv_sum_s, FS_C inv_sum_t, FS_C beta, FS_C k,
                                          FS_C *kept, FS_C *kept_t, FS_T *out, int mode,
                                          double *kl_q) {
-#define FS_JSD_TERMS(o, o_t, m) FS_FN(fs_jsd_terms_loop)(s, t, n, m_s, m_t, inv_t, log_sum_s, \
-                                                         log_sum_t, inv_sum_s, inv_sum_t, beta, \
-                                                         k, o, o_t, out, m, kl_q)
-    if (!kept) {
-        if (mode == FS_JSD_FORWARD) return FS_JSD_TERMS(NULL, NULL, FS_JSD_FORWARD);
-        if (mode == FS_JSD_REVERSE) return FS_JSD_TERMS(NULL, NULL, FS_JSD_REVERSE);
-        return FS_JSD_TERMS(NULL, NULL, FS_JSD_MIXTURE);
+#define FS_JSD_TERMS(o, o_t, g, m) \
+    FS_FN(fs_jsd_terms_loop)(s, t, n, m_s, m_t, inv_t, log_sum_s, log_sum_t, inv_sum_s, \
+                             inv_sum_t, beta, k, o, o_t, g, m, kl_q)
+#define FS_JSD_MODES(o, o_t, g) \
+    (mode == FS_JSD_FORWARD ? FS_JSD_TERMS(o, o_t, g, FS_JSD_FORWARD) \
+     : mode == FS_JSD_REVERSE ? FS_JSD_TERMS(o, o_t, g, FS_JSD_REVERSE) \
+     : FS_JSD_TERMS(o, o_t, g, FS_JSD_MIXTURE))
+    if (!kept || !kept_t) {
+        if (!kept || !out) return FS_JSD_MODES(NULL, NULL, NULL);
+        return FS_JSD_TERMS(kept, NULL, out, FS_JSD_FORWARD);  /* (forward only) */
     }
-    if (!kept_t) return FS_JSD_TERMS(kept, NULL, FS_JSD_FORWARD);  /* (forward only) */
-    if (mode == FS_JSD_FORWARD) return FS_JSD_TERMS(kept, kept_t, FS_JSD_FORWARD);
-    if (mode == FS_JSD_REVERSE) return FS_JSD_TERMS(kept, kept_t, FS_JSD_REVERSE);
-    return FS_JSD_TERMS(kept, kept_t, FS_JSD_MIXTURE);
+    if (!out) return FS_JSD_MODES(kept, kept_t, NULL);
+    return FS_JSD_MODES(kept, kept_t, out);
+#undef FS_JSD_MODES
 #undef FS_JSD_TERMS
 }
 
