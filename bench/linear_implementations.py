@@ -36,29 +36,21 @@ def _gemm_floor(h, weight, target):
     G^T h with G the logits themselves. No loss, no chunking. NumPy's BLAS; torch's for
     16-bit arrays, which NumPy's has no GEMM for (the floor of the torch path then)."""
     if _dtypes.is_half(h.dtype):
-        return _torch_gemm_floor(h, weight)
-    logits = np.empty((h.shape[0], weight.shape[0]), h.dtype)
-    grad_h, grad_weight = np.empty_like(h), np.empty_like(weight)
+        import torch
+
+        from fastsoftmax._torch_tensors import to_tensor
+        h, weight = to_tensor(h).clone(), to_tensor(weight).clone()
+        matmul, empty_like = torch.mm, torch.empty_like
+        logits = torch.empty((h.shape[0], weight.shape[0]), dtype=h.dtype)
+    else:
+        matmul, empty_like = np.matmul, np.empty_like
+        logits = np.empty((h.shape[0], weight.shape[0]), h.dtype)
+    grad_h, grad_weight = empty_like(h), empty_like(weight)
 
     def call():
-        np.matmul(h, weight.T, out=logits)
-        np.matmul(logits, weight, out=grad_h)
-        np.matmul(logits.T, h, out=grad_weight)
-    return call
-
-
-def _torch_gemm_floor(h, weight):
-    import torch
-
-    from fastsoftmax._torch_tensors import to_tensor
-    th, tw = to_tensor(h).clone(), to_tensor(weight).clone()
-    logits = torch.empty((h.shape[0], weight.shape[0]), dtype=th.dtype)
-    grad_h, grad_weight = torch.empty_like(th), torch.empty_like(tw)
-
-    def call():
-        torch.mm(th, tw.T, out=logits)
-        torch.mm(logits, tw, out=grad_h)
-        torch.mm(logits.T, th, out=grad_weight)
+        matmul(h, weight.T, out=logits)
+        matmul(logits, weight, out=grad_h)
+        matmul(logits.T, h, out=grad_weight)
     return call
 
 
