@@ -69,7 +69,10 @@ class _TorchBlas(linear_ce._Blas):
             if self._partial is None:
                 self._partial = torch.empty(out_t.shape, dtype=g_t.dtype)
             torch.mm(g_t, h_t, out=self._partial)
-            out_t.add_(self._partial) if accumulate else out_t.copy_(self._partial)
+            if accumulate:
+                out_t.add_(self._partial)
+            else:
+                out_t.copy_(self._partial)
         elif accumulate:
             out_t.addmm_(g_t, h_t)  # beta = 1: no V x D temporary
         else:
@@ -138,7 +141,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     input : Tensor
         float32, float64, bfloat16 or float16 hidden states ``(..., D)`` on the CPU
         (16-bit: the GEMMs run in that dtype, as the unfused version's; the loss math,
-        the grad_weight and grad_bias accumulators and the returned loss are float32).
+        the sums of grad_weight and grad_bias over chunks and the returned loss are
+        float32).
     linear_weight : Tensor
         ``(V, D)``, input's dtype.
     target : Tensor
