@@ -121,25 +121,37 @@ static inline __attribute__((always_inline)) void FS_FN(fs_call_chunk)(
 
 /* Where the exp pass of a row function keeps exp(z - m) (or z, capped) for its write
  * pass into out: out itself for float and double; for a 16-bit out, which would round
- * them (and the write pass round twice), a float row of scratch (fs_release_kept frees
- * it). NULL when out is NULL, or when the allocation failed (flagged: the kernel raises
- * MemoryError). Before, the 16-bit write pass computed exp again from x: bfloat16 CE +
- * grad in place, 2 threads, kernel (bench.ab, idle): 0.28 -> 0.18 ns/elem at
- * 128 x 131072 (float32 0.21), 0.40 -> 0.29 at 16777 x 1000. */
-static inline FS_C *FS_FN(fs_kept_row)(FS_T *out, Py_ssize_t n) {
+ * them (and the write pass round twice), a float row of scratch: `local` (the row
+ * function's FS_KEPT_LOCAL) for rows up to FS_BLOCK, else malloc'd (fs_release_kept
+ * frees it). NULL when out is NULL, or when the allocation failed (flagged: the kernel
+ * raises MemoryError). Before, the 16-bit write pass computed exp again from x: bfloat16
+ * CE + grad in place, 2 threads, kernel (bench.ab, idle): 0.28 -> 0.18 ns/elem at
+ * 128 x 131072 (float32 0.21), 0.40 -> 0.29 at 16777 x 1000. The stack row for short
+ * rows, against a malloc and free per row (bench.ab, 16777 x 1000, 2 threads): bfloat16
+ * CE + grad 0.77x the time, in place 0.91x, softmax 0.92x; float16 0.86-0.89x. */
 #if FS_LOWP
-    return out ? (FS_C *)fs_scratch_malloc((size_t)n * sizeof(FS_C)) : NULL;
+#define FS_KEPT_LOCAL(name) FS_C name[FS_BLOCK]
+#else
+#define FS_KEPT_LOCAL(name) FS_C *name = NULL
+#endif
+
+static inline FS_C *FS_FN(fs_kept_row)(FS_T *out, Py_ssize_t n, FS_C *local) {
+#if FS_LOWP
+    if (!out) return NULL;
+    return n <= FS_BLOCK ? local : (FS_C *)fs_scratch_malloc((size_t)n * sizeof(FS_C));
 #else
     (void)n;
+    (void)local;
     return out;
 #endif
 }
 
-static inline void FS_FN(fs_release_kept)(FS_C *kept) {
+static inline void FS_FN(fs_release_kept)(FS_C *kept, const FS_C *local) {
 #if FS_LOWP
-    free(kept);
+    if (kept != local) free(kept);
 #else
     (void)kept;
+    (void)local;
 #endif
 }
 
@@ -333,12 +345,13 @@ static inline void FS_FN(fs_jsd_grad_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_
     FS_FN(fs_over_chunks)(FS_CHUNK(chunk), FS_ROWS_##chunk, &a, n, threads, merge, more)
 
 static inline __attribute__((always_inline)) void FS_FN(fs_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
-    FS_ARGS a = {.x = x, .out = out, .kept = FS_FN(fs_kept_row)(out, n)};
+    FS_KEPT_LOCAL(local);
+    FS_ARGS a = {.x = x, .out = out, .kept = FS_FN(fs_kept_row)(out, n, local)};
     if (!a.kept) return;
     a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     a.k = (FS_C)(1.0 / FS_OVER(fs_sumexp_chunk, 1, NULL));
     FS_OVER(fs_rescale_chunk, 0, NULL);  /* f = 0: out = exp(x - m) * k */
-    FS_FN(fs_release_kept)(a.kept);
+    FS_FN(fs_release_kept)(a.kept, local);
 }
 
 static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
@@ -383,7 +396,8 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
                                           double z_loss, double softcap, double s, double s_z,
                                           Py_ssize_t n, FS_T *grad, double *z_term, int threads) {
     double keep = 1.0 - smoothing, eps_c = smoothing / n, sum_exp, total_wt, shifted_wt;
-    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .kept = FS_FN(fs_kept_row)(grad, n),
+    FS_KEPT_LOCAL(local);
+    FS_ARGS a = {.x = x, .t = t, .w = w, .out = grad, .kept = FS_FN(fs_kept_row)(grad, n, local),
                  .keep = (FS_C)keep, .eps = (FS_C)eps_c, .cap = (FS_C)softcap};
     if (grad && !a.kept) return NAN;
     a.m = FS_CFN(fs_softcap)((FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL), a.cap);
@@ -425,7 +439,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_cross_entropy_row)(
             FS_OVER(fs_prob_rescale_chunk, 0, NULL);
         }
     }
-    FS_FN(fs_release_kept)(a.kept);
+    FS_FN(fs_release_kept)(a.kept, local);
     return total_wt * log_sum - shifted_wt;
 }
 
@@ -437,7 +451,8 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const 
     a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
     if (!isfinite(a.m))  /* a NaN, +inf or all -inf row: NaN, as torch */
         return FS_FN(fs_nan_row)(grad, n);
-    a.kept = FS_FN(fs_kept_row)(grad, n);
+    FS_KEPT_LOCAL(local);
+    a.kept = FS_FN(fs_kept_row)(grad, n, local);
     if (grad && !a.kept) return NAN;
     double sum_ed;
     double sum_e = FS_OVER(fs_entropy_sums_chunk, 2, &sum_ed);
@@ -447,7 +462,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_entropy_row)(const 
         a.f = (FS_C)mean_d;
         FS_OVER(fs_entropy_grad_chunk, 0, NULL);
     }
-    FS_FN(fs_release_kept)(a.kept);
+    FS_FN(fs_release_kept)(a.kept, local);
     return log(sum_e) - mean_d;
 }
 
@@ -468,13 +483,14 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T
      * at 128 x 131072). A row of up to FS_BLOCK keeps them on the stack (no malloc per
      * short row). The forward KL, which saves one exp by it, keeps them for such rows
      * only: 0.88x at 16777 x 1000, but 1.08x at 128 x 131072 (a fourth row in cache). */
+    FS_KEPT_LOCAL(local);
     FS_C local_s[FS_BLOCK], local_t[FS_BLOCK];
     if (grad) {
-        a.kept = FS_FN(fs_kept_row)(grad, n);
+        a.kept = FS_FN(fs_kept_row)(grad, n, local);
         a.kept_t = n <= FS_BLOCK ? local_t : mode == FS_JSD_FORWARD ? NULL
                    : (FS_C *)fs_scratch_malloc((size_t)n * sizeof(FS_C));
         if (!a.kept || (!a.kept_t && mode != FS_JSD_FORWARD)) {
-            FS_FN(fs_release_kept)(a.kept);
+            FS_FN(fs_release_kept)(a.kept, local);
             if (a.kept_t != local_t) free(a.kept_t);
             return NAN;
         }
@@ -502,12 +518,13 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T
         }
     }
     if (grad) {
-        FS_FN(fs_release_kept)(a.kept);
+        FS_FN(fs_release_kept)(a.kept, local);
         if (a.kept_t != local_t) free(a.kept_t);
     }
     return loss;
 }
 
 #undef FS_OVER
+#undef FS_KEPT_LOCAL
 #undef FS_ARGS
 #undef FS_CHUNK
