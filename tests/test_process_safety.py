@@ -130,11 +130,14 @@ def test_threads_under_the_workqueue_layer(tmp_path):
 
 
 # float32 rows of 10: the block kernels' scratch (the JSD's padded rows); 16-bit rows of
-# 1000: the float32 row that keeps a 16-bit row's exponentials (fs_kept_row)
+# 2000: the float32 row that keeps a 16-bit row's exponentials (fs_kept_row; rows up to
+# 1024 keep them on the stack); float32 JSD rows of 2000: the row of the teacher's
+# exponentials
 @pytest.mark.parametrize("op, dtype, shape", [
     ("softmax", "float32", (5000, 10)), ("cross_entropy_with_grad", "float32", (5000, 10)),
     ("entropy", "float32", (5000, 10)), ("jsd_logits_with_grad", "float32", (5000, 10)),
-    ("softmax", "bfloat16", (40, 1000)), ("cross_entropy_with_grad", "float16", (40, 1000))])
+    ("softmax", "bfloat16", (40, 2000)), ("cross_entropy_with_grad", "float16", (40, 2000)),
+    ("jsd_logits_with_grad", "float32", (40, 2000))])
 def test_failed_scratch_allocation_raises_memory_error(op, dtype, shape):
     kernels = pytest.importorskip("fastsoftmax._cython._kernels",
                                   reason="the Cython extension is not built")
