@@ -31,7 +31,8 @@ The exp pass keeps exp((s - m_s) / T), and the loss pass r, in grad itself, or f
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._elementwise import vlog
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
@@ -41,6 +42,18 @@ from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WR
 from ._split import over_chunks, row_chunks, splittable
 
 FORWARD, REVERSE, MIXTURE = 0, 1, 2  # beta = 0, beta = 1, 0 < beta < 1
+
+
+def _or_else(a, b):
+    """``a``, or ``b`` when ``a`` is None, decided by ``a``'s type at compile time."""
+    raise NotImplementedError("_or_else is only callable from Numba-compiled code")
+
+
+@overload(_or_else, inline="always")
+def _or_else_overload(a, b):
+    if isinstance(a, (types.NoneType, types.Omitted)):
+        return lambda a, b: b
+    return lambda a, b: a
 
 
 @njit(**JIT_ROW_WRITER)
@@ -83,8 +96,9 @@ def _terms_blocks(s, t, c, out, source, exps_t, mode):
     """(loss, K) of the row as float64 (see the top of this file), c = (m_s, m_t, 1/T,
     log S_s, log S_t, 1/S_s, beta, k, 1/S_t). With ``out`` (not None; it, or ``source``,
     holding exp((s - m_s) / T): _math.kept_value), also r kept there and Q in ``exps_t``,
-    or at beta = 0 the gradient k (Q - P) into out. ``exps_t``: exp((t - m_t) / T), or
-    None (P from its exp; always at beta = 0). ``mode`` (a constant)."""
+    or at beta = 0 the gradient k (Q - P) into out. Without ``out``, ``source`` (if not
+    None) holds exp((s - m_s) / T). ``exps_t``: exp((t - m_t) / T), or None (P from its
+    exp; always at beta = 0). ``mode`` (a constant)."""
     m_s, m_t, inv_t = scalar_like(s, c[0]), scalar_like(s, c[1]), scalar_like(s, c[2])
     log_sum_s, log_sum_t = scalar_like(s, c[3]), scalar_like(s, c[4])
     inv_sum_s, beta, k = scalar_like(s, c[5]), scalar_like(s, c[6]), scalar_like(s, c[7])
@@ -100,13 +114,15 @@ def _terms_blocks(s, t, c, out, source, exps_t, mode):
         block_s, block_t = s[start:start + BLOCK], t[start:start + BLOCK]
         if out is not None:
             dest = out[start:start + BLOCK]
-            kept = block_or_none(source, start, start + BLOCK)
+        kept = block_or_none(source, start, start + BLOCK)
         kept_t = block_or_none(exps_t, start, start + BLOCK)
         for j in range(block_s.size):
             log_q = (load(block_s, j) - m_s) * inv_t - log_sum_s
             log_p = (load(block_t, j) - m_t) * inv_t - log_sum_t
             if out is not None:
                 q = kept_value(dest, kept, j) * inv_sum_s
+            elif source is not None:  # the loss alone, s's exps kept
+                q = kept[j] * inv_sum_s
             else:
                 q = vexp_core(log_q)
             if exps_t is not None:
@@ -181,23 +197,29 @@ def _jsd_row(s, t, beta, inv_t, scale, grad, chunks):
         return np.nan
     mode = FORWARD if beta == 0.0 else (REVERSE if beta == 1.0 else MIXTURE)
     maxima = (float(m_s), float(m_t))
-    if grad is None:
-        return _jsd_passes(s, t, beta, inv_t, scale, None, None, maxima, mode, chunks)
     # Not for the forward KL here (the Cython kernel keeps them for rows up to BLOCK): with
     # log P used in log P - log Q alone, the reassociating reduction folded that
     # difference, and a one-class row's loss came out 2e-16, not 0.
+    if grad is None:
+        if mode != FORWARD and s.size <= BLOCK:  # the loss alone: both rows' exps kept
+            return _jsd_passes(s, t, beta, inv_t, scale, None, empty_like_compute(s.size, s),
+                               maxima, mode, chunks, empty_like_compute(s.size, s))
+        return _jsd_passes(s, t, beta, inv_t, scale, None, None, maxima, mode, chunks, None)
     if mode != FORWARD:
         return _jsd_passes(s, t, beta, inv_t, scale, grad, empty_like_compute(s.size, s),
-                           maxima, mode, chunks)
-    return _jsd_passes(s, t, beta, inv_t, scale, grad, None, maxima, mode, chunks)
+                           maxima, mode, chunks, None)
+    return _jsd_passes(s, t, beta, inv_t, scale, grad, None, maxima, mode, chunks, None)
 
 
 @njit(**JIT_ROW)
-def _jsd_passes(s, t, beta, inv_t, scale, grad, exps_t, maxima, mode, chunks):
+def _jsd_passes(s, t, beta, inv_t, scale, grad, exps_t, maxima, mode, chunks, exps_s):
     """_jsd_row's passes after the maxima; ``exps_t``: a row for t's exponentials, then Q
-    (None: without grad, or at beta = 0, whose gradient the loss pass writes)."""
-    kept = kept_exps(grad)
-    source = exps_source(grad, kept)
+    (None: at beta = 0, whose gradient the loss pass writes, or for a long row's loss
+    alone); ``exps_s``: without grad, a row for s's exponentials (or None)."""
+    # chosen by type, not in a branch: inlined, a branch on grad is not pruned, and kept
+    # typed as an optional array was not cut into the split path's chunks
+    kept = _or_else(kept_exps(grad), exps_s)
+    source = _or_else(exps_source(grad, kept), exps_s)
     sum_s, sum_t = over_chunks("_jsd_sums", chunks, s, t, (maxima[0], maxima[1], inv_t),
                                kept, exps_t)
     k = scale * inv_t * (1.0 - beta if mode == MIXTURE else 1.0)
@@ -209,12 +231,13 @@ def _jsd_passes(s, t, beta, inv_t, scale, grad, exps_t, maxima, mode, chunks):
         loss, kl_q = over_chunks("_reverse_terms", chunks, s, t, c, grad, source, exps_t)
     else:
         loss, kl_q = over_chunks("_mixture_terms", chunks, s, t, c, grad, source, exps_t)
-    if exps_t is not None:  # with grad (pruned when None; then grad is None or beta = 0)
-        if mode != FORWARD:
-            if math.isfinite(kl_q):
-                over_chunks("_jsd_gradient", chunks, exps_t, (k, kl_q), grad, source)
-            else:  # an infinite reverse KL (Q > 0 = P somewhere) has no gradient
-                fill_nan(grad)
+    if grad is not None:  # (each test is on an argument: pruned at compile time)
+        if exps_t is not None:  # (None at beta = 0)
+            if mode != FORWARD:
+                if math.isfinite(kl_q):
+                    over_chunks("_jsd_gradient", chunks, exps_t, (k, kl_q), grad, source)
+                else:  # an infinite reverse KL (Q > 0 = P somewhere) has no gradient
+                    fill_nan(grad)
     return loss
 
 
