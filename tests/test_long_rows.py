@@ -105,13 +105,21 @@ def test_split_rule_is_the_same_in_both_backends():
 
 
 def test_numba_split_kernel_runs_its_chunks_in_parallel():
-    """The chunk loop of a split row is a parallel region of the kernel itself (the row
-    function and over_chunks are inlined), not a loop run by one thread."""
+    """The chunk loops of a split row are parallel regions (over_chunks' runners, linked
+    into the kernel), not loops run by one thread; whole rows (chunks = WHOLE_ROW)
+    compile the prange over rows alone."""
     import numba
-    from fastsoftmax._numba import _math, _softmax
+    from fastsoftmax._numba import _math, _softmax, _split
     options = {k: v for k, v in _math.JIT_PARALLEL.items() if k != "cache"}
     kernel = numba.njit(**options)(_softmax.logsumexp.py_func)  # compiled here: not cached
-    kernel(np.zeros((1, 4 * 16384), np.float32), np.empty(1, np.float32))
-    llvm = next(iter(kernel.inspect_llvm().values()))
-    # one parallel launch for the whole-row prange and one per chunk loop (max, sum)
-    assert llvm.count("do_scheduling") >= 3, "the split path has no parallel chunk loop"
+    x = np.zeros((1, 4 * 16384), np.float32)
+    launches = {}
+    for chunks in (_split.kernel_chunks(*x.shape), _split.WHOLE_ROW):
+        kernel(x, np.empty(1, np.float32), chunks)
+        llvm = kernel.inspect_llvm(kernel.signatures[-1])
+        launches[chunks] = sum(" call " in line and "@do_scheduling" in line
+                               for line in llvm.splitlines())
+    # split: one parallel launch per chunk loop (max, sum), none for the rows
+    assert launches[4] == 2, launches
+    # whole rows: the prange over rows, and no chunk loop
+    assert launches[_split.WHOLE_ROW] == 1, launches

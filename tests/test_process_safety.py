@@ -39,27 +39,30 @@ def work(backend):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 700)).astype(np.float32)  # row kernels
     small = rng.standard_normal((3000, 10)).astype(np.float32)  # block kernels
-    t = np.arange(3000) % 10
+    long = rng.standard_normal((2, 70000)).astype(np.float32)  # rows split in chunks
     results = []
-    for logits in (x, small):
+    for logits in (x, small, long):
+        t = np.arange(len(logits)) % 10
         loss, grad = fs.cross_entropy_with_grad(logits, t, backend=backend)
         want_loss, want_grad = fs.cross_entropy_with_grad(logits, t, backend="numpy")
         results.append(bool(np.allclose(grad, want_grad, rtol=1e-4, atol=1e-6)
                             and np.isclose(loss, want_loss, rtol=1e-5)))
         h = fs.entropy(logits, backend=backend)
         results.append(bool(np.allclose(h, fs.entropy(logits, backend="numpy"), rtol=1e-5)))
-    return all(results), fs.get_num_threads()
+    # the split rows' results, bit for bit: the same chunks on one thread or on all
+    return all(results), fs.get_num_threads(), (loss, grad.tobytes(), h.tobytes())
 
 if __name__ == "__main__":
     backend, method = sys.argv[1:] if len(sys.argv) > 1 else (BACKEND, METHOD)
-    ok, threads = work(backend)  # the parent's thread pool is running now
+    ok, threads, split_results = work(backend)  # the parent's thread pool is running now
     assert ok and threads == fs.get_num_threads()
     with mp.get_context(method).Pool(2) as pool:
         children = pool.map(work, [backend, backend])
-    print(children)
-    assert all(ok for ok, _ in children), children
+    print([child[:2] for child in children])
+    assert all(ok for ok, _, _ in children), children
+    assert all(child_split == split_results for _, _, child_split in children)
     if method == "fork":  # a forked child cannot use the parent's OpenMP pool: one thread
-        assert all(threads == 1 for _, threads in children), children
+        assert all(threads == 1 for _, threads, _ in children), children
     x = np.random.default_rng(1).standard_normal((64, 100))
     np.testing.assert_allclose(fs.softmax(x, backend=backend), fs.softmax(x, backend="numpy"))
     assert fs.get_num_threads() == threads  # the parent keeps its threads

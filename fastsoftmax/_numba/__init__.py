@@ -31,6 +31,7 @@ from .. import _backends, _ops
 from . import _target  # noqa: F401  (must run before the first compile)
 from . import _cross_entropy, _elementwise, _entropy, _jsd, _small, _softmax, _vocab_parallel
 from ._math import JIT
+from ._split import kernel_chunks
 
 # Where the kernels live: a row kernel ``<name>``, and for some a block kernel for few
 # classes, ``<name>_blocks``.
@@ -87,25 +88,36 @@ def _read_only(a):
 
 def _exported(name):
     """The kernel ``name``: the block kernel below SMALL_C classes when there is one, else
-    the row kernel; its read arrays read-only; serial in a forked child; under a lock
-    unless the layer is thread-safe."""
+    the row kernel (given its ``chunks`` argument, _split.kernel_chunks, when it takes
+    one); its read arrays read-only; serial in a forked child; under a lock unless the
+    layer is thread-safe."""
     row_kernel, block_kernel = _find(name), _find(name + "_blocks")
     arguments = inspect.signature(row_kernel.py_func).parameters
     written = [i for i, argument in enumerate(arguments) if argument in _ops.KERNEL_OUTPUTS]
+    takes_chunks = "chunks" in arguments
 
     @functools.wraps(row_kernel.py_func)
     def kernel(*args):
         args = [a if i in written else _read_only(a) for i, a in enumerate(args)]
         x = args[0]
-        chosen = block_kernel if block_kernel is not None and x.shape[1] < _small.SMALL_C \
-            else row_kernel
-        if _backends.in_forked_child():
+        forked = _backends.in_forked_child()
+        if block_kernel is not None and x.shape[1] < _small.SMALL_C:
+            chosen = block_kernel
+        else:
+            chosen = row_kernel
+            if takes_chunks:
+                args.append(kernel_chunks(*x.shape, serial=forked))
+        if forked:
             return _serial(chosen)(*args)
         if threading_layer() in (None, "workqueue"):
             with _launch_lock:
                 return chosen(*args)
         return chosen(*args)
 
+    if takes_chunks:  # supplied here: callers see the op table's arguments
+        signature = inspect.signature(row_kernel.py_func)
+        kernel.__signature__ = signature.replace(parameters=[
+            p for p in signature.parameters.values() if p.name != "chunks"])
     return kernel
 
 

@@ -28,7 +28,7 @@ from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WR
                     class_weight, exps_source, kept_exps, load, restore_exp, row_scale_at,
                     same_buffer, scalar_like, softcap, softcap_slope, softcap_stored, store,
                     vexp_core, block_or_none, weighted)
-from ._split import over_chunks, row_chunks, splittable
+from ._split import over_chunks, splittable
 
 
 @njit(**JIT_ROW_WRITER)
@@ -190,13 +190,12 @@ def _index_row_at(x, i, target, weight, weight_sum, ignore_index, smoothing, z_l
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing, z_loss,
-                        softcap, scale, z_scale, row_scale, row_loss, row_z_loss, grad):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+                        softcap, scale, z_scale, row_scale, row_loss, row_z_loss, grad, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
             row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
                                         smoothing, z_loss, softcap, scale, z_scale,
-                                        row_scale, row_z_loss, grad, 1)
+                                        row_scale, row_z_loss, grad, chunks)
     else:
         for i in range(x.shape[0]):
             row_loss[i] = _index_row_at(x, i, target, weight, weight_sum, ignore_index,
@@ -206,12 +205,12 @@ def cross_entropy_index(x, target, weight, weight_sum, ignore_index, smoothing, 
 
 @njit(**JIT_PARALLEL)
 def cross_entropy_prob(x, target, weight, smoothing, z_loss, softcap, scale, z_scale,
-                       row_scale, row_loss, row_z_loss, grad):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+                       row_scale, row_loss, row_z_loss, grad, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
             row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, z_loss,
-                                     softcap, scale, z_scale, row_scale, row_z_loss, grad, 1)
+                                     softcap, scale, z_scale, row_scale, row_z_loss, grad,
+                                     chunks)
     else:
         for i in range(x.shape[0]):
             row_loss[i] = _ce_row_at(x, i, None, target[i], weight, 0.0, smoothing, z_loss,

@@ -23,7 +23,7 @@ from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WR
                     exps_source, fill_nan, kept_exps, kept_value, load, row_scale_at, same_buffer,
                     scalar_like, store, vexp_core)
 from ._small import _blocks, _columns
-from ._split import over_chunks, row_chunks, splittable
+from ._split import over_chunks, splittable
 
 D_FLOOR = -1e30  # below the exp's underflow threshold in both dtypes: e = 0 there
 
@@ -118,22 +118,21 @@ def _row_entropy(row, grad, s, chunks):
 
 
 @njit(**JIT_PARALLEL)
-def entropy(logits, out):
-    chunks = row_chunks(logits.shape[0], logits.shape[1])
-    if chunks == 1:
+def entropy(logits, out, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(logits.shape[0]):
-            store(out, i, _row_entropy(logits[i], None, 1.0, 1))
+            store(out, i, _row_entropy(logits[i], None, 1.0, chunks))
     else:
         for i in range(logits.shape[0]):
             store(out, i, _row_entropy(logits[i], None, 1.0, chunks))
 
 
 @njit(**JIT_PARALLEL)
-def entropy_with_grad(logits, scale, row_scale, row_loss, grad):
-    chunks = row_chunks(logits.shape[0], logits.shape[1])
-    if chunks == 1:
+def entropy_with_grad(logits, scale, row_scale, row_loss, grad, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(logits.shape[0]):
-            row_loss[i] = _row_entropy(logits[i], grad[i], row_scale_at(scale, row_scale, i), 1)
+            row_loss[i] = _row_entropy(logits[i], grad[i], row_scale_at(scale, row_scale, i),
+                                       chunks)
     else:
         for i in range(logits.shape[0]):
             row_loss[i] = _row_entropy(logits[i], grad[i], row_scale_at(scale, row_scale, i),

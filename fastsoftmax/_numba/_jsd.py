@@ -39,7 +39,7 @@ from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WR
                     block_or_none, empty_like_compute, exps_source, fill_nan, keep_value,
                     kept_exps, kept_value, load, row_scale_at, scalar_like, smallest_normal,
                     store, vexp_core)
-from ._split import over_chunks, row_chunks, splittable
+from ._split import over_chunks, splittable
 
 FORWARD, REVERSE, MIXTURE = 0, 1, 2  # beta = 0, beta = 1, 0 < beta < 1
 
@@ -252,12 +252,11 @@ def _jsd_row_at(student, teacher, i, beta, inv_t, scale, row_scale, grad, chunks
 
 
 @njit(**JIT_PARALLEL)
-def jsd_logits(student, teacher, beta, inv_temperature, scale, row_scale, row_loss, grad):
-    chunks = row_chunks(student.shape[0], student.shape[1])
-    if chunks == 1:
+def jsd_logits(student, teacher, beta, inv_temperature, scale, row_scale, row_loss, grad, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(student.shape[0]):
             row_loss[i] = _jsd_row_at(student, teacher, i, beta, inv_temperature, scale,
-                                      row_scale, grad, 1)
+                                      row_scale, grad, chunks)
     else:
         for i in range(student.shape[0]):
             row_loss[i] = _jsd_row_at(student, teacher, i, beta, inv_temperature, scale,

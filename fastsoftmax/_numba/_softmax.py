@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from ._math import (JIT, JIT_PARALLEL, JIT_ROW, JIT_ROW_WRITER, exps_source, kept_exps, load,
                     restore_exp, same_buffer, scalar_like, store, vexp)
-from ._split import over_chunks, row_chunks, splittable
+from ._split import over_chunks, splittable
 
 
 @splittable(0)
@@ -85,28 +85,26 @@ def _log_softmax_backward_row(logp, dy, out, chunks):
 
 
 @njit(**JIT_PARALLEL)
-def softmax(x, out):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+def softmax(x, out, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
-            _softmax_row(x[i], out[i], 1)
+            _softmax_row(x[i], out[i], chunks)
     else:
         for i in range(x.shape[0]):
             _softmax_row(x[i], out[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
-def log_softmax(x, out):
+def log_softmax(x, out, chunks):
     # In place, out *is* x: reading the row through out keeps x read-only-safe, and
     # gives LLVM one pointer (see JIT_ROW_WRITER).
     in_place = same_buffer(x, out)
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
             if in_place:
-                _log_softmax_row(out[i], out[i], 1)
+                _log_softmax_row(out[i], out[i], chunks)
             else:
-                _log_softmax_row(x[i], out[i], 1)
+                _log_softmax_row(x[i], out[i], chunks)
     else:
         for i in range(x.shape[0]):
             if in_place:
@@ -116,33 +114,30 @@ def log_softmax(x, out):
 
 
 @njit(**JIT_PARALLEL)
-def logsumexp(x, out):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+def logsumexp(x, out, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
-            store(out, i, _logsumexp_row(x[i], 1))
+            store(out, i, _logsumexp_row(x[i], chunks))
     else:
         for i in range(x.shape[0]):
             store(out, i, _logsumexp_row(x[i], chunks))
 
 
 @njit(**JIT_PARALLEL)
-def softmax_backward(y, dy, out):
-    chunks = row_chunks(y.shape[0], y.shape[1])
-    if chunks == 1:
+def softmax_backward(y, dy, out, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(y.shape[0]):
-            _softmax_backward_row(y[i], dy[i], out[i], 1)
+            _softmax_backward_row(y[i], dy[i], out[i], chunks)
     else:
         for i in range(y.shape[0]):
             _softmax_backward_row(y[i], dy[i], out[i], chunks)
 
 
 @njit(**JIT_PARALLEL)
-def log_softmax_backward(logp, dy, out):
-    chunks = row_chunks(logp.shape[0], logp.shape[1])
-    if chunks == 1:
+def log_softmax_backward(logp, dy, out, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(logp.shape[0]):
-            _log_softmax_backward_row(logp[i], dy[i], out[i], 1)
+            _log_softmax_backward_row(logp[i], dy[i], out[i], chunks)
     else:
         for i in range(logp.shape[0]):
             _log_softmax_backward_row(logp[i], dy[i], out[i], chunks)

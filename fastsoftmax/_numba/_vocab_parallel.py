@@ -37,7 +37,7 @@ from numba.extending import overload
 from . import _cross_entropy  # noqa: F401  (registers its row helpers for over_chunks)
 from ._math import (HALF_BITS, JIT, JIT_PARALLEL, JIT_ROW, exps_source, kept_exps,
                     kept_value, load, scalar_like, store, vexp, weighted)
-from ._split import over_chunks, row_chunks
+from ._split import over_chunks
 
 NOT_OWNED = -1
 IGNORED = -2
@@ -104,11 +104,10 @@ def _index_stats_row(row, y, weight, smoothing, stats, i, grad, chunks):
 
 
 @njit(**JIT_PARALLEL)
-def vocab_parallel_stats_index(x, local_target, weight, smoothing, stats, grad):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+def vocab_parallel_stats_index(x, local_target, weight, smoothing, stats, grad, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
-            _index_stats_row(x[i], local_target[i], weight, smoothing, stats, i, grad[i], 1)
+            _index_stats_row(x[i], local_target[i], weight, smoothing, stats, i, grad[i], chunks)
     else:
         for i in range(x.shape[0]):
             _index_stats_row(x[i], local_target[i], weight, smoothing, stats, i, grad[i],
@@ -130,11 +129,10 @@ def _prob_stats_row(row, t, weight, smoothing, stats, i, grad, chunks):
 
 
 @njit(**JIT_PARALLEL)
-def vocab_parallel_stats_prob(x, target, weight, smoothing, stats, grad):
-    chunks = row_chunks(x.shape[0], x.shape[1])
-    if chunks == 1:
+def vocab_parallel_stats_prob(x, target, weight, smoothing, stats, grad, chunks):
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(x.shape[0]):
-            _prob_stats_row(x[i], target[i], weight, smoothing, stats, i, grad[i], 1)
+            _prob_stats_row(x[i], target[i], weight, smoothing, stats, i, grad[i], chunks)
     else:
         for i in range(x.shape[0]):
             _prob_stats_row(x[i], target[i], weight, smoothing, stats, i, grad[i], chunks)
@@ -229,16 +227,15 @@ def _index_finish_row(out, x, local_max, y, weight, exp_scale, smoothing_scale, 
 
 @njit(**JIT_PARALLEL)
 def vocab_parallel_finish_index(x, local_max, grad, local_target, weight, exp_scale,
-                                scale, eps_c, target_scale):
+                                scale, eps_c, target_scale, chunks):
     """grad[i] = exp(x[i] - shift) * exp_scale[i] - scale[i] * eps_c * w, and
     target_scale[i] subtracted at the owned target's column (IGNORED rows left as they
     are); exp(x - shift) kept in grad by the statistics kernel, or computed again from x
     and the shard's row maxima ``local_max`` for 16-bit."""
-    chunks = row_chunks(grad.shape[0], grad.shape[1])
-    if chunks == 1:
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(grad.shape[0]):
             _index_finish_row(grad[i], x[i], local_max[i], local_target[i], weight,
-                              exp_scale[i], scale[i] * eps_c, target_scale[i], 1)
+                              exp_scale[i], scale[i] * eps_c, target_scale[i], chunks)
     else:
         for i in range(grad.shape[0]):
             _index_finish_row(grad[i], x[i], local_max[i], local_target[i], weight,
@@ -256,14 +253,13 @@ def _prob_finish_row(out, x, local_max, t, weight, exp_scale, scale, keep, eps_c
 
 @njit(**JIT_PARALLEL)
 def vocab_parallel_finish_prob(x, local_max, grad, target, weight, exp_scale, scale, keep,
-                               eps_c):
+                               eps_c, chunks):
     """grad[i] = exp(x[i] - shift) * exp_scale[i] - scale[i] * w * (keep * t + eps_c),
     exp(x - shift) as in vocab_parallel_finish_index."""
-    chunks = row_chunks(grad.shape[0], grad.shape[1])
-    if chunks == 1:
+    if chunks is None:  # WHOLE_ROW: a thread per row (see _split)
         for i in prange(grad.shape[0]):
             _prob_finish_row(grad[i], x[i], local_max[i], target[i], weight, exp_scale[i],
-                             scale[i], keep, eps_c, 1)
+                             scale[i], keep, eps_c, chunks)
     else:
         for i in range(grad.shape[0]):
             _prob_finish_row(grad[i], x[i], local_max[i], target[i], weight, exp_scale[i],
