@@ -39,8 +39,8 @@ def materialise(options, n_classes, dtype):
 
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "prob"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (6, 1), (9, 10), (2, 3, 37), (4, 1000),
-                                   (2, 100_000)])
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (6, 1), (9, 10), (37, 10), (2, 3, 37),
+                                   (4, 1000), (2, 100_000)])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
 def test_matches_reference(backend, shape, dtype, probabilities, options):
     x, t = problem(shape, dtype, probabilities=probabilities, ignore_every=4)
@@ -57,13 +57,14 @@ def test_matches_reference(backend, shape, dtype, probabilities, options):
     np.testing.assert_array_equal(t, before[1])
 
 
+@pytest.mark.parametrize("n_classes", [7, 20])  # 7: the short rows' transposed path too
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "prob"])
-def test_grad_output(backend, reduction, probabilities):
-    x, t = problem((5, 3, 20), np.float64, probabilities=probabilities, ignore_every=3)
+def test_grad_output(backend, reduction, probabilities, n_classes):
+    x, t = problem((5, 7, n_classes), np.float64, probabilities=probabilities, ignore_every=3)
     grad_outputs = [2.5]
     if reduction == "none":
-        grad_outputs.append(np.random.default_rng(1).standard_normal((5, 3)))
+        grad_outputs.append(np.random.default_rng(1).standard_normal((5, 7)))
     for g in grad_outputs:
         loss, grad = fs.cross_entropy_with_grad(x, t, reduction=reduction, grad_output=g,
                                                 label_smoothing=0.1, backend=backend)

@@ -103,6 +103,17 @@ cdef extern from "rows.h" nogil:
                               float *e, float *m, double *sums, double *shifted_w)
     void fs_narrow_exp_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, const double *w,
                               double *e, double *m, double *sums, double *shifted_w)
+    ctypedef struct fs_ce_scalars:
+        double weight_sum, smoothing, z_loss, scale, z_scale
+        int64_t ignore_index
+    void fs_narrow_cross_entropy_rows_f(const float *x, const int64_t *y, const float *w,
+                                        const fs_ce_scalars *o, const double *row_scale,
+                                        Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+                                        double *row_z_loss, float *grad)
+    void fs_narrow_cross_entropy_rows_d(const double *x, const int64_t *y, const double *w,
+                                        const fs_ce_scalars *o, const double *row_scale,
+                                        Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+                                        double *row_z_loss, double *grad)
     void fs_short_rescale_f(const float *e, float k, float f, const float *w, int64_t y,
                             float c, float *out, Py_ssize_t n)
     void fs_short_rescale_d(const double *e, double k, double f, const double *w, int64_t y,
@@ -388,6 +399,11 @@ cdef void _shifted_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, real *z,
             m[r] = fs_short_shift_max_d(x + r * n, n, z + r * n)
 
 
+cdef inline bint _narrow(Py_ssize_t n, size_t item) noexcept nogil:
+    """whether rows of n classes take the transposed path (rows.h FS_NARROW_TILES)"""
+    return n <= <Py_ssize_t>(FS_NARROW_TILES * FS_VEC_BYTES // item)
+
+
 cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
                     double *shifted_w, real *e, real *m, double *log_sums,
                     double *inv_sums) noexcept nogil:
@@ -398,7 +414,7 @@ cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
     C = 10 CE + grad time in perf). When shifted_w is not NULL, shifted_w[r] = sum(w * (x - m))
     of row r (w NULL: ones)."""
     cdef Py_ssize_t r
-    if n <= <Py_ssize_t>(FS_NARROW_TILES * FS_VEC_BYTES // sizeof(real)):
+    if _narrow(n, sizeof(real)):
         if real is float:
             fs_narrow_exp_rows_f(x, rows, n, w, e, m, inv_sums, shifted_w)
         else:
@@ -588,7 +604,23 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
     NULL, the probability rows t: the formulas of fs_cross_entropy_row, whose target
     terms T (total_wt) and sum(w t' (x - m)) (shifted_wt) an index target gets by
     lookup. row_z_loss (if not NULL) gets each row's z-loss. grad (NULL: loss only) may
-    be x itself."""
+    be x itself. Index targets on rows of at most FS_NARROW_TILES vectors run in columns,
+    without scratch (fs_narrow_cross_entropy_rows)."""
+    cdef fs_ce_scalars scalars
+    if y != NULL and _narrow(n, sizeof(real)):
+        scalars.weight_sum = weight_sum
+        scalars.smoothing = smoothing
+        scalars.z_loss = z_loss
+        scalars.scale = scale
+        scalars.z_scale = z_scale
+        scalars.ignore_index = ignore_index
+        if real is float:
+            fs_narrow_cross_entropy_rows_f(x, y, weight, &scalars, row_scale, rows, n, row_loss,
+                                           row_z_loss, grad)
+        else:
+            fs_narrow_cross_entropy_rows_d(x, y, weight, &scalars, row_scale, rows, n, row_loss,
+                                           row_z_loss, grad)
+        return
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef real *m = <real *> sc.m

@@ -41,6 +41,13 @@ static inline void *fs_scratch_malloc(size_t size) {
     return p;
 }
 
+/* The scalars of a short-row cross-entropy (_kernels.pyx's _cross_entropy_block, which
+ * defines them; fs_narrow_cross_entropy_rows) */
+typedef struct {
+    double weight_sum, smoothing, z_loss, scale, z_scale;
+    int64_t ignore_index;
+} fs_ce_scalars;
+
 /* Partial sums run in the row's type over blocks, added into a double total. */
 #define FS_BLOCK 1024
 /* Entropy: x - max is clamped to this, where exp is 0, so that a -inf logit adds 0 (not
@@ -246,6 +253,11 @@ typedef float fs_vec_f __attribute__((vector_size(FS_VEC_BYTES)));
 typedef double fs_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int32_t fs_index_vec_f __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int64_t fs_index_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
+/* A vector's lanes widened to double (the narrow rows' per-row scalars) */
+typedef double fs_dvec_f __attribute__((vector_size(2 * FS_VEC_BYTES)));
+typedef double fs_dvec_d __attribute__((vector_size(FS_VEC_BYTES)));
+typedef int64_t fs_dindex_vec_f __attribute__((vector_size(2 * FS_VEC_BYTES)));
+typedef int64_t fs_dindex_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 
 /* Long rows split over the threads (the row driver, row_functions_typed.h): an array of
  * fewer than FS_SPLIT_ROWS rows of at least 4 * FS_SPLIT_MIN_CHUNK classes, where one

@@ -29,6 +29,8 @@
 #define FS_VEC FS_FN(fs_vec)                                 /* fs_vec_f, fs_vec_d */
 #define FS_INDEX_VEC FS_FN(fs_index_vec)                     /* fs_index_vec_f, ... */
 #define FS_LANES ((Py_ssize_t)(FS_VEC_BYTES / sizeof(FS_T)))  /* lanes of a vector */
+#define FS_DVEC FS_FN(fs_dvec)              /* FS_LANES doubles */
+#define FS_DINDEX_VEC FS_FN(fs_dindex_vec)  /* FS_LANES int64 */
 
 /* The scalar math runs in the compute type FS_C and is defined by the float and double
  * instances only; a 16-bit instance calls the float one (FS_CFN). */
@@ -808,27 +810,51 @@ static inline void FS_FN(fs_transpose)(FS_VEC *v) {
 }
 #endif
 
+/* Rows first .. first + count - 1 (count <= L) of x (rows of n <= FS_NARROW_TILES L) as
+ * columns: lane i of v[j] is x[(first + i) n + j] for every j < n. The rows are loaded as
+ * tiles of L x L (tile t: lanes t L .. t L + L - 1 of each row), each transposed; the
+ * lanes of rows past count are zeros. */
+static inline void FS_FN(fs_narrow_load)(const FS_T *x, Py_ssize_t first, Py_ssize_t count,
+                                         Py_ssize_t n, FS_VEC *v) {
+    const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
+    Py_ssize_t t = 0;
+    do {  /* at least once: GCC then sees v[0] set (a for loop warned) */
+        for (Py_ssize_t i = 0; i < FS_LANES; i++)
+            v[t * FS_LANES + i] = FS_FN(fs_vload)(
+                x + (first + FS_MIN(i, count - 1)) * n + t * FS_LANES,
+                i < count ? n - t * FS_LANES : 0, 0);
+        FS_FN(fs_transpose)(v + t * FS_LANES);
+    } while (++t < tiles);
+}
+
+/* The inverse of fs_narrow_load: columns v (overwritten) stored as the rows
+ * first .. first + count - 1 of out */
+static inline void FS_FN(fs_narrow_store)(FS_VEC *v, Py_ssize_t first, Py_ssize_t count,
+                                          Py_ssize_t n, FS_T *out) {
+    const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
+    for (Py_ssize_t t = 0; t < tiles; t++) FS_FN(fs_transpose)(v + t * FS_LANES);
+    for (Py_ssize_t i = 0; i < count; i++)
+        for (Py_ssize_t t = 0; t < tiles; t++)
+            FS_FN(fs_vstore)(out + (first + i) * n + t * FS_LANES, n - t * FS_LANES,
+                             v[t * FS_LANES + i]);
+}
+
+/* mask ? a : b, lane by lane (mask lanes -1 or 0) */
+static inline FS_VEC FS_FN(fs_vselect)(FS_INDEX_VEC mask, FS_VEC a, FS_VEC b) {
+    return (FS_VEC)(((FS_INDEX_VEC)a & mask) | ((FS_INDEX_VEC)b & ~mask));
+}
+
 /* For the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L: m[r] = the row max,
  * e = exp(x - m) (rows of n), sums[r] = sum of row r of e and, when shifted_w is not
- * NULL, shifted_w[r] = sum(w (x - m)) (w NULL: ones). A group of L rows is loaded as
- * tiles of L x L (tile t: lanes t L .. t L + L - 1 of each row), each transposed, so
- * that v[j] is column j for every j < n.
+ * NULL, shifted_w[r] = sum(w (x - m)) (w NULL: ones).
  * As in the wider rows, a NaN may or may not be the max and makes the row's sum NaN. */
 static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
                                              const FS_T *w, FS_T *e, FS_T *m, double *sums,
                                              double *shifted_w) {
-    const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
         Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
         FS_VEC v[FS_NARROW_TILES * FS_LANES];
-        Py_ssize_t t = 0;
-        do {  /* at least once: GCC then sees v[0] set (a for loop warned) */
-            for (Py_ssize_t i = 0; i < FS_LANES; i++)  /* rows past count: zeros */
-                v[t * FS_LANES + i] = FS_FN(fs_vload)(
-                    x + (first + FS_MIN(i, count - 1)) * n + t * FS_LANES,
-                    i < count ? n - t * FS_LANES : 0, 0);
-            FS_FN(fs_transpose)(v + t * FS_LANES);
-        } while (++t < tiles);
+        FS_FN(fs_narrow_load)(x, first, count, n, v);
         FS_VEC max = v[0], sum = {0}, dot = {0};
         for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
         for (Py_ssize_t j = 0; j < n; j++) {
@@ -836,15 +862,90 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
             v[j] = FS_FN(fs_vexp_core)(v[j] - max);
             sum += v[j];
         }
-        for (t = 0; t < tiles; t++) FS_FN(fs_transpose)(v + t * FS_LANES);
+        FS_FN(fs_narrow_store)(v, first, count, n, e);
         for (Py_ssize_t i = 0; i < count; i++) {
-            for (t = 0; t < tiles; t++)
-                FS_FN(fs_vstore)(e + (first + i) * n + t * FS_LANES, n - t * FS_LANES,
-                                 v[t * FS_LANES + i]);
             sums[first + i] = sum[i];
             if (shifted_w) shifted_w[first + i] = dot[i];
         }
         FS_FN(fs_vstore)(m + first, count, max);
+    }
+}
+
+/* out[0 : count] = lanes 0 .. count - 1 of v; a whole vector as one store */
+static inline void FS_FN(fs_store_lanes)(double *out, Py_ssize_t count, FS_DVEC v) {
+    memcpy(out, &v, count == FS_LANES ? sizeof v : (size_t)count * sizeof(double));
+}
+
+/* Cross-entropy against the index targets y of the rows x[r n : (r + 1) n], r < rows,
+ * n <= FS_NARROW_TILES L, all in columns (fs_narrow_load): the loss, z-loss and gradient
+ * of each row as _kernels.pyx's _cross_entropy_block defines them (o: its scalars),
+ * written as the row's lanes of whole vectors. Each row of L gets no scalar work but its
+ * double-precision loss. grad (NULL: loss only) may be x; row_z_loss may be NULL. */
+static inline void FS_FN(fs_narrow_cross_entropy_rows)(
+        const FS_T *x, const int64_t *y, const FS_T *w, const fs_ce_scalars *o,
+        const double *row_scale, Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+        double *row_z_loss, FS_T *grad) {
+    const double keep = 1.0 - o->smoothing, eps_c = o->smoothing / (double)n;
+    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
+        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
+        FS_VEC v[FS_NARROW_TILES * FS_LANES];
+        FS_FN(fs_narrow_load)(x, first, count, n, v);
+        FS_I target_lanes[FS_LANES];  /* -1: an ignored row, or a lane past the rows */
+        #pragma omp simd
+        for (Py_ssize_t i = 0; i < FS_LANES; i++) {
+            int64_t y_i = y[first + FS_MIN(i, count - 1)];
+            target_lanes[i] = i < count && y_i != o->ignore_index ? (FS_I)y_i : -1;
+        }
+        FS_INDEX_VEC target;
+        memcpy(&target, target_lanes, sizeof target);
+        FS_VEC max = v[0], sum = {0}, dot = {0}, target_shifted = {0}, target_w = {0};
+        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            FS_VEC shifted = v[j] - max;
+            FS_INDEX_VEC is_target = target == (FS_I)j;
+            FS_T w_j = FS_FN(fs_weight)(w, j);
+            target_shifted = FS_FN(fs_vselect)(is_target, shifted, target_shifted);
+            target_w = FS_FN(fs_vselect)(is_target, (FS_VEC){0} + w_j, target_w);
+            if (eps_c != 0) dot += w_j * shifted;
+            v[j] = FS_FN(fs_vexp_core)(shifted);
+            sum += v[j];
+        }
+        /* the rows' scalars, in double lanes: loss, z-loss, and the gradient row
+         * k e - f w - c (c in the target's lane) */
+        FS_VEC log_sum_t = sum;  /* every lane is overwritten */
+        #pragma omp simd
+        for (Py_ssize_t i = 0; i < FS_LANES; i++) log_sum_t[i] = FS_LOG_NORMAL(sum[i]);
+        const FS_DVEC log_sum = __builtin_convertvector(log_sum_t, FS_DVEC);
+        FS_DVEC row_s = (FS_DVEC){0} + 1.0;
+        if (row_scale) memcpy(&row_s, row_scale + first, (size_t)count * sizeof(double));
+        const FS_DVEC w_y = __builtin_convertvector(target_w, FS_DVEC);
+        const FS_DVEC total_wt = keep * w_y + eps_c * o->weight_sum;
+        const FS_DVEC lse = __builtin_convertvector(max, FS_DVEC) + log_sum;
+        const FS_DVEC s = o->scale * row_s;
+        const FS_DINDEX_VEC live = __builtin_convertvector(target >= 0, FS_DINDEX_VEC);
+        FS_DVEC loss = total_wt * log_sum
+                       - (keep * w_y * __builtin_convertvector(target_shifted, FS_DVEC)
+                          + eps_c * __builtin_convertvector(dot, FS_DVEC));
+        loss = (FS_DVEC)((FS_DINDEX_VEC)loss & live);  /* an ignored row's loss is 0 */
+        FS_FN(fs_store_lanes)(row_loss + first, count, loss);
+        if (row_z_loss)
+            FS_FN(fs_store_lanes)(row_z_loss + first, count,
+                                  (FS_DVEC)((FS_DINDEX_VEC)(o->z_loss * lse * lse) & live));
+        FS_DVEC exp_scale = s * total_wt;
+        if (o->z_loss != 0) exp_scale += 2 * o->z_loss * o->z_scale * lse * row_s;
+        const FS_VEC k = __builtin_convertvector(
+            exp_scale / __builtin_convertvector(sum, FS_DVEC), FS_VEC);
+        const FS_VEC f = __builtin_convertvector(s * eps_c, FS_VEC);
+        const FS_VEC c = __builtin_convertvector(s * keep * w_y, FS_VEC);
+        if (!grad) continue;
+        const FS_INDEX_VEC live_row = target >= 0;  /* an ignored row's gradient: 0, even if NaN */
+        for (Py_ssize_t j = 0; j < n; j++) {
+            FS_VEC g = k * v[j];
+            if (eps_c != 0) g -= f * FS_FN(fs_weight)(w, j);
+            g -= FS_FN(fs_vselect)(target == (FS_I)j, c, (FS_VEC){0});
+            v[j] = FS_FN(fs_vselect)(live_row, g, (FS_VEC){0});
+        }
+        FS_FN(fs_narrow_store)(v, first, count, n, grad);
     }
 }
 
@@ -854,3 +955,5 @@ static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_
 #undef FS_LANES
 #undef FS_INDEX_VEC
 #undef FS_VEC
+#undef FS_DVEC
+#undef FS_DINDEX_VEC
