@@ -99,10 +99,16 @@ cdef extern from "rows.h" nogil:
     void fs_short_prob_sums_d(const double *row, double m, const double *t, const double *w,
                               Py_ssize_t n, double keep, double eps, double *total_wt,
                               double *shifted_wt)
-    void fs_narrow_exp_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, const float *w,
-                              float *e, float *m, double *sums, double *shifted_w)
-    void fs_narrow_exp_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, const double *w,
-                              double *e, double *m, double *sums, double *shifted_w)
+    void fs_narrow_exp_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, float *e, float *m,
+                              double *sums)
+    void fs_narrow_exp_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, double *e,
+                              double *m, double *sums)
+    void fs_narrow_softmax_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, int op,
+                                  float *out)
+    void fs_narrow_softmax_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, int op,
+                                  double *out)
+    float fs_nonfinite_logsumexp_f(const float *row, Py_ssize_t n, float m)
+    double fs_nonfinite_logsumexp_d(const double *row, Py_ssize_t n, double m)
     ctypedef struct fs_ce_scalars:
         double weight_sum, smoothing, z_loss, scale, z_scale
         int64_t ignore_index
@@ -414,11 +420,11 @@ cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
     C = 10 CE + grad time in perf). When shifted_w is not NULL, shifted_w[r] = sum(w * (x - m))
     of row r (w NULL: ones)."""
     cdef Py_ssize_t r
-    if _narrow(n, sizeof(real)):
+    if _narrow(n, sizeof(real)) and shifted_w == NULL:
         if real is float:
-            fs_narrow_exp_rows_f(x, rows, n, w, e, m, inv_sums, shifted_w)
+            fs_narrow_exp_rows_f(x, rows, n, e, m, inv_sums)
         else:
-            fs_narrow_exp_rows_d(x, rows, n, w, e, m, inv_sums, shifted_w)
+            fs_narrow_exp_rows_d(x, rows, n, e, m, inv_sums)
     else:
         _shifted_rows(x, rows, n, e, m)
         if shifted_w != NULL:
@@ -482,11 +488,18 @@ cdef void _release(Scratch s) noexcept nogil:
 
 cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 real *out) noexcept nogil:
-    """op 0: softmax, 1: log_softmax (out rows x n), 2: logsumexp (out rows)."""
+    """op 0: softmax, 1: log_softmax (out rows x n), 2: logsumexp (out rows). Rows of at most
+    FS_NARROW_TILES vectors run in columns, without scratch (fs_narrow_softmax_rows)."""
+    if _narrow(n, sizeof(real)):
+        if real is float:
+            fs_narrow_softmax_rows_f(x, rows, n, op, out)
+        else:
+            fs_narrow_softmax_rows_d(x, rows, n, op, out)
+        return
     cdef Scratch s = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> s.e  # exp(x - m); a softmax row is then written once
     cdef real *m = <real *> s.m
-    cdef Py_ssize_t r, j
+    cdef Py_ssize_t r
     if e == NULL:  # no scratch: flagged, raised after the parallel loop
         return
     _exp_rows(x, rows, n, NULL, NULL, e, m, s.log_sums, s.inv_sums)
@@ -497,11 +510,10 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
             _short_shift(x + r * n, m[r], <real>s.log_sums[r], out + r * n, n)
         elif isfinite(m[r]):
             out[r] = <real>(m[r] + s.log_sums[r])
-        else:  # as torch.logsumexp: a row whose max is +-inf gives it, unless it holds NaN
-            out[r] = m[r]
-            for j in range(n):
-                if x[r * n + j] != x[r * n + j]:
-                    out[r] = x[r * n + j]
+        elif real is float:
+            out[r] = fs_nonfinite_logsumexp_f(x + r * n, n, m[r])
+        else:
+            out[r] = fs_nonfinite_logsumexp_d(x + r * n, n, m[r])
     _release(s)
 
 

@@ -770,6 +770,15 @@ static inline void FS_FN(fs_short_entropy_grad)(const FS_T *e, const FS_T *row, 
         FS_FN(fs_vstore)(out + j, n - j, k * FS_FN(fs_vload)(e + j, n - j, 0) * (mean_d - d)));
 }
 
+/* logsumexp of a row whose max m is +-inf or NaN, as torch.logsumexp: m, unless the row
+ * holds a NaN (then a NaN of the row) */
+static inline FS_T FS_FN(fs_nonfinite_logsumexp)(const FS_T *row, Py_ssize_t n, FS_T m) {
+    FS_T out = m;
+    for (Py_ssize_t j = 0; j < n; j++)
+        if (row[j] != row[j]) out = row[j];
+    return out;
+}
+
 /* ---- narrow rows (at most FS_NARROW_TILES vectors): L rows at a time, transposed ----
  * Loaded as L row vectors (per tile) and transposed in registers, a group's column j is one
  * vector (lane i: row i), so the max, the exp and the sum run across vectors with every
@@ -845,35 +854,72 @@ static inline FS_VEC FS_FN(fs_vselect)(FS_INDEX_VEC mask, FS_VEC a, FS_VEC b) {
 }
 
 /* For the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L: m[r] = the row max,
- * e = exp(x - m) (rows of n), sums[r] = sum of row r of e and, when shifted_w is not
- * NULL, shifted_w[r] = sum(w (x - m)) (w NULL: ones).
+ * e = exp(x - m) (rows of n) and sums[r] = sum of row r of e.
  * As in the wider rows, a NaN may or may not be the max and makes the row's sum NaN. */
 static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
-                                             const FS_T *w, FS_T *e, FS_T *m, double *sums,
-                                             double *shifted_w) {
+                                             FS_T *e, FS_T *m, double *sums) {
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
         Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
         FS_VEC v[FS_NARROW_TILES * FS_LANES];
         FS_FN(fs_narrow_load)(x, first, count, n, v);
-        FS_VEC max = v[0], sum = {0}, dot = {0};
+        FS_VEC max = v[0], sum = {0};
         for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
         for (Py_ssize_t j = 0; j < n; j++) {
-            if (shifted_w) dot += FS_FN(fs_weight)(w, j) * (v[j] - max);
             v[j] = FS_FN(fs_vexp_core)(v[j] - max);
             sum += v[j];
         }
         FS_FN(fs_narrow_store)(v, first, count, n, e);
-        for (Py_ssize_t i = 0; i < count; i++) {
-            sums[first + i] = sum[i];
-            if (shifted_w) shifted_w[first + i] = dot[i];
-        }
+        for (Py_ssize_t i = 0; i < count; i++) sums[first + i] = sum[i];
         FS_FN(fs_vstore)(m + first, count, max);
     }
 }
 
-/* out[0 : count] = lanes 0 .. count - 1 of v; a whole vector as one store */
-static inline void FS_FN(fs_store_lanes)(double *out, Py_ssize_t count, FS_DVEC v) {
-    memcpy(out, &v, count == FS_LANES ? sizeof v : (size_t)count * sizeof(double));
+/* log of each lane of a row sum (>= 1, +inf or NaN) */
+static inline FS_VEC FS_FN(fs_narrow_log)(FS_VEC sum) {
+    FS_VEC out = sum;  /* every lane is overwritten */
+    #pragma omp simd
+    for (Py_ssize_t i = 0; i < FS_LANES; i++) out[i] = FS_LOG_NORMAL(sum[i]);
+    return out;
+}
+
+/* softmax (op 0), log_softmax (1) or logsumexp (2: out has one element per row) of the
+ * rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L, in columns (fs_narrow_load),
+ * as _kernels.pyx's _softmax_family_block defines them; out may be x. A row whose max is
+ * +-inf or NaN gets its logsumexp from fs_nonfinite_logsumexp. */
+static inline void FS_FN(fs_narrow_softmax_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
+                                                 int op, FS_T *out) {
+    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
+        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
+        FS_VEC v[FS_NARROW_TILES * FS_LANES];
+        FS_FN(fs_narrow_load)(x, first, count, n, v);
+        FS_VEC max = v[0], sum = {0};
+        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            FS_VEC shifted = v[j] - max, e = FS_FN(fs_vexp_core)(shifted);
+            sum += e;
+            v[j] = op == 0 ? e : shifted;
+        }
+        if (op == 0) {
+            const FS_VEC inv_sum = 1 / sum;
+            for (Py_ssize_t j = 0; j < n; j++) v[j] *= inv_sum;
+            FS_FN(fs_narrow_store)(v, first, count, n, out);
+        } else if (op == 1) {
+            const FS_VEC log_sum = FS_FN(fs_narrow_log)(sum);
+            for (Py_ssize_t j = 0; j < n; j++) v[j] -= log_sum;
+            FS_FN(fs_narrow_store)(v, first, count, n, out);
+        } else {
+            FS_FN(fs_vstore)(out + first, count, max + FS_FN(fs_narrow_log)(sum));
+            for (Py_ssize_t i = 0; i < count; i++)
+                if (!isfinite(max[i]))
+                    out[first + i] = FS_FN(fs_nonfinite_logsumexp)(x + (first + i) * n, n, max[i]);
+        }
+    }
+}
+
+/* out[0 : count] = lanes 0 .. count - 1 of *v; a whole vector as one store (by pointer:
+ * a vector wider than the instruction set's, passed by value, has a GCC ABI note) */
+static inline void FS_FN(fs_store_lanes)(double *out, Py_ssize_t count, const FS_DVEC *v) {
+    memcpy(out, v, count == FS_LANES ? sizeof *v : (size_t)count * sizeof(double));
 }
 
 /* Cross-entropy against the index targets y of the rows x[r n : (r + 1) n], r < rows,
@@ -927,10 +973,11 @@ static inline void FS_FN(fs_narrow_cross_entropy_rows)(
                        - (keep * w_y * __builtin_convertvector(target_shifted, FS_DVEC)
                           + eps_c * __builtin_convertvector(dot, FS_DVEC));
         loss = (FS_DVEC)((FS_DINDEX_VEC)loss & live);  /* an ignored row's loss is 0 */
-        FS_FN(fs_store_lanes)(row_loss + first, count, loss);
-        if (row_z_loss)
-            FS_FN(fs_store_lanes)(row_z_loss + first, count,
-                                  (FS_DVEC)((FS_DINDEX_VEC)(o->z_loss * lse * lse) & live));
+        FS_FN(fs_store_lanes)(row_loss + first, count, &loss);
+        if (row_z_loss) {
+            const FS_DVEC z = (FS_DVEC)((FS_DINDEX_VEC)(o->z_loss * lse * lse) & live);
+            FS_FN(fs_store_lanes)(row_z_loss + first, count, &z);
+        }
         FS_DVEC exp_scale = s * total_wt;
         if (o->z_loss != 0) exp_scale += 2 * o->z_loss * o->z_scale * lse * row_s;
         const FS_VEC k = __builtin_convertvector(

@@ -78,10 +78,21 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
                                (T)keep, (T)eps, total_wt, shifted_wt);                     \
     }                                                                                      \
     static void narrow_exp_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,         \
-                                    const void *w, void *e, void *m, double *sums,         \
-                                    double *shifted_w) {                                   \
-        fs_narrow_exp_rows_##S((const T *)x, rows, n, (const T *)w, (T *)e, (T *)m, sums,  \
-                               shifted_w);                                                 \
+                                    void *e, void *m, double *sums) {                      \
+        fs_narrow_exp_rows_##S((const T *)x, rows, n, (T *)e, (T *)m, sums);               \
+    }                                                                                      \
+    static void narrow_softmax_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
+                                        int op, void *out) {                               \
+        fs_narrow_softmax_rows_##S((const T *)x, rows, n, op, (T *)out);                   \
+    }                                                                                      \
+    static void narrow_cross_entropy_rows_##S(                                             \
+            const void *x, const int64_t *y, const void *w, const double o[5],             \
+            int64_t ignore_index, const double *row_scale, Py_ssize_t rows, Py_ssize_t n,  \
+            double *row_loss, double *row_z_loss, void *grad) {                            \
+        const fs_ce_scalars scalars = {o[0], o[1], o[2], o[3], o[4], ignore_index};        \
+        fs_narrow_cross_entropy_rows_##S((const T *)x, y, (const T *)w, &scalars,          \
+                                         row_scale, rows, n, row_loss, row_z_loss,         \
+                                         (T *)grad);                                       \
     }                                                                                      \
     static void rescale_##S(const void *e, double k, double f, const void *w, int64_t y,  \
                             double c, void *out, Py_ssize_t n) {                           \
@@ -112,7 +123,8 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
                                   (T *)out, n);                                            \
     }                                                                                      \
     const short_kernels TABLE = {                                                          \
-        shift_max_##S, dot_##S, prob_sums_##S, narrow_exp_rows_##S, rescale_##S, shift_##S, \
+        shift_max_##S, dot_##S, prob_sums_##S, narrow_exp_rows_##S,                        \
+        narrow_softmax_rows_##S, narrow_cross_entropy_rows_##S, rescale_##S, shift_##S,    \
         prob_rescale_##S, softmax_bwd_##S, log_softmax_bwd_##S, entropy_dot_##S,           \
         entropy_grad_##S};
 SHORT_KERNELS(f, float, SHORT_FLOAT)

@@ -828,45 +828,102 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
     free(x); free(e); free(t); free(w); free(dy);
 }
 
-/* fs_narrow_exp_rows: `rows` rows of n <= one vector of classes, transposed in registers */
+/* The narrow rows (rows.h fs_narrow_*): `rows` rows of n <= FS_NARROW_TILES vectors of
+ * classes, transposed in registers: fs_narrow_exp_rows, fs_narrow_softmax_rows (softmax,
+ * log_softmax, logsumexp) and fs_narrow_cross_entropy_rows (weights, every third row
+ * ignored, smoothing, z-loss, per-row scales; loss only; in place) */
 static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_t rows,
                               Py_ssize_t n) {
     snprintf(detail, sizeof detail, "rows=%td n=%td (%d-byte vectors)", rows, n, kernel_vec_bytes);
     Py_ssize_t count = rows * n;
     double *x = malloc(count * sizeof *x), *w = malloc(n * sizeof *w);
-    guarded gx, gw, ge, gm, gs, gsw;
+    double *lse = malloc(rows * sizeof *lse), *scales = malloc(rows * sizeof *scales);
+    int64_t *y = malloc(rows * sizeof *y);
+    guarded gx, gw, ge, gm, gs, gout, gl, gz;
     void *x_rows = guarded_row(dt, count, -6, 6, x, &gx);
     void *w_row = guarded_row(dt, n, 0.5, 2, w, &gw);
     void *e = guarded_alloc((size_t)count * dt->size, &ge);
     void *m = guarded_alloc(rows * dt->size, &gm);
     double *sums = guarded_alloc(rows * sizeof(double), &gs);
-    double *shifted = guarded_alloc(rows * sizeof(double), &gsw);
+    void *out = guarded_alloc((size_t)count * dt->size, &gout);
+    double *loss = guarded_alloc(rows * sizeof(double), &gl);
+    double *z = guarded_alloc(rows * sizeof(double), &gz);
     current_check = "fs_narrow_exp_rows";
-    for (int variant = 0; variant < 3; variant++) {  /* no shifted sums; ones; weights */
-        const void *w_arg = variant == 2 ? w_row : NULL;
-        h->narrow_exp_rows(x_rows, rows, n, w_arg, e, m, sums, variant ? shifted : NULL);
+    h->narrow_exp_rows(x_rows, rows, n, e, m, sums);
+    double weight_sum = 0;
+    for (Py_ssize_t j = 0; j < n; j++) weight_sum += w[j];
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const double *xr = x + r * n;
+        double mr = ref_max(xr, n), sum = 0;
+        expect("fs_narrow_exp_rows (max)", dt->name, detail, r, get(dt, m, r), mr, 0);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double ej = exp(xr[j] - mr);
+            sum += ej;
+            expect("fs_narrow_exp_rows (exp)", dt->name, detail, r * n + j,
+                   get(dt, e, r * n + j), ej, stored_tol(dt, ej, 0));
+        }
+        expect("fs_narrow_exp_rows (sum)", dt->name, detail, r, sums[r], sum,
+               compute_tol(dt, sum, 0));
+        lse[r] = mr + log(sum);
+        y[r] = r % 3 == 1 ? -100 : (r * 7) % n;
+        scales[r] = 0.5 + 0.25 * (double)(r % 5);
+    }
+    current_check = "fs_narrow_softmax_rows";
+    for (int op = 0; op < 3; op++) {
+        h->narrow_softmax_rows(x_rows, rows, n, op, out);
         for (Py_ssize_t r = 0; r < rows; r++) {
-            const double *xr = x + r * n;
-            double mr = ref_max(xr, n), sum = 0, sw = 0, sw_mag = 0;
-            expect("fs_narrow_exp_rows (max)", dt->name, detail, r, get(dt, m, r), mr, 0);
-            for (Py_ssize_t j = 0; j < n; j++) {
-                double ej = exp(xr[j] - mr), wj = variant == 2 ? w[j] : 1;
-                sum += ej;
-                sw += wj * (xr[j] - mr);
-                sw_mag += fabs(wj * (xr[j] - mr));
-                expect("fs_narrow_exp_rows (exp)", dt->name, detail, r * n + j,
-                       get(dt, e, r * n + j), ej, stored_tol(dt, ej, 0));
+            if (op == 2) {
+                expect("fs_narrow_softmax_rows (logsumexp)", dt->name, detail, r,
+                       get(dt, out, r), lse[r], compute_tol(dt, lse[r], fabs(lse[r]) + 1));
+                continue;
             }
-            expect("fs_narrow_exp_rows (sum)", dt->name, detail, r, sums[r], sum,
-                   compute_tol(dt, sum, 0));
-            if (variant)
-                expect("fs_narrow_exp_rows (shifted)", dt->name, detail, r, shifted[r], sw,
-                       compute_tol(dt, sw, sw_mag));
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double v = x[r * n + j] - lse[r], ref = op == 0 ? exp(v) : v;
+                expect(op == 0 ? "fs_narrow_softmax_rows (softmax)"
+                               : "fs_narrow_softmax_rows (log_softmax)",
+                       dt->name, detail, r * n + j, get(dt, out, r * n + j), ref,
+                       stored_tol(dt, ref, op == 0 ? 0 : fabs(x[r * n + j]) + fabs(lse[r])));
+            }
         }
     }
-    guarded *all[] = {&gx, &gw, &ge, &gm, &gs, &gsw};
+    current_check = "fs_narrow_cross_entropy_rows";
+    const double smoothing = 0.1, z_loss = 1e-2, scale = 0.75, z_scale = 0.5;
+    const double o[5] = {weight_sum, smoothing, z_loss, scale, z_scale};
+    const double keep = 1 - smoothing, eps = smoothing / (double)n;
+    for (int variant = 0; variant < 3; variant++) {  /* into out; loss only; in place */
+        void *grad = variant == 0 ? out : variant == 1 ? NULL : x_rows;
+        h->narrow_cross_entropy_rows(x_rows, y, w_row, o, -100, scales, rows, n, loss, z, grad);
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            const double *xr = x + r * n, log_sum = lse[r] - ref_max(xr, n);
+            int live = y[r] >= 0;
+            double w_y = live ? w[y[r]] : 0, total = keep * w_y + eps * weight_sum;
+            double shifted = live ? keep * w_y * (xr[y[r]] - lse[r] + log_sum) : 0, mag = 0;
+            for (Py_ssize_t j = 0; j < n; j++) {
+                shifted += eps * w[j] * (xr[j] - lse[r] + log_sum);
+                mag += eps * w[j] * fabs(xr[j] - lse[r] + log_sum);
+            }
+            double ref_loss = live ? total * log_sum - shifted : 0;
+            expect("fs_narrow_cross_entropy_rows (loss)", dt->name, detail, r, loss[r],
+                   ref_loss, compute_tol(dt, ref_loss, total * log_sum + mag + w_y * 12));
+            double ref_z = live ? z_loss * lse[r] * lse[r] : 0;  /* lse = m + log_sum */
+            expect("fs_narrow_cross_entropy_rows (z-loss)", dt->name, detail, r, z[r], ref_z,
+                   compute_tol(dt, ref_z, 2 * z_loss * fabs(lse[r]) * (fabs(lse[r]) + 2 * log_sum)));
+            if (!grad) continue;
+            double s = scale * scales[r];
+            double exp_scale = s * total + 2 * z_loss * lse[r] * z_scale * scales[r];
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double p = exp(xr[j] - lse[r]);
+                double ref = live ? exp_scale * p - s * eps * w[j]
+                                    - (j == y[r] ? s * keep * w_y : 0) : 0;
+                expect("fs_narrow_cross_entropy_rows (grad)", dt->name, detail, r * n + j,
+                       get(dt, grad, r * n + j), ref,
+                       stored_tol(dt, ref, fabs(exp_scale) * p + s * w[j] + s * w_y));
+            }
+        }
+    }
+    guarded *all[] = {&gx, &gw, &ge, &gm, &gs, &gout, &gl, &gz};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) guarded_free(all[i]);
-    free(x); free(w);
+    free(x); free(w); free(lse); free(scales); free(y);
 }
 
 /* ---- elementwise.h: KL divergence, BCE with logits, sigmoid, log-sigmoid ---- */
