@@ -253,11 +253,6 @@ typedef float fs_vec_f __attribute__((vector_size(FS_VEC_BYTES)));
 typedef double fs_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int32_t fs_index_vec_f __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int64_t fs_index_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
-/* A vector's lanes widened to double (the narrow rows' per-row scalars) */
-typedef double fs_dvec_f __attribute__((vector_size(2 * FS_VEC_BYTES)));
-typedef double fs_dvec_d __attribute__((vector_size(FS_VEC_BYTES)));
-typedef int64_t fs_dindex_vec_f __attribute__((vector_size(2 * FS_VEC_BYTES)));
-typedef int64_t fs_dindex_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 
 /* Long rows split over the threads (the row driver, row_functions_typed.h): an array of
  * fewer than FS_SPLIT_ROWS rows of at least 4 * FS_SPLIT_MIN_CHUNK classes, where one
