@@ -112,12 +112,14 @@ cdef extern from "rows.h" nogil:
     ctypedef struct fs_ce_scalars:
         double weight_sum, smoothing, z_loss, scale, z_scale
         int64_t ignore_index
-    void fs_narrow_cross_entropy_rows_f(const float *x, const int64_t *y, const float *w,
-                                        const fs_ce_scalars *o, const double *row_scale,
+    void fs_narrow_cross_entropy_rows_f(const float *x, const int64_t *y, const float *t,
+                                        const float *w, const fs_ce_scalars *o,
+                                        const double *row_scale,
                                         Py_ssize_t rows, Py_ssize_t n, double *row_loss,
                                         double *row_z_loss, float *grad)
-    void fs_narrow_cross_entropy_rows_d(const double *x, const int64_t *y, const double *w,
-                                        const fs_ce_scalars *o, const double *row_scale,
+    void fs_narrow_cross_entropy_rows_d(const double *x, const int64_t *y, const double *t,
+                                        const double *w, const fs_ce_scalars *o,
+                                        const double *row_scale,
                                         Py_ssize_t rows, Py_ssize_t n, double *row_loss,
                                         double *row_z_loss, double *grad)
     void fs_short_rescale_f(const float *e, float k, float f, const float *w, int64_t y,
@@ -616,10 +618,10 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
     NULL, the probability rows t: the formulas of fs_cross_entropy_row, whose target
     terms T (total_wt) and sum(w t' (x - m)) (shifted_wt) an index target gets by
     lookup. row_z_loss (if not NULL) gets each row's z-loss. grad (NULL: loss only) may
-    be x itself. Index targets on rows of at most FS_NARROW_TILES vectors run in columns,
-    without scratch (fs_narrow_cross_entropy_rows)."""
+    be x itself. Rows of at most FS_NARROW_TILES vectors run in columns, without scratch
+    (fs_narrow_cross_entropy_rows)."""
     cdef fs_ce_scalars scalars
-    if y != NULL and _narrow(n, sizeof(real)):
+    if _narrow(n, sizeof(real)):
         scalars.weight_sum = weight_sum
         scalars.smoothing = smoothing
         scalars.z_loss = z_loss
@@ -627,11 +629,11 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
         scalars.z_scale = z_scale
         scalars.ignore_index = ignore_index
         if real is float:
-            fs_narrow_cross_entropy_rows_f(x, y, weight, &scalars, row_scale, rows, n, row_loss,
-                                           row_z_loss, grad)
+            fs_narrow_cross_entropy_rows_f(x, y, t, weight, &scalars, row_scale, rows, n,
+                                           row_loss, row_z_loss, grad)
         else:
-            fs_narrow_cross_entropy_rows_d(x, y, weight, &scalars, row_scale, rows, n, row_loss,
-                                           row_z_loss, grad)
+            fs_narrow_cross_entropy_rows_d(x, y, t, weight, &scalars, row_scale, rows, n,
+                                           row_loss, row_z_loss, grad)
         return
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once

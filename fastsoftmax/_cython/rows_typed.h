@@ -932,66 +932,86 @@ static inline void FS_FN(fs_store_lanes)(double *out, Py_ssize_t count, FS_VEC v
     }
 }
 
-/* Cross-entropy against the index targets y of the rows x[r n : (r + 1) n], r < rows,
- * n <= FS_NARROW_TILES L, all in columns (fs_narrow_load): the loss, z-loss and gradient
- * of each row as _kernels.pyx's _cross_entropy_block defines them (o: its scalars),
- * written as the row's lanes of whole vectors. Each row of L gets no scalar work but its
- * double-precision loss. grad (NULL: loss only) may be x; row_z_loss may be NULL. */
+/* Cross-entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L, against
+ * the index targets y or, with y NULL, the probability rows t, all in columns
+ * (fs_narrow_load): the loss, z-loss and gradient of each row as _kernels.pyx's
+ * _cross_entropy_block defines them (o: its scalars), written as the row's lanes of whole
+ * vectors, with no scalar work per row. grad (NULL: loss only) may be x; row_z_loss may
+ * be NULL. */
 static inline void FS_FN(fs_narrow_cross_entropy_rows)(
-        const FS_T *x, const int64_t *y, const FS_T *w, const fs_ce_scalars *o,
+        const FS_T *x, const int64_t *y, const FS_T *t, const FS_T *w, const fs_ce_scalars *o,
         const double *row_scale, Py_ssize_t rows, Py_ssize_t n, double *row_loss,
         double *row_z_loss, FS_T *grad) {
-    const double keep = 1.0 - o->smoothing, eps_c = o->smoothing / (double)n;
+    const FS_T keep = (FS_T)(1.0 - o->smoothing), eps_c = (FS_T)(o->smoothing / (double)n);
+    const FS_VEC zero = {0};
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
         Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
         FS_VEC v[FS_NARROW_TILES * FS_LANES];
+        FS_VEC wt[FS_NARROW_TILES * FS_LANES];  /* probability targets: w t', t' = keep t + eps */
         FS_FN(fs_narrow_load)(x, first, count, n, v);
-        FS_I target_lanes[FS_LANES];  /* -1: an ignored row, or a lane past the rows */
-        #pragma omp simd
-        for (Py_ssize_t i = 0; i < FS_LANES; i++) {
-            int64_t y_i = y[first + FS_MIN(i, count - 1)];
-            target_lanes[i] = i < count && y_i != o->ignore_index ? (FS_I)y_i : -1;
+        FS_I target_lanes[FS_LANES] = {0};  /* index targets; -1: an ignored row */
+        if (y) {
+            #pragma omp simd
+            for (Py_ssize_t i = 0; i < FS_LANES; i++) {
+                int64_t y_i = y[first + FS_MIN(i, count - 1)];
+                target_lanes[i] = y_i != o->ignore_index ? (FS_I)y_i : -1;
+            }
+        } else {
+            FS_FN(fs_narrow_load)(t, first, count, n, wt);
         }
         FS_INDEX_VEC target;
         memcpy(&target, target_lanes, sizeof target);
-        FS_VEC max = v[0], sum = {0}, dot = {0}, target_shifted = {0}, target_w = {0};
+        /* total_wt = sum(w t'), shifted_wt = sum(w t' (x - m)); an index target's by lookup */
+        FS_VEC max = v[0], sum = {0}, dot = {0}, total_wt = {0}, shifted_wt = {0};
+        FS_VEC target_w = {0};
         for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
         for (Py_ssize_t j = 0; j < n; j++) {
             FS_VEC shifted = v[j] - max;
-            FS_INDEX_VEC is_target = target == (FS_I)j;
             FS_T w_j = FS_FN(fs_weight)(w, j);
-            target_shifted = FS_FN(fs_vselect)(is_target, shifted, target_shifted);
-            target_w = FS_FN(fs_vselect)(is_target, (FS_VEC){0} + w_j, target_w);
-            if (eps_c != 0) dot += w_j * shifted;
+            if (y) {
+                FS_INDEX_VEC is_target = target == (FS_I)j;
+                shifted_wt = FS_FN(fs_vselect)(is_target, shifted, shifted_wt);
+                target_w = FS_FN(fs_vselect)(is_target, zero + w_j, target_w);
+                if (eps_c != 0) dot += w_j * shifted;
+            } else {
+                wt[j] = w_j * (keep * wt[j] + eps_c);
+                total_wt += wt[j];
+                shifted_wt += wt[j] * shifted;
+            }
             v[j] = FS_FN(fs_vexp_core)(shifted);
             sum += v[j];
         }
-        /* the rows' scalars as lanes: loss, z-loss, and the gradient row k e - f w - c
-         * (c in the target's lane). In the row type: in double lanes, AVX2's CE + grad
-         * was no faster than the row-by-row code (8 rows a group; bench.ab, forced avx2). */
+        if (y) {
+            total_wt = keep * target_w + (FS_T)(eps_c * o->weight_sum);
+            shifted_wt = keep * target_w * shifted_wt + eps_c * dot;
+        }
+        /* the rows' scalars as lanes: loss, z-loss, and the gradient row k e - s w t'. In
+         * the row type: in double lanes, AVX2's CE + grad was no faster than the
+         * row-by-row code (8 rows a group; bench.ab, forced avx2). */
         const FS_VEC log_sum = FS_FN(fs_narrow_log)(sum);
-        FS_VEC row_s = (FS_VEC){0} + 1;
+        FS_VEC row_s = zero + 1;
         if (row_scale)
             for (Py_ssize_t i = 0; i < count; i++) row_s[i] = (FS_T)row_scale[first + i];
-        const FS_VEC total_wt = (FS_T)keep * target_w + (FS_T)(eps_c * o->weight_sum);
         const FS_VEC lse = max + log_sum;
         const FS_VEC s = (FS_T)o->scale * row_s;
         const FS_INDEX_VEC live_row = target >= 0;
-        const FS_VEC zero = {0};
-        const FS_VEC loss = total_wt * log_sum - ((FS_T)keep * target_w * target_shifted
-                                                  + (FS_T)eps_c * dot);
-        FS_FN(fs_store_lanes)(row_loss + first, count, FS_FN(fs_vselect)(live_row, loss, zero));
+        FS_FN(fs_store_lanes)(row_loss + first, count,
+                              FS_FN(fs_vselect)(live_row, total_wt * log_sum - shifted_wt, zero));
         if (row_z_loss)
             FS_FN(fs_store_lanes)(row_z_loss + first, count,
                                   FS_FN(fs_vselect)(live_row, (FS_T)o->z_loss * lse * lse, zero));
+        if (!grad) continue;
         FS_VEC exp_scale = s * total_wt;
         if (o->z_loss != 0) exp_scale += (FS_T)(2 * o->z_loss * o->z_scale) * lse * row_s;
-        const FS_VEC k = exp_scale / sum, f = s * (FS_T)eps_c, c = s * (FS_T)keep * target_w;
-        if (!grad) continue;
+        const FS_VEC k = exp_scale / sum, f = s * eps_c, c = s * keep * target_w;
         for (Py_ssize_t j = 0; j < n; j++) {
             FS_VEC g = k * v[j];
-            if (eps_c != 0) g -= f * FS_FN(fs_weight)(w, j);
-            g -= FS_FN(fs_vselect)(target == (FS_I)j, c, zero);
+            if (!y) {
+                g -= s * wt[j];
+            } else {
+                if (eps_c != 0) g -= f * FS_FN(fs_weight)(w, j);
+                g -= FS_FN(fs_vselect)(target == (FS_I)j, c, zero);
+            }
             v[j] = FS_FN(fs_vselect)(live_row, g, zero);  /* an ignored row: 0, even if NaN */
         }
         FS_FN(fs_narrow_store)(v, first, count, n, grad);

@@ -86,13 +86,14 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
         fs_narrow_softmax_rows_##S((const T *)x, rows, n, op, (T *)out);                   \
     }                                                                                      \
     static void narrow_cross_entropy_rows_##S(                                             \
-            const void *x, const int64_t *y, const void *w, const double o[5],             \
-            int64_t ignore_index, const double *row_scale, Py_ssize_t rows, Py_ssize_t n,  \
+            const void *x, const int64_t *y, const void *t, const void *w,                 \
+            const double o[5], int64_t ignore_index, const double *row_scale,              \
+            Py_ssize_t rows, Py_ssize_t n,                                                 \
             double *row_loss, double *row_z_loss, void *grad) {                            \
         const fs_ce_scalars scalars = {o[0], o[1], o[2], o[3], o[4], ignore_index};        \
-        fs_narrow_cross_entropy_rows_##S((const T *)x, y, (const T *)w, &scalars,          \
-                                         row_scale, rows, n, row_loss, row_z_loss,         \
-                                         (T *)grad);                                       \
+        fs_narrow_cross_entropy_rows_##S((const T *)x, y, (const T *)t, (const T *)w,      \
+                                         &scalars, row_scale, rows, n, row_loss,           \
+                                         row_z_loss, (T *)grad);                           \
     }                                                                                      \
     static void rescale_##S(const void *e, double k, double f, const void *w, int64_t y,  \
                             double c, void *out, Py_ssize_t n) {                           \

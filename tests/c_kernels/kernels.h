@@ -51,8 +51,8 @@ typedef struct {
     void (*narrow_softmax_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 void *out);
     /* o: weight_sum, smoothing, z_loss, scale, z_scale (rows.h fs_ce_scalars) */
-    void (*narrow_cross_entropy_rows)(const void *x, const int64_t *y, const void *w,
-                                      const double o[5], int64_t ignore_index,
+    void (*narrow_cross_entropy_rows)(const void *x, const int64_t *y, const void *t,
+                                      const void *w, const double o[5], int64_t ignore_index,
                                       const double *row_scale, Py_ssize_t rows, Py_ssize_t n,
                                       double *row_loss, double *row_z_loss, void *grad);
     void (*rescale)(const void *e, double k, double f, const void *w, int64_t y, double c,

@@ -830,8 +830,9 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
 
 /* The narrow rows (rows.h fs_narrow_*): `rows` rows of n <= FS_NARROW_TILES vectors of
  * classes, transposed in registers: fs_narrow_exp_rows, fs_narrow_softmax_rows (softmax,
- * log_softmax, logsumexp) and fs_narrow_cross_entropy_rows (weights, every third row
- * ignored, smoothing, z-loss, per-row scales; loss only; in place) */
+ * log_softmax, logsumexp) and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss,
+ * per-row scales; index targets with every third row ignored, into out, loss only and in
+ * place; probability targets) */
 static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_t rows,
                               Py_ssize_t n) {
     snprintf(detail, sizeof detail, "rows=%td n=%td (%d-byte vectors)", rows, n, kernel_vec_bytes);
@@ -839,8 +840,10 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
     double *x = malloc(count * sizeof *x), *w = malloc(n * sizeof *w);
     double *lse = malloc(rows * sizeof *lse), *scales = malloc(rows * sizeof *scales);
     int64_t *y = malloc(rows * sizeof *y);
-    guarded gx, gw, ge, gm, gs, gout, gl, gz;
+    double *t = malloc(count * sizeof *t);
+    guarded gx, gw, ge, gm, gs, gout, gl, gz, gt;
     void *x_rows = guarded_row(dt, count, -6, 6, x, &gx);
+    void *t_rows = guarded_row(dt, count, 0, 1, t, &gt);  /* not normalised: sum(t) != 1 too */
     void *w_row = guarded_row(dt, n, 0.5, 2, w, &gw);
     void *e = guarded_alloc((size_t)count * dt->size, &ge);
     void *m = guarded_alloc(rows * dt->size, &gm);
@@ -890,21 +893,28 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
     const double smoothing = 0.1, z_loss = 1e-2, scale = 0.75, z_scale = 0.5;
     const double o[5] = {weight_sum, smoothing, z_loss, scale, z_scale};
     const double keep = 1 - smoothing, eps = smoothing / (double)n;
-    for (int variant = 0; variant < 3; variant++) {  /* into out; loss only; in place */
-        void *grad = variant == 0 ? out : variant == 1 ? NULL : x_rows;
-        h->narrow_cross_entropy_rows(x_rows, y, w_row, o, -100, scales, rows, n, loss, z, grad);
+    /* index targets into out; loss only; probability targets into out; index targets in
+     * place (last: x is overwritten) */
+    for (int variant = 0; variant < 4; variant++) {
+        const int prob = variant == 2;
+        void *grad = variant == 1 ? NULL : variant == 3 ? x_rows : out;
+        h->narrow_cross_entropy_rows(x_rows, prob ? NULL : y, prob ? t_rows : NULL, w_row, o,
+                                     -100, scales, rows, n, loss, z, grad);
         for (Py_ssize_t r = 0; r < rows; r++) {
             const double *xr = x + r * n, log_sum = lse[r] - ref_max(xr, n);
-            int live = y[r] >= 0;
-            double w_y = live ? w[y[r]] : 0, total = keep * w_y + eps * weight_sum;
-            double shifted = live ? keep * w_y * (xr[y[r]] - lse[r] + log_sum) : 0, mag = 0;
-            for (Py_ssize_t j = 0; j < n; j++) {
-                shifted += eps * w[j] * (xr[j] - lse[r] + log_sum);
-                mag += eps * w[j] * fabs(xr[j] - lse[r] + log_sum);
+            int live = prob || y[r] >= 0;
+            double total = 0, shifted = 0, mag = 0, w_y = 0;
+            for (Py_ssize_t j = 0; j < n; j++) {  /* t' = keep t + eps */
+                double t_j = prob ? t[r * n + j] : j == y[r], wt = w[j] * (keep * t_j + eps);
+                double d = xr[j] - lse[r] + log_sum;  /* x - m */
+                total += wt;
+                shifted += wt * d;
+                mag += wt * fabs(d);
+                if (t_j != 0 && !prob) w_y = w[j];
             }
             double ref_loss = live ? total * log_sum - shifted : 0;
             expect("fs_narrow_cross_entropy_rows (loss)", dt->name, detail, r, loss[r],
-                   ref_loss, compute_tol(dt, ref_loss, total * log_sum + mag + w_y * 12));
+                   ref_loss, compute_tol(dt, ref_loss, total * log_sum + mag));
             double ref_z = live ? z_loss * lse[r] * lse[r] : 0;  /* lse = m + log_sum */
             expect("fs_narrow_cross_entropy_rows (z-loss)", dt->name, detail, r, z[r], ref_z,
                    compute_tol(dt, ref_z, 2 * z_loss * fabs(lse[r]) * (fabs(lse[r]) + 2 * log_sum)));
@@ -913,17 +923,17 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
             double exp_scale = s * total + 2 * z_loss * lse[r] * z_scale * scales[r];
             for (Py_ssize_t j = 0; j < n; j++) {
                 double p = exp(xr[j] - lse[r]);
-                double ref = live ? exp_scale * p - s * eps * w[j]
-                                    - (j == y[r] ? s * keep * w_y : 0) : 0;
+                double t_j = prob ? t[r * n + j] : j == y[r];
+                double ref = live ? exp_scale * p - s * w[j] * (keep * t_j + eps) : 0;
                 expect("fs_narrow_cross_entropy_rows (grad)", dt->name, detail, r * n + j,
                        get(dt, grad, r * n + j), ref,
                        stored_tol(dt, ref, fabs(exp_scale) * p + s * w[j] + s * w_y));
             }
         }
     }
-    guarded *all[] = {&gx, &gw, &ge, &gm, &gs, &gout, &gl, &gz};
+    guarded *all[] = {&gx, &gw, &ge, &gm, &gs, &gout, &gl, &gz, &gt};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) guarded_free(all[i]);
-    free(x); free(w); free(lse); free(scales); free(y);
+    free(x); free(w); free(lse); free(scales); free(y); free(t);
 }
 
 /* ---- elementwise.h: KL divergence, BCE with logits, sigmoid, log-sigmoid ---- */
