@@ -39,7 +39,8 @@ def test_matches_reference(backend, dtype, reduction):
     assert_close(fs.entropy(x, backend=backend), reference.entropy(x), context)
 
 
-@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (2, 3, 17), (4, 200), (2, 70_000)])
+@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (37, 10), (2, 3, 17), (4, 200),
+                                   (2, 70_000)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_shapes_inplace_and_out(backend, shape, dtype):
     x = (np.random.default_rng(1).standard_normal(shape) * 4).astype(dtype)

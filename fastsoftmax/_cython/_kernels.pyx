@@ -99,10 +99,12 @@ cdef extern from "rows.h" nogil:
     void fs_short_prob_sums_d(const double *row, double m, const double *t, const double *w,
                               Py_ssize_t n, double keep, double eps, double *total_wt,
                               double *shifted_wt)
-    void fs_narrow_exp_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, float *e, float *m,
-                              double *sums)
-    void fs_narrow_exp_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, double *e,
-                              double *m, double *sums)
+    void fs_narrow_entropy_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, double scale,
+                                  const double *row_scale, double *row_loss, float *h,
+                                  float *grad)
+    void fs_narrow_entropy_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, double scale,
+                                  const double *row_scale, double *row_loss, double *h,
+                                  double *grad)
     void fs_narrow_softmax_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   float *out)
     void fs_narrow_softmax_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, int op,
@@ -422,22 +424,16 @@ cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
     C = 10 CE + grad time in perf). When shifted_w is not NULL, shifted_w[r] = sum(w * (x - m))
     of row r (w NULL: ones)."""
     cdef Py_ssize_t r
-    if _narrow(n, sizeof(real)) and shifted_w == NULL:
-        if real is float:
-            fs_narrow_exp_rows_f(x, rows, n, e, m, inv_sums)
-        else:
-            fs_narrow_exp_rows_d(x, rows, n, e, m, inv_sums)
-    else:
-        _shifted_rows(x, rows, n, e, m)
-        if shifted_w != NULL:
-            for r in range(rows):
-                shifted_w[r] = _short_dot(e + r * n, w, n)
-        if real is float:
-            fs_exp_array_f(e, rows * n)
-        else:
-            fs_exp_array_d(e, rows * n)
+    _shifted_rows(x, rows, n, e, m)
+    if shifted_w != NULL:
         for r in range(rows):
-            inv_sums[r] = _short_dot(e + r * n, <const real *> NULL, n)
+            shifted_w[r] = _short_dot(e + r * n, w, n)
+    if real is float:
+        fs_exp_array_f(e, rows * n)
+    else:
+        fs_exp_array_d(e, rows * n)
+    for r in range(rows):
+        inv_sums[r] = _short_dot(e + r * n, <const real *> NULL, n)
     fs_log_array(inv_sums, log_sums, rows)
     for r in range(rows):
         inv_sums[r] = 1.0 / inv_sums[r]
@@ -923,7 +919,14 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
                          const double *row_scale, double *row_loss, real *h,
                          real *grad) noexcept nogil:
     """Entropy (into row_loss and/or h, either may be NULL) and, with grad (not NULL), the
-    scaled gradient of the rows of one block; grad may be x itself."""
+    scaled gradient of the rows of one block; grad may be x itself. Rows of at most
+    FS_NARROW_TILES vectors run in columns, without scratch (fs_narrow_entropy_rows)."""
+    if _narrow(n, sizeof(real)):
+        if real is float:
+            fs_narrow_entropy_rows_f(x, rows, n, scale, row_scale, row_loss, h, grad)
+        else:
+            fs_narrow_entropy_rows_d(x, rows, n, scale, row_scale, row_loss, h, grad)
+        return
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m)
     cdef real *m = <real *> sc.m

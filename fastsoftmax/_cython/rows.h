@@ -240,10 +240,11 @@ static inline void fs_log_array(const double *x, double *out, Py_ssize_t n) {
 #if FS_VEC_BYTES >= 32
 #include <immintrin.h>
 #endif
-/* Rows of up to this many vectors take the transposed path (fs_narrow_exp_rows). Two
+/* Rows of up to this many vectors run in columns (rows_typed.h fs_narrow_*_rows). Two
  * with AVX2 (forced avx2, 2 threads, bench.ab against one: C = 10 float32 0.86-0.99 of
  * the time, CE + grad 0.93, logsumexp 0.90; C = 16 0.98-1.06; C = 8 float64 0.79-0.98),
- * one with AVX-512 (two there at C = 32: 1.06-1.23). */
+ * one with AVX-512 (two there at C = 32: 1.06-1.23); both measured when only the exp
+ * pass ran in columns. */
 #if FS_VEC_BYTES == 32
 #define FS_NARROW_TILES 2
 #else

@@ -777,16 +777,20 @@ static inline FS_T FS_FN(fs_nonfinite_logsumexp)(const FS_T *row, Py_ssize_t n, 
     return out;
 }
 
-/* ---- narrow rows (at most FS_NARROW_TILES vectors): L rows at a time, transposed ----
+/* ---- narrow rows (at most FS_NARROW_TILES vectors): L rows at a time, in columns ----
  * Loaded as L row vectors (per tile) and transposed in registers, a group's column j is one
- * vector (lane i: row i), so the max, the exp and the sum run across vectors with every
- * lane busy and no lane reductions; the exponentials are transposed back and stored
- * as rows (C = 10, float32, 2 threads, kernels side by side with the masked-vector
- * rows: CE + grad 0.87, cross_entropy 0.85, softmax 0.97 of the time). Tried and
- * dropped: the gradient pass in columns too (e kept by columns, one transpose into
- * the output): no faster (CE + grad 0.99, softmax 1.08), 64 more shuffles per group
- * on the one shuffle port; folding the per-row lane reductions of 16 rows into one
- * vector (a shuffle tree) in the masked-vector path: no faster either. */
+ * vector (lane i: row i), so an op's whole row math runs across vectors with every lane
+ * busy: the max, exp and sum, the row's scalars (log of the sum, loss, gradient scale) as
+ * lanes, and the output columns, transposed back and stored as rows. No scratch, no
+ * scalar work per row. Against the previous design, where only the exp pass ran in
+ * columns (its e stored as rows, then each row's loss and output by the masked-vector
+ * helpers; bench.ab, float32, 2 threads, C = 10): CE + grad 0.67-0.72 of the time, in place
+ * 0.61-0.63, probability targets 0.55, softmax 0.60-0.65, logsumexp 0.55, entropy 0.53,
+ * entropy + grad 0.60 (in place 0.40);
+ * forced avx2: CE + grad 0.78, softmax 0.66. (With that design, the gradient in columns
+ * too was no faster: the scalar code per row stayed.) Tried and dropped: folding the
+ * per-row lane reductions of 16 rows into one vector (a shuffle tree) in the
+ * masked-vector path: no faster. */
 #if defined(__GNUC__) && !defined(__clang__)
 /* log2(L) rounds of two-source shuffles; round w swaps the off-diagonal blocks of
  * width w of each pair of vectors (i, i + w). */
@@ -858,27 +862,6 @@ static inline void FS_FN(fs_narrow_store)(FS_VEC *v, Py_ssize_t first, Py_ssize_
 /* mask ? a : b, lane by lane (mask lanes -1 or 0) */
 static inline FS_VEC FS_FN(fs_vselect)(FS_INDEX_VEC mask, FS_VEC a, FS_VEC b) {
     return (FS_VEC)(((FS_INDEX_VEC)a & mask) | ((FS_INDEX_VEC)b & ~mask));
-}
-
-/* For the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L: m[r] = the row max,
- * e = exp(x - m) (rows of n) and sums[r] = sum of row r of e.
- * As in the wider rows, a NaN may or may not be the max and makes the row's sum NaN. */
-static inline void FS_FN(fs_narrow_exp_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
-                                             FS_T *e, FS_T *m, double *sums) {
-    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
-        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_NARROW_TILES * FS_LANES];
-        FS_FN(fs_narrow_load)(x, first, count, n, v);
-        FS_VEC max = v[0], sum = {0};
-        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            v[j] = FS_FN(fs_vexp_core)(v[j] - max);
-            sum += v[j];
-        }
-        FS_FN(fs_narrow_store)(v, first, count, n, e);
-        for (Py_ssize_t i = 0; i < count; i++) sums[first + i] = sum[i];
-        FS_FN(fs_vstore)(m + first, count, max);
-    }
 }
 
 /* log of each lane of a row sum (>= 1, +inf or NaN) */
@@ -1014,6 +997,42 @@ static inline void FS_FN(fs_narrow_cross_entropy_rows)(
             }
             v[j] = FS_FN(fs_vselect)(live_row, g, zero);  /* an ignored row: 0, even if NaN */
         }
+        FS_FN(fs_narrow_store)(v, first, count, n, grad);
+    }
+}
+
+/* Entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L, in columns
+ * (fs_narrow_load), as _kernels.pyx's _entropy_block defines it: row_loss[r] (double)
+ * and h[r] (the row type) if not NULL, and the gradient scaled by scale (and row_scale[r],
+ * if not NULL) into grad if not NULL (grad may be x). */
+static inline void FS_FN(fs_narrow_entropy_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
+                                                 double scale, const double *row_scale,
+                                                 double *row_loss, FS_T *h, FS_T *grad) {
+    const FS_VEC floor = (FS_VEC){0} + (FS_T)FS_ENTROPY_FLOOR;
+    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
+        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
+        FS_VEC v[FS_NARROW_TILES * FS_LANES], d[FS_NARROW_TILES * FS_LANES];
+        FS_FN(fs_narrow_load)(x, first, count, n, v);
+        FS_VEC max = v[0], sum = {0}, dot = {0};
+        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            d[j] = FS_FN(fs_vmax)(v[j] - max, floor);
+            v[j] = FS_FN(fs_vexp_core)(v[j] - max);
+            sum += v[j];
+            dot += v[j] * d[j];
+        }
+        FS_VEC mean_d = dot / sum;
+        for (Py_ssize_t i = 0; i < FS_LANES; i++)  /* a row with an infinite max: NaN */
+            if (!isfinite(max[i])) mean_d[i] = (FS_T)NAN;
+        const FS_VEC value = FS_FN(fs_narrow_log)(sum) - mean_d;
+        if (row_loss) FS_FN(fs_store_lanes)(row_loss + first, count, value);
+        if (h) FS_FN(fs_vstore)(h + first, count, value);
+        if (!grad) continue;
+        FS_VEC k = (FS_VEC){0} + (FS_T)scale;
+        if (row_scale)
+            for (Py_ssize_t i = 0; i < count; i++) k[i] = (FS_T)(scale * row_scale[first + i]);
+        k /= sum;
+        for (Py_ssize_t j = 0; j < n; j++) v[j] = k * v[j] * (mean_d - d[j]);
         FS_FN(fs_narrow_store)(v, first, count, n, grad);
     }
 }

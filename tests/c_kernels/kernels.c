@@ -77,9 +77,11 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
         fs_short_prob_sums_##S((const T *)row, (T)m, (const T *)t, (const T *)w, n,        \
                                (T)keep, (T)eps, total_wt, shifted_wt);                     \
     }                                                                                      \
-    static void narrow_exp_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,         \
-                                    void *e, void *m, double *sums) {                      \
-        fs_narrow_exp_rows_##S((const T *)x, rows, n, (T *)e, (T *)m, sums);               \
+    static void narrow_entropy_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
+                                        double scale, const double *row_scale,             \
+                                        double *row_loss, void *h, void *grad) {           \
+        fs_narrow_entropy_rows_##S((const T *)x, rows, n, scale, row_scale, row_loss,      \
+                                   (T *)h, (T *)grad);                                     \
     }                                                                                      \
     static void narrow_softmax_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
                                         int op, void *out) {                               \
@@ -124,7 +126,7 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
                                   (T *)out, n);                                            \
     }                                                                                      \
     const short_kernels TABLE = {                                                          \
-        shift_max_##S, dot_##S, prob_sums_##S, narrow_exp_rows_##S,                        \
+        shift_max_##S, dot_##S, prob_sums_##S, narrow_entropy_rows_##S,                    \
         narrow_softmax_rows_##S, narrow_cross_entropy_rows_##S, rescale_##S, shift_##S,    \
         prob_rescale_##S, softmax_bwd_##S, log_softmax_bwd_##S, entropy_dot_##S,           \
         entropy_grad_##S};

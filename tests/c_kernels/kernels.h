@@ -46,8 +46,9 @@ typedef struct {
     double (*dot)(const void *a, const void *b, Py_ssize_t n);
     void (*prob_sums)(const void *row, double m, const void *t, const void *w, Py_ssize_t n,
                       double keep, double eps, double *total_wt, double *shifted_wt);
-    void (*narrow_exp_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, void *e, void *m,
-                            double *sums);
+    void (*narrow_entropy_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, double scale,
+                                const double *row_scale, double *row_loss, void *h,
+                                void *grad);
     void (*narrow_softmax_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 void *out);
     /* o: weight_sum, smoothing, z_loss, scale, z_scale (rows.h fs_ce_scalars) */

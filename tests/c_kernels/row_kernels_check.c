@@ -829,7 +829,7 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
 }
 
 /* The narrow rows (rows.h fs_narrow_*): `rows` rows of n <= FS_NARROW_TILES vectors of
- * classes, transposed in registers: fs_narrow_exp_rows, fs_narrow_softmax_rows (softmax,
+ * classes, transposed in registers: fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax,
  * log_softmax, logsumexp) and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss,
  * per-row scales; index targets with every third row ignored, into out, loss only and in
  * place; probability targets) */
@@ -841,35 +841,45 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
     double *lse = malloc(rows * sizeof *lse), *scales = malloc(rows * sizeof *scales);
     int64_t *y = malloc(rows * sizeof *y);
     double *t = malloc(count * sizeof *t);
-    guarded gx, gw, ge, gm, gs, gout, gl, gz, gt;
+    guarded gx, gw, gh, gout, gl, gz, gt;
     void *x_rows = guarded_row(dt, count, -6, 6, x, &gx);
     void *t_rows = guarded_row(dt, count, 0, 1, t, &gt);  /* not normalised: sum(t) != 1 too */
     void *w_row = guarded_row(dt, n, 0.5, 2, w, &gw);
-    void *e = guarded_alloc((size_t)count * dt->size, &ge);
-    void *m = guarded_alloc(rows * dt->size, &gm);
-    double *sums = guarded_alloc(rows * sizeof(double), &gs);
+    void *h_rows = guarded_alloc(rows * dt->size, &gh);
     void *out = guarded_alloc((size_t)count * dt->size, &gout);
     double *loss = guarded_alloc(rows * sizeof(double), &gl);
     double *z = guarded_alloc(rows * sizeof(double), &gz);
-    current_check = "fs_narrow_exp_rows";
-    h->narrow_exp_rows(x_rows, rows, n, e, m, sums);
     double weight_sum = 0;
     for (Py_ssize_t j = 0; j < n; j++) weight_sum += w[j];
     for (Py_ssize_t r = 0; r < rows; r++) {
         const double *xr = x + r * n;
         double mr = ref_max(xr, n), sum = 0;
-        expect("fs_narrow_exp_rows (max)", dt->name, detail, r, get(dt, m, r), mr, 0);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            double ej = exp(xr[j] - mr);
-            sum += ej;
-            expect("fs_narrow_exp_rows (exp)", dt->name, detail, r * n + j,
-                   get(dt, e, r * n + j), ej, stored_tol(dt, ej, 0));
-        }
-        expect("fs_narrow_exp_rows (sum)", dt->name, detail, r, sums[r], sum,
-               compute_tol(dt, sum, 0));
+        for (Py_ssize_t j = 0; j < n; j++) sum += exp(xr[j] - mr);
         lse[r] = mr + log(sum);
         y[r] = r % 3 == 1 ? -100 : (r * 7) % n;
         scales[r] = 0.5 + 0.25 * (double)(r % 5);
+    }
+    current_check = "fs_narrow_entropy_rows";
+    h->narrow_entropy_rows(x_rows, rows, n, 0.75, scales, loss, h_rows, out);
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const double *xr = x + r * n;
+        double entropy = 0, mag = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double p = exp(xr[j] - lse[r]);
+            entropy -= p * (xr[j] - lse[r]);
+            mag += p * fabs(xr[j] - lse[r]);
+        }
+        expect("fs_narrow_entropy_rows (entropy)", dt->name, detail, r, loss[r], entropy,
+               compute_tol(dt, entropy, mag + fabs(lse[r])));
+        expect("fs_narrow_entropy_rows (h)", dt->name, detail, r, get(dt, h_rows, r), entropy,
+               stored_tol(dt, entropy, mag + fabs(lse[r])));
+        for (Py_ssize_t j = 0; j < n; j++) {  /* dH/dx_j = -p_j (log p_j + H) */
+            double p = exp(xr[j] - lse[r]), log_p = xr[j] - lse[r];
+            double ref = -0.75 * scales[r] * p * (log_p + entropy);
+            expect("fs_narrow_entropy_rows (grad)", dt->name, detail, r * n + j,
+                   get(dt, out, r * n + j), ref,
+                   stored_tol(dt, ref, 0.75 * scales[r] * p * (fabs(log_p) + mag + fabs(lse[r]))));
+        }
     }
     current_check = "fs_narrow_softmax_rows";
     for (int op = 0; op < 3; op++) {
@@ -931,7 +941,7 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
             }
         }
     }
-    guarded *all[] = {&gx, &gw, &ge, &gm, &gs, &gout, &gl, &gz, &gt};
+    guarded *all[] = {&gx, &gw, &gh, &gout, &gl, &gz, &gt};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) guarded_free(all[i]);
     free(x); free(w); free(lse); free(scales); free(y); free(t);
 }
