@@ -163,7 +163,7 @@ cdef extern from *:
 
 cdef extern from "rows.h":
     int FS_VEC_BYTES
-    int FS_NARROW_TILES
+    int FS_NARROW_BYTES
     int fs_fail_scratch  # tests: every scratch allocation fails
     void fs_flag_scratch_failure() nogil
     int fs_take_scratch_failure() nogil
@@ -410,8 +410,8 @@ cdef void _shifted_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, real *z,
 
 
 cdef inline bint _narrow(Py_ssize_t n, size_t item) noexcept nogil:
-    """whether rows of n classes take the transposed path (rows.h FS_NARROW_TILES)"""
-    return n <= <Py_ssize_t>(FS_NARROW_TILES * FS_VEC_BYTES // item)
+    """whether rows of n classes run in columns (rows.h FS_NARROW_BYTES)"""
+    return n <= <Py_ssize_t>(FS_NARROW_BYTES // item)
 
 
 cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
@@ -487,7 +487,7 @@ cdef void _release(Scratch s) noexcept nogil:
 cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 real *out) noexcept nogil:
     """op 0: softmax, 1: log_softmax (out rows x n), 2: logsumexp (out rows). Rows of at most
-    FS_NARROW_TILES vectors run in columns, without scratch (fs_narrow_softmax_rows)."""
+    FS_NARROW_BYTES run in columns, without scratch (fs_narrow_softmax_rows)."""
     if _narrow(n, sizeof(real)):
         if real is float:
             fs_narrow_softmax_rows_f(x, rows, n, op, out)
@@ -614,7 +614,7 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
     NULL, the probability rows t: the formulas of fs_cross_entropy_row, whose target
     terms T (total_wt) and sum(w t' (x - m)) (shifted_wt) an index target gets by
     lookup. row_z_loss (if not NULL) gets each row's z-loss. grad (NULL: loss only) may
-    be x itself. Rows of at most FS_NARROW_TILES vectors run in columns, without scratch
+    be x itself. Rows of at most FS_NARROW_BYTES run in columns, without scratch
     (fs_narrow_cross_entropy_rows)."""
     cdef fs_ce_scalars scalars
     if _narrow(n, sizeof(real)):
@@ -920,7 +920,7 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
                          real *grad) noexcept nogil:
     """Entropy (into row_loss and/or h, either may be NULL) and, with grad (not NULL), the
     scaled gradient of the rows of one block; grad may be x itself. Rows of at most
-    FS_NARROW_TILES vectors run in columns, without scratch (fs_narrow_entropy_rows)."""
+    FS_NARROW_BYTES run in columns, without scratch (fs_narrow_entropy_rows)."""
     if _narrow(n, sizeof(real)):
         if real is float:
             fs_narrow_entropy_rows_f(x, rows, n, scale, row_scale, row_loss, h, grad)

@@ -240,16 +240,21 @@ static inline void fs_log_array(const double *x, double *out, Py_ssize_t n) {
 #if FS_VEC_BYTES >= 32
 #include <immintrin.h>
 #endif
-/* Rows of up to this many vectors run in columns (rows_typed.h fs_narrow_*_rows). Two
- * with AVX2 (forced avx2, 2 threads, bench.ab against one: C = 10 float32 0.86-0.99 of
- * the time, CE + grad 0.93, logsumexp 0.90; C = 16 0.98-1.06; C = 8 float64 0.79-0.98),
- * one with AVX-512 (two there at C = 32: 1.06-1.23); both measured when only the exp
- * pass ran in columns. */
-#if FS_VEC_BYTES == 32
-#define FS_NARROW_TILES 2
+/* Rows of at most FS_NARROW_BYTES run in columns (rows_typed.h fs_narrow_*_rows), as up
+ * to FS_NARROW_TILES vectors. bench.ab, 2 threads, against the limit one tile lower:
+ * AVX2 two vectors (C = 10 float32 0.86-0.99 of the time, CE + grad 0.93, logsumexp
+ * 0.90; C = 16 0.98-1.06; C = 8 float64 0.79-0.98; measured when only the exp pass ran
+ * in columns). AVX-512 one and a half (24 floats, 12 doubles): float32 C = 20 0.61-0.87,
+ * C = 24 0.67-0.92; at C = 28 and 32 mixed (0.84-1.09, CE + grad in place 1.03-1.16);
+ * float64 C = 10 0.58-0.86, at C = 16 mixed (forward ops 1.08-1.22, in place 1.14). */
+#if FS_VEC_BYTES == 64
+#define FS_NARROW_BYTES 96
+#elif FS_VEC_BYTES == 32
+#define FS_NARROW_BYTES 64
 #else
-#define FS_NARROW_TILES 1
+#define FS_NARROW_BYTES 16
 #endif
+#define FS_NARROW_TILES ((FS_NARROW_BYTES + FS_VEC_BYTES - 1) / FS_VEC_BYTES)
 typedef float fs_vec_f __attribute__((vector_size(FS_VEC_BYTES)));
 typedef double fs_vec_d __attribute__((vector_size(FS_VEC_BYTES)));
 typedef int32_t fs_index_vec_f __attribute__((vector_size(FS_VEC_BYTES)));

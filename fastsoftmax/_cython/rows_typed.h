@@ -777,7 +777,7 @@ static inline FS_T FS_FN(fs_nonfinite_logsumexp)(const FS_T *row, Py_ssize_t n, 
     return out;
 }
 
-/* ---- narrow rows (at most FS_NARROW_TILES vectors): L rows at a time, in columns ----
+/* ---- narrow rows (at most FS_NARROW_BYTES): L rows at a time, in columns ----
  * Loaded as L row vectors (per tile) and transposed in registers, a group's column j is one
  * vector (lane i: row i), so an op's whole row math runs across vectors with every lane
  * busy: the max, exp and sum, the row's scalars (log of the sum, loss, gradient scale) as
@@ -821,10 +821,10 @@ static inline void FS_FN(fs_transpose)(FS_VEC *v) {
 }
 #endif
 
-/* Rows first .. first + count - 1 (count <= L) of x (rows of n <= FS_NARROW_TILES L) as
- * columns: lane i of v[j] is x[(first + i) n + j] for every j < n. The rows are loaded as
- * tiles of L x L (tile t: lanes t L .. t L + L - 1 of each row), each transposed; the
- * lanes of rows past count are zeros. */
+/* Rows first .. first + count - 1 (count <= L) of x (rows of n <= FS_NARROW_BYTES /
+ * sizeof(FS_T)) as columns: lane i of v[j] is x[(first + i) n + j] for every j < n. The
+ * rows are loaded as tiles of L x L (tile t: lanes t L .. t L + L - 1 of each row), each
+ * transposed; the lanes of rows past count are zeros. */
 static inline void FS_FN(fs_narrow_load)(const FS_T *x, Py_ssize_t first, Py_ssize_t count,
                                          Py_ssize_t n, FS_VEC *v) {
     const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
@@ -873,9 +873,9 @@ static inline FS_VEC FS_FN(fs_narrow_log)(FS_VEC sum) {
 }
 
 /* softmax (op 0), log_softmax (1) or logsumexp (2: out has one element per row) of the
- * rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L, in columns (fs_narrow_load),
- * as _kernels.pyx's _softmax_family_block defines them; out may be x. A row whose max is
- * +-inf or NaN gets its logsumexp from fs_nonfinite_logsumexp. */
+ * rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES / sizeof(FS_T), in columns
+ * (fs_narrow_load), as _kernels.pyx's _softmax_family_block defines them; out may be x.
+ * A row whose max is +-inf or NaN gets its logsumexp from fs_nonfinite_logsumexp. */
 static inline void FS_FN(fs_narrow_softmax_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
                                                  int op, FS_T *out) {
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
@@ -915,9 +915,9 @@ static inline void FS_FN(fs_store_lanes)(double *out, Py_ssize_t count, FS_VEC v
     }
 }
 
-/* Cross-entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L, against
- * the index targets y or, with y NULL, the probability rows t, all in columns
- * (fs_narrow_load): the loss, z-loss and gradient of each row as _kernels.pyx's
+/* Cross-entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES /
+ * sizeof(FS_T), against the index targets y or, with y NULL, the probability rows t, all
+ * in columns (fs_narrow_load): the loss, z-loss and gradient of each row as _kernels.pyx's
  * _cross_entropy_block defines them (o: its scalars), written as the row's lanes of whole
  * vectors, with no scalar work per row. grad (NULL: loss only) may be x; row_z_loss may
  * be NULL. */
@@ -1001,10 +1001,10 @@ static inline void FS_FN(fs_narrow_cross_entropy_rows)(
     }
 }
 
-/* Entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_TILES L, in columns
- * (fs_narrow_load), as _kernels.pyx's _entropy_block defines it: row_loss[r] (double)
- * and h[r] (the row type) if not NULL, and the gradient scaled by scale (and row_scale[r],
- * if not NULL) into grad if not NULL (grad may be x). */
+/* Entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES / sizeof(FS_T),
+ * in columns (fs_narrow_load), as _kernels.pyx's _entropy_block defines it: row_loss[r]
+ * (double) and h[r] (the row type) if not NULL, and the gradient scaled by scale (and
+ * row_scale[r], if not NULL) into grad if not NULL (grad may be x). */
 static inline void FS_FN(fs_narrow_entropy_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
                                                  double scale, const double *row_scale,
                                                  double *row_loss, FS_T *h, FS_T *grad) {

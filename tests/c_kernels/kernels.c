@@ -159,6 +159,7 @@ void kernel_store_array_h(const float *x, int16_t *out, Py_ssize_t n) {
 }
 
 const int kernel_vec_bytes = FS_VEC_BYTES;
+const int kernel_narrow_bytes = FS_NARROW_BYTES;
 const Py_ssize_t kernel_split_min_chunk = FS_SPLIT_MIN_CHUNK;
 const Py_ssize_t kernel_block = FS_BLOCK;
 const double kernel_entropy_floor = FS_ENTROPY_FLOOR;

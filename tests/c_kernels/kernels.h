@@ -91,6 +91,7 @@ void kernel_store_array_h(const float *x, int16_t *out, Py_ssize_t n);
 
 /* rows.h's constants as built */
 extern const int kernel_vec_bytes;          /* FS_VEC_BYTES: the short-row vector width */
+extern const int kernel_narrow_bytes;       /* FS_NARROW_BYTES: the widest narrow row */
 extern const Py_ssize_t kernel_split_min_chunk;  /* FS_SPLIT_MIN_CHUNK */
 extern const Py_ssize_t kernel_block;       /* FS_BLOCK: the partial-sum block */
 extern const double kernel_entropy_floor;   /* FS_ENTROPY_FLOOR */
