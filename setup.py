@@ -112,7 +112,8 @@ def _extensions():
     # Cython sees rows.h (the pyx's cdef extern) but not the typed headers, which rows.h
     # includes: listed here, an edit of any rebuilds the extension.
     headers = ["fastsoftmax/_cython/rows.h", "fastsoftmax/_cython/rows_typed.h",
-               "fastsoftmax/_cython/row_functions_typed.h", "fastsoftmax/_cython/elementwise.h",
+               "fastsoftmax/_cython/row_functions_typed.h",
+               "fastsoftmax/_cython/narrow_typed.h", "fastsoftmax/_cython/elementwise.h",
                "fastsoftmax/_cython/elementwise_typed.h"]
     modules = []
     for level, level_flags in _levels().items():

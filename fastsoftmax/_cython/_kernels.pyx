@@ -105,10 +105,20 @@ cdef extern from "rows.h" nogil:
     void fs_narrow_entropy_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, double scale,
                                   const double *row_scale, double *row_loss, double *h,
                                   double *grad)
+    void fs_narrow_entropy_rows_b(const uint16_t *x, Py_ssize_t rows, Py_ssize_t n,
+                                  double scale, const double *row_scale, double *row_loss,
+                                  uint16_t *h, uint16_t *grad)
+    void fs_narrow_entropy_rows_h(const int16_t *x, Py_ssize_t rows, Py_ssize_t n,
+                                  double scale, const double *row_scale, double *row_loss,
+                                  int16_t *h, int16_t *grad)
     void fs_narrow_softmax_rows_f(const float *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   float *out)
     void fs_narrow_softmax_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   double *out)
+    void fs_narrow_softmax_rows_b(const uint16_t *x, Py_ssize_t rows, Py_ssize_t n, int op,
+                                  uint16_t *out)
+    void fs_narrow_softmax_rows_h(const int16_t *x, Py_ssize_t rows, Py_ssize_t n, int op,
+                                  int16_t *out)
     float fs_nonfinite_logsumexp_f(const float *row, Py_ssize_t n, float m)
     double fs_nonfinite_logsumexp_d(const double *row, Py_ssize_t n, double m)
     ctypedef struct fs_ce_scalars:
@@ -124,6 +134,16 @@ cdef extern from "rows.h" nogil:
                                         const double *row_scale,
                                         Py_ssize_t rows, Py_ssize_t n, double *row_loss,
                                         double *row_z_loss, double *grad)
+    void fs_narrow_cross_entropy_rows_b(const uint16_t *x, const int64_t *y,
+                                        const uint16_t *t, const float *w,
+                                        const fs_ce_scalars *o, const double *row_scale,
+                                        Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+                                        double *row_z_loss, uint16_t *grad)
+    void fs_narrow_cross_entropy_rows_h(const int16_t *x, const int64_t *y,
+                                        const int16_t *t, const float *w,
+                                        const fs_ce_scalars *o, const double *row_scale,
+                                        Py_ssize_t rows, Py_ssize_t n, double *row_loss,
+                                        double *row_z_loss, int16_t *grad)
     void fs_short_rescale_f(const float *e, float k, float f, const float *w, int64_t y,
                             float c, float *out, Py_ssize_t n)
     void fs_short_rescale_d(const double *e, double k, double f, const double *w, int64_t y,
@@ -196,7 +216,8 @@ ctypedef fused real:
 
 # The kernels of issue 18 also take 16-bit arrays, as the bits: bfloat16 as uint16,
 # float16 as int16 (fastsoftmax/_dtypes.py); they compute in float32. Their class weights
-# are float32. Short rows (n < SMALL_C) of a 16-bit array: see _lowp_scratch.
+# are float32. Short rows (n < SMALL_C) of a 16-bit array: narrow ones in columns
+# (_narrow), wider ones on a float copy (_lowp_scratch).
 ctypedef fused anyreal:
     float
     double
@@ -409,9 +430,68 @@ cdef void _shifted_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, real *z,
             m[r] = fs_short_shift_max_d(x + r * n, n, z + r * n)
 
 
-cdef inline bint _narrow(Py_ssize_t n, size_t item) noexcept nogil:
-    """whether rows of n classes run in columns (rows.h FS_NARROW_BYTES)"""
-    return n <= <Py_ssize_t>(FS_NARROW_BYTES // item)
+# ---- narrow rows (narrow_typed.h): at most FS_NARROW_BYTES of the compute type (float
+# for 16-bit rows), L rows at a time in columns, without scratch. 16-bit rows are widened
+# as they are loaded and rounded as they are stored; they ran the float kernel on a float
+# copy of the block before. bench.ab, 1677721 x 10, 2 threads, avx512, time new / old:
+# bfloat16 softmax 0.82, CE + grad 0.84 (in place 0.93), probability targets 0.73,
+# entropy + grad 0.81; float16 0.73-0.82 (in place 1.00); float16 at C = 24 0.65-0.70.
+# Forced avx2 mixed (bfloat16 CE + grad 0.80, softmax 1.07, logsumexp 1.23): kept for
+# the one code path; both stay 1.1-1.4x the float32 time there.
+
+cdef inline bint _narrow(const anyreal *like, Py_ssize_t n) noexcept nogil:
+    """whether rows of n classes of like's type run in columns"""
+    if anyreal is double:
+        return n <= <Py_ssize_t>(FS_NARROW_BYTES // sizeof(double))
+    else:
+        return n <= <Py_ssize_t>(FS_NARROW_BYTES // sizeof(float))
+
+
+cdef void _narrow_softmax_rows(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, int op,
+                               anyreal *out) noexcept nogil:
+    """_softmax_family_block's op of narrow rows"""
+    if anyreal is float:
+        fs_narrow_softmax_rows_f(x, rows, n, op, out)
+    elif anyreal is double:
+        fs_narrow_softmax_rows_d(x, rows, n, op, out)
+    elif anyreal is uint16_t:
+        fs_narrow_softmax_rows_b(x, rows, n, op, out)
+    else:
+        fs_narrow_softmax_rows_h(x, rows, n, op, out)
+
+
+cdef void _narrow_cross_entropy_rows(const anyreal *x, const int64_t *y, const anyreal *t,
+                                     const void *weight, const fs_ce_scalars *o,
+                                     const double *row_scale, Py_ssize_t rows, Py_ssize_t n,
+                                     double *row_loss, double *row_z_loss,
+                                     anyreal *grad) noexcept nogil:
+    """_cross_entropy_block of narrow rows (weight: _weights)"""
+    if anyreal is float:
+        fs_narrow_cross_entropy_rows_f(x, y, t, <const float *>weight, o, row_scale, rows, n,
+                                       row_loss, row_z_loss, grad)
+    elif anyreal is double:
+        fs_narrow_cross_entropy_rows_d(x, y, t, <const double *>weight, o, row_scale, rows, n,
+                                       row_loss, row_z_loss, grad)
+    elif anyreal is uint16_t:
+        fs_narrow_cross_entropy_rows_b(x, y, t, <const float *>weight, o, row_scale, rows, n,
+                                       row_loss, row_z_loss, grad)
+    else:
+        fs_narrow_cross_entropy_rows_h(x, y, t, <const float *>weight, o, row_scale, rows, n,
+                                       row_loss, row_z_loss, grad)
+
+
+cdef void _narrow_entropy_rows(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, double scale,
+                               const double *row_scale, double *row_loss, anyreal *h,
+                               anyreal *grad) noexcept nogil:
+    """_entropy_block of narrow rows"""
+    if anyreal is float:
+        fs_narrow_entropy_rows_f(x, rows, n, scale, row_scale, row_loss, h, grad)
+    elif anyreal is double:
+        fs_narrow_entropy_rows_d(x, rows, n, scale, row_scale, row_loss, h, grad)
+    elif anyreal is uint16_t:
+        fs_narrow_entropy_rows_b(x, rows, n, scale, row_scale, row_loss, h, grad)
+    else:
+        fs_narrow_entropy_rows_h(x, rows, n, scale, row_scale, row_loss, h, grad)
 
 
 cdef void _exp_rows(const real *x, Py_ssize_t rows, Py_ssize_t n, const real *w,
@@ -486,14 +566,8 @@ cdef void _release(Scratch s) noexcept nogil:
 
 cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 real *out) noexcept nogil:
-    """op 0: softmax, 1: log_softmax (out rows x n), 2: logsumexp (out rows). Rows of at most
-    FS_NARROW_BYTES run in columns, without scratch (fs_narrow_softmax_rows)."""
-    if _narrow(n, sizeof(real)):
-        if real is float:
-            fs_narrow_softmax_rows_f(x, rows, n, op, out)
-        else:
-            fs_narrow_softmax_rows_d(x, rows, n, op, out)
-        return
+    """op 0: softmax, 1: log_softmax (out rows x n), 2: logsumexp (out rows), of rows wider
+    than narrow ones (_narrow_softmax_rows)"""
     cdef Scratch s = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> s.e  # exp(x - m); a softmax row is then written once
     cdef real *m = <real *> s.m
@@ -515,7 +589,8 @@ cdef void _softmax_family_block(const real *x, Py_ssize_t rows, Py_ssize_t n, in
     _release(s)
 
 
-# ---- short rows of a 16-bit array: the float block kernels on a float copy ----
+# ---- short rows of a 16-bit array wider than narrow: the float block kernels on a float
+# copy ----
 # A block of 16-bit rows is converted to float32 scratch, run through the float block
 # kernel, and its output converted back (rounded once). Against the row functions
 # (each short row a row of its own; 16777 x 10, kernel, 1 thread, avx512, load 3-4):
@@ -596,7 +671,10 @@ cdef void _softmax_family_small(const anyreal[:, ::1] x, anyreal *out, int op,
     cdef Py_ssize_t n_blocks = (x.shape[0] + rows - 1) // rows
     for b in prange(n_blocks, num_threads=_threads):
         lo = b * rows
-        if anyreal is float or anyreal is double:
+        if _narrow(&x[0, 0], n):
+            _narrow_softmax_rows(&x[lo, 0], min(rows, x.shape[0] - lo), n, op,
+                                 out + lo * out_row)
+        elif anyreal is float or anyreal is double:
             _softmax_family_block(&x[lo, 0], min(rows, x.shape[0] - lo), n, op,
                                   out + lo * out_row)
         else:
@@ -614,23 +692,7 @@ cdef void _cross_entropy_block(const real *x, const int64_t *y, const real *t,
     NULL, the probability rows t: the formulas of fs_cross_entropy_row, whose target
     terms T (total_wt) and sum(w t' (x - m)) (shifted_wt) an index target gets by
     lookup. row_z_loss (if not NULL) gets each row's z-loss. grad (NULL: loss only) may
-    be x itself. Rows of at most FS_NARROW_BYTES run in columns, without scratch
-    (fs_narrow_cross_entropy_rows)."""
-    cdef fs_ce_scalars scalars
-    if _narrow(n, sizeof(real)):
-        scalars.weight_sum = weight_sum
-        scalars.smoothing = smoothing
-        scalars.z_loss = z_loss
-        scalars.scale = scale
-        scalars.z_scale = z_scale
-        scalars.ignore_index = ignore_index
-        if real is float:
-            fs_narrow_cross_entropy_rows_f(x, y, t, weight, &scalars, row_scale, rows, n,
-                                           row_loss, row_z_loss, grad)
-        else:
-            fs_narrow_cross_entropy_rows_d(x, y, t, weight, &scalars, row_scale, rows, n,
-                                           row_loss, row_z_loss, grad)
-        return
+    be x itself. Rows wider than narrow ones (narrow: _narrow_cross_entropy_rows)."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m); the gradient row is then written once
     cdef real *m = <real *> sc.m
@@ -795,10 +857,21 @@ cdef void _any_cross_entropy_block(const anyreal *x, const int64_t *y, const any
                                    double scale, double z_scale, const double *row_scale,
                                    Py_ssize_t rows, Py_ssize_t n, double *row_loss,
                                    double *row_z_loss, anyreal *grad) noexcept nogil:
-    """_cross_entropy_block, of 16-bit rows too (on a float copy; weight: _weights)"""
+    """_cross_entropy_block, of narrow rows (in columns) and of 16-bit rows too (wider ones
+    on a float copy; weight: _weights)"""
     cdef float *xf
     cdef Py_ssize_t size = rows * n
-    if anyreal is float or anyreal is double:
+    cdef fs_ce_scalars scalars
+    if _narrow(x, n):
+        scalars.weight_sum = weight_sum
+        scalars.smoothing = smoothing
+        scalars.z_loss = z_loss
+        scalars.scale = scale
+        scalars.z_scale = z_scale
+        scalars.ignore_index = ignore_index
+        _narrow_cross_entropy_rows(x, y, t, weight, &scalars, row_scale, rows, n, row_loss,
+                                   row_z_loss, grad)
+    elif anyreal is float or anyreal is double:
         _cross_entropy_block(x, y, t, <const anyreal *>weight, weight_sum, ignore_index,
                              smoothing, z_loss, scale, z_scale, row_scale, rows, n, row_loss,
                              row_z_loss, grad)
@@ -919,14 +992,8 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
                          const double *row_scale, double *row_loss, real *h,
                          real *grad) noexcept nogil:
     """Entropy (into row_loss and/or h, either may be NULL) and, with grad (not NULL), the
-    scaled gradient of the rows of one block; grad may be x itself. Rows of at most
-    FS_NARROW_BYTES run in columns, without scratch (fs_narrow_entropy_rows)."""
-    if _narrow(n, sizeof(real)):
-        if real is float:
-            fs_narrow_entropy_rows_f(x, rows, n, scale, row_scale, row_loss, h, grad)
-        else:
-            fs_narrow_entropy_rows_d(x, rows, n, scale, row_scale, row_loss, h, grad)
-        return
+    scaled gradient of the rows of one block; grad may be x itself. Rows wider than narrow
+    ones (narrow: _narrow_entropy_rows)."""
     cdef Scratch sc = _scratch(rows, n, sizeof(real))
     cdef real *e = <real *> sc.e  # exp(x - m)
     cdef real *m = <real *> sc.m
@@ -961,10 +1028,13 @@ cdef void _entropy_block(const real *x, Py_ssize_t rows, Py_ssize_t n, double sc
 cdef void _any_entropy_block(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, double scale,
                              const double *row_scale, double *row_loss, anyreal *h,
                              anyreal *grad) noexcept nogil:
-    """_entropy_block, of 16-bit rows too (on a float copy)"""
+    """_entropy_block, of narrow rows (in columns) and of 16-bit rows too (wider ones on a
+    float copy)"""
     cdef float *xf
     cdef Py_ssize_t size = rows * n
-    if anyreal is float or anyreal is double:
+    if _narrow(x, n):
+        _narrow_entropy_rows(x, rows, n, scale, row_scale, row_loss, h, grad)
+    elif anyreal is float or anyreal is double:
         _entropy_block(x, rows, n, scale, row_scale, row_loss, h, grad)
     else:
         xf = _lowp_scratch(size * (2 if grad != NULL else 1) + (rows if h != NULL else 0))

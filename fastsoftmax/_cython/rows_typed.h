@@ -472,8 +472,9 @@ static inline void FS_FN(fs_jsd_grad)(Py_ssize_t n, FS_C k, FS_C kl_q, const FS_
     }
 }
 
-/* The short rows: float and double only (a 16-bit array's short rows run the float
- * block kernels on a float copy, _kernels.pyx). */
+/* The short rows: float and double only (a 16-bit array's narrow rows are widened as
+ * they are loaded, narrow_typed.h; its wider short rows run the float block kernels on a
+ * float copy, _kernels.pyx). */
 #if !FS_LOWP
 
 /* ---- short rows (the block kernels, C < 128): a row is a few vectors ----
@@ -768,29 +769,7 @@ static inline void FS_FN(fs_short_entropy_grad)(const FS_T *e, const FS_T *row, 
         FS_FN(fs_vstore)(out + j, n - j, k * FS_FN(fs_vload)(e + j, n - j, 0) * (mean_d - d)));
 }
 
-/* logsumexp of a row whose max m is +-inf or NaN, as torch.logsumexp: m, unless the row
- * holds a NaN (then a NaN of the row) */
-static inline FS_T FS_FN(fs_nonfinite_logsumexp)(const FS_T *row, Py_ssize_t n, FS_T m) {
-    FS_T out = m;
-    for (Py_ssize_t j = 0; j < n; j++)
-        if (row[j] != row[j]) out = row[j];
-    return out;
-}
-
-/* ---- narrow rows (at most FS_NARROW_BYTES): L rows at a time, in columns ----
- * Loaded as L row vectors (per tile) and transposed in registers, a group's column j is one
- * vector (lane i: row i), so an op's whole row math runs across vectors with every lane
- * busy: the max, exp and sum, the row's scalars (log of the sum, loss, gradient scale) as
- * lanes, and the output columns, transposed back and stored as rows. No scratch, no
- * scalar work per row. Against the previous design, where only the exp pass ran in
- * columns (its e stored as rows, then each row's loss and output by the masked-vector
- * helpers; bench.ab, float32, 2 threads, C = 10): CE + grad 0.67-0.72 of the time, in place
- * 0.61-0.63, probability targets 0.55, softmax 0.60-0.65, logsumexp 0.55, entropy 0.53,
- * entropy + grad 0.60 (in place 0.40);
- * forced avx2: CE + grad 0.78, softmax 0.66. (With that design, the gradient in columns
- * too was no faster: the scalar code per row stayed.) Tried and dropped: folding the
- * per-row lane reductions of 16 rows into one vector (a shuffle tree) in the
- * masked-vector path: no faster. */
+/* ---- the vector helpers of the narrow rows (narrow_typed.h), per compute type ---- */
 #if defined(__GNUC__) && !defined(__clang__)
 /* log2(L) rounds of two-source shuffles; round w swaps the off-diagonal blocks of
  * width w of each pair of vectors (i, i + w). */
@@ -821,44 +800,6 @@ static inline void FS_FN(fs_transpose)(FS_VEC *v) {
 }
 #endif
 
-/* Rows first .. first + count - 1 (count <= L) of x (rows of n <= FS_NARROW_BYTES /
- * sizeof(FS_T)) as columns: lane i of v[j] is x[(first + i) n + j] for every j < n. The
- * rows are loaded as tiles of L x L (tile t: lanes t L .. t L + L - 1 of each row), each
- * transposed; the lanes of rows past count are zeros. */
-static inline void FS_FN(fs_narrow_load)(const FS_T *x, Py_ssize_t first, Py_ssize_t count,
-                                         Py_ssize_t n, FS_VEC *v) {
-    const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES;
-    Py_ssize_t t = 0;
-    do {  /* at least once: GCC then sees v[0] set (a for loop warned) */
-        for (Py_ssize_t i = 0; i < FS_LANES; i++)
-            v[t * FS_LANES + i] = FS_FN(fs_vload)(
-                x + (first + FS_MIN(i, count - 1)) * n + t * FS_LANES,
-                i < count ? n - t * FS_LANES : 0, 0);
-        FS_FN(fs_transpose)(v + t * FS_LANES);
-    } while (++t < tiles);
-}
-
-/* The inverse of fs_narrow_load: columns v (overwritten) stored as the rows
- * first .. first + count - 1 of out. A row's vector that ends inside the group is stored
- * whole: its lanes past the row land in the rows after it, which are stored later, so
- * only the group's last vectors are masked: AVX2's vmaskmov stores are microcoded on AMD
- * Zen, as its loads are (fs_vload). Not measured on Zen; on an Intel Xeon, no change
- * within noise (bench.ab against the old block code, forced avx2, 2 threads, CE + grad in
- * place: C = 10 0.95 -> 0.91 of its time, C = 8 0.89 -> 0.90). */
-static inline void FS_FN(fs_narrow_store)(FS_VEC *v, Py_ssize_t first, Py_ssize_t count,
-                                          Py_ssize_t n, FS_T *out) {
-    const Py_ssize_t tiles = (n + FS_LANES - 1) / FS_LANES, end = (first + count) * n;
-    for (Py_ssize_t t = 0; t < tiles; t++) FS_FN(fs_transpose)(v + t * FS_LANES);
-    for (Py_ssize_t i = 0; i < count; i++)
-        for (Py_ssize_t t = 0; t < tiles; t++) {
-            const Py_ssize_t at = (first + i) * n + t * FS_LANES;
-            if (at + FS_LANES <= end)
-                memcpy(out + at, &v[t * FS_LANES + i], sizeof(FS_VEC));
-            else
-                FS_FN(fs_vstore)(out + at, n - t * FS_LANES, v[t * FS_LANES + i]);
-        }
-}
-
 /* mask ? a : b, lane by lane (mask lanes -1 or 0) */
 static inline FS_VEC FS_FN(fs_vselect)(FS_INDEX_VEC mask, FS_VEC a, FS_VEC b) {
     return (FS_VEC)(((FS_INDEX_VEC)a & mask) | ((FS_INDEX_VEC)b & ~mask));
@@ -872,168 +813,12 @@ static inline FS_VEC FS_FN(fs_narrow_log)(FS_VEC sum) {
     return out;
 }
 
-/* softmax (op 0), log_softmax (1) or logsumexp (2: out has one element per row) of the
- * rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES / sizeof(FS_T), in columns
- * (fs_narrow_load), as _kernels.pyx's _softmax_family_block defines them; out may be x.
- * A row whose max is +-inf or NaN gets its logsumexp from fs_nonfinite_logsumexp. */
-static inline void FS_FN(fs_narrow_softmax_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
-                                                 int op, FS_T *out) {
-    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
-        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_NARROW_TILES * FS_LANES];
-        FS_FN(fs_narrow_load)(x, first, count, n, v);
-        FS_VEC max = v[0], sum = {0};
-        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            FS_VEC shifted = v[j] - max, e = FS_FN(fs_vexp_core)(shifted);
-            sum += e;
-            v[j] = op == 0 ? e : shifted;
-        }
-        if (op == 0) {
-            const FS_VEC inv_sum = 1 / sum;
-            for (Py_ssize_t j = 0; j < n; j++) v[j] *= inv_sum;
-            FS_FN(fs_narrow_store)(v, first, count, n, out);
-        } else if (op == 1) {
-            const FS_VEC log_sum = FS_FN(fs_narrow_log)(sum);
-            for (Py_ssize_t j = 0; j < n; j++) v[j] -= log_sum;
-            FS_FN(fs_narrow_store)(v, first, count, n, out);
-        } else {
-            FS_FN(fs_vstore)(out + first, count, max + FS_FN(fs_narrow_log)(sum));
-            for (Py_ssize_t i = 0; i < count; i++)
-                if (!isfinite(max[i]))
-                    out[first + i] = FS_FN(fs_nonfinite_logsumexp)(x + (first + i) * n, n, max[i]);
-        }
-    }
-}
-
 /* out[0 : count] = lanes 0 .. count - 1 of v, widened to double */
 static inline void FS_FN(fs_store_lanes)(double *out, Py_ssize_t count, FS_VEC v) {
     if (count == FS_LANES) {  /* whole vectors */
         for (Py_ssize_t i = 0; i < FS_LANES; i++) out[i] = v[i];
     } else {
         for (Py_ssize_t i = 0; i < count; i++) out[i] = v[i];
-    }
-}
-
-/* Cross-entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES /
- * sizeof(FS_T), against the index targets y or, with y NULL, the probability rows t, all
- * in columns (fs_narrow_load): the loss, z-loss and gradient of each row as _kernels.pyx's
- * _cross_entropy_block defines them (o: its scalars), written as the row's lanes of whole
- * vectors, with no scalar work per row. grad (NULL: loss only) may be x; row_z_loss may
- * be NULL. */
-static inline void FS_FN(fs_narrow_cross_entropy_rows)(
-        const FS_T *x, const int64_t *y, const FS_T *t, const FS_T *w, const fs_ce_scalars *o,
-        const double *row_scale, Py_ssize_t rows, Py_ssize_t n, double *row_loss,
-        double *row_z_loss, FS_T *grad) {
-    const FS_T keep = (FS_T)(1.0 - o->smoothing), eps_c = (FS_T)(o->smoothing / (double)n);
-    const FS_VEC zero = {0};
-    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
-        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_NARROW_TILES * FS_LANES];
-        FS_VEC wt[FS_NARROW_TILES * FS_LANES];  /* probability targets: w t', t' = keep t + eps */
-        FS_FN(fs_narrow_load)(x, first, count, n, v);
-        FS_I target_lanes[FS_LANES] = {0};  /* index targets; -1: an ignored row */
-        if (y) {
-            #pragma omp simd
-            for (Py_ssize_t i = 0; i < FS_LANES; i++) {
-                int64_t y_i = y[first + FS_MIN(i, count - 1)];
-                target_lanes[i] = y_i != o->ignore_index ? (FS_I)y_i : -1;
-            }
-        } else {
-            FS_FN(fs_narrow_load)(t, first, count, n, wt);
-        }
-        FS_INDEX_VEC target;
-        memcpy(&target, target_lanes, sizeof target);
-        /* total_wt = sum(w t'), shifted_wt = sum(w t' (x - m)); an index target's by lookup */
-        FS_VEC max = v[0], sum = {0}, dot = {0}, total_wt = {0}, shifted_wt = {0};
-        FS_VEC target_w = {0};
-        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            FS_VEC shifted = v[j] - max;
-            FS_T w_j = FS_FN(fs_weight)(w, j);
-            if (y) {
-                FS_INDEX_VEC is_target = target == (FS_I)j;
-                shifted_wt = FS_FN(fs_vselect)(is_target, shifted, shifted_wt);
-                target_w = FS_FN(fs_vselect)(is_target, zero + w_j, target_w);
-                if (eps_c != 0) dot += w_j * shifted;
-            } else {
-                wt[j] = w_j * (keep * wt[j] + eps_c);
-                total_wt += wt[j];
-                shifted_wt += wt[j] * shifted;
-            }
-            v[j] = FS_FN(fs_vexp_core)(shifted);
-            sum += v[j];
-        }
-        if (y) {
-            total_wt = keep * target_w + (FS_T)(eps_c * o->weight_sum);
-            shifted_wt = keep * target_w * shifted_wt + eps_c * dot;
-        }
-        /* the rows' scalars as lanes: loss, z-loss, and the gradient row k e - s w t'. In
-         * the row type: in double lanes, AVX2's CE + grad was no faster than the
-         * row-by-row code (8 rows a group; bench.ab, forced avx2). */
-        const FS_VEC log_sum = FS_FN(fs_narrow_log)(sum);
-        FS_VEC row_s = zero + 1;
-        if (row_scale)
-            for (Py_ssize_t i = 0; i < count; i++) row_s[i] = (FS_T)row_scale[first + i];
-        const FS_VEC lse = max + log_sum;
-        const FS_VEC s = (FS_T)o->scale * row_s;
-        const FS_INDEX_VEC live_row = target >= 0;
-        FS_FN(fs_store_lanes)(row_loss + first, count,
-                              FS_FN(fs_vselect)(live_row, total_wt * log_sum - shifted_wt, zero));
-        if (row_z_loss)
-            FS_FN(fs_store_lanes)(row_z_loss + first, count,
-                                  FS_FN(fs_vselect)(live_row, (FS_T)o->z_loss * lse * lse, zero));
-        if (!grad) continue;
-        FS_VEC exp_scale = s * total_wt;
-        if (o->z_loss != 0) exp_scale += (FS_T)(2 * o->z_loss * o->z_scale) * lse * row_s;
-        const FS_VEC k = exp_scale / sum, f = s * eps_c, c = s * keep * target_w;
-        for (Py_ssize_t j = 0; j < n; j++) {
-            FS_VEC g = k * v[j];
-            if (!y) {
-                g -= s * wt[j];
-            } else {
-                if (eps_c != 0) g -= f * FS_FN(fs_weight)(w, j);
-                g -= FS_FN(fs_vselect)(target == (FS_I)j, c, zero);
-            }
-            v[j] = FS_FN(fs_vselect)(live_row, g, zero);  /* an ignored row: 0, even if NaN */
-        }
-        FS_FN(fs_narrow_store)(v, first, count, n, grad);
-    }
-}
-
-/* Entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES / sizeof(FS_T),
- * in columns (fs_narrow_load), as _kernels.pyx's _entropy_block defines it: row_loss[r]
- * (double) and h[r] (the row type) if not NULL, and the gradient scaled by scale (and
- * row_scale[r], if not NULL) into grad if not NULL (grad may be x). */
-static inline void FS_FN(fs_narrow_entropy_rows)(const FS_T *x, Py_ssize_t rows, Py_ssize_t n,
-                                                 double scale, const double *row_scale,
-                                                 double *row_loss, FS_T *h, FS_T *grad) {
-    const FS_VEC floor = (FS_VEC){0} + (FS_T)FS_ENTROPY_FLOOR;
-    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
-        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_NARROW_TILES * FS_LANES], d[FS_NARROW_TILES * FS_LANES];
-        FS_FN(fs_narrow_load)(x, first, count, n, v);
-        FS_VEC max = v[0], sum = {0}, dot = {0};
-        for (Py_ssize_t j = 1; j < n; j++) max = FS_FN(fs_vmax)(max, v[j]);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            d[j] = FS_FN(fs_vmax)(v[j] - max, floor);
-            v[j] = FS_FN(fs_vexp_core)(v[j] - max);
-            sum += v[j];
-            dot += v[j] * d[j];
-        }
-        FS_VEC mean_d = dot / sum;
-        for (Py_ssize_t i = 0; i < FS_LANES; i++)  /* a row with an infinite max: NaN */
-            if (!isfinite(max[i])) mean_d[i] = (FS_T)NAN;
-        const FS_VEC value = FS_FN(fs_narrow_log)(sum) - mean_d;
-        if (row_loss) FS_FN(fs_store_lanes)(row_loss + first, count, value);
-        if (h) FS_FN(fs_vstore)(h + first, count, value);
-        if (!grad) continue;
-        FS_VEC k = (FS_VEC){0} + (FS_T)scale;
-        if (row_scale)
-            for (Py_ssize_t i = 0; i < count; i++) k[i] = (FS_T)(scale * row_scale[first + i]);
-        k /= sum;
-        for (Py_ssize_t j = 0; j < n; j++) v[j] = k * v[j] * (mean_d - d[j]);
-        FS_FN(fs_narrow_store)(v, first, count, n, grad);
     }
 }
 

@@ -54,10 +54,31 @@
                                     int log_sigmoid) {                                     \
         fs_sigmoid_segment(x, out, i, n, KIND, log_sigmoid);                               \
     }                                                                                      \
+    static void narrow_entropy_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
+                                        double scale, const double *row_scale,             \
+                                        double *row_loss, void *h, void *grad) {           \
+        fs_narrow_entropy_rows_##S((const T *)x, rows, n, scale, row_scale, row_loss,      \
+                                   (T *)h, (T *)grad);                                     \
+    }                                                                                      \
+    static void narrow_softmax_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
+                                        int op, void *out) {                               \
+        fs_narrow_softmax_rows_##S((const T *)x, rows, n, op, (T *)out);                   \
+    }                                                                                      \
+    static void narrow_cross_entropy_rows_##S(                                             \
+            const void *x, const int64_t *y, const void *t, const void *w,                 \
+            const double o[5], int64_t ignore_index, const double *row_scale,              \
+            Py_ssize_t rows, Py_ssize_t n,                                                 \
+            double *row_loss, double *row_z_loss, void *grad) {                            \
+        const fs_ce_scalars scalars = {o[0], o[1], o[2], o[3], o[4], ignore_index};        \
+        fs_narrow_cross_entropy_rows_##S((const T *)x, y, (const T *)t, (const C *)w,      \
+                                         &scalars, row_scale, rows, n, row_loss,           \
+                                         row_z_loss, (T *)grad);                           \
+    }                                                                                      \
     const row_kernels TABLE = {                                                            \
         softmax_##S, log_softmax_##S, logsumexp_##S, softmax_backward_##S,                 \
         log_softmax_backward_##S, cross_entropy_##S, entropy_##S, jsd_##S,                 \
-        kl_div_segment_##S, bce_segment_##S, sigmoid_segment_##S};
+        kl_div_segment_##S, bce_segment_##S, sigmoid_segment_##S, narrow_entropy_rows_##S,  \
+        narrow_softmax_rows_##S, narrow_cross_entropy_rows_##S};
 ROW_KERNELS(f, float, float, FS_EW_FLOAT, ROWS_FLOAT)
 ROW_KERNELS(d, double, double, FS_EW_DOUBLE, ROWS_DOUBLE)
 ROW_KERNELS(b, uint16_t, float, FS_EW_BFLOAT16, ROWS_BFLOAT16)
@@ -76,26 +97,6 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
                               double *shifted_wt) {                                        \
         fs_short_prob_sums_##S((const T *)row, (T)m, (const T *)t, (const T *)w, n,        \
                                (T)keep, (T)eps, total_wt, shifted_wt);                     \
-    }                                                                                      \
-    static void narrow_entropy_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
-                                        double scale, const double *row_scale,             \
-                                        double *row_loss, void *h, void *grad) {           \
-        fs_narrow_entropy_rows_##S((const T *)x, rows, n, scale, row_scale, row_loss,      \
-                                   (T *)h, (T *)grad);                                     \
-    }                                                                                      \
-    static void narrow_softmax_rows_##S(const void *x, Py_ssize_t rows, Py_ssize_t n,     \
-                                        int op, void *out) {                               \
-        fs_narrow_softmax_rows_##S((const T *)x, rows, n, op, (T *)out);                   \
-    }                                                                                      \
-    static void narrow_cross_entropy_rows_##S(                                             \
-            const void *x, const int64_t *y, const void *t, const void *w,                 \
-            const double o[5], int64_t ignore_index, const double *row_scale,              \
-            Py_ssize_t rows, Py_ssize_t n,                                                 \
-            double *row_loss, double *row_z_loss, void *grad) {                            \
-        const fs_ce_scalars scalars = {o[0], o[1], o[2], o[3], o[4], ignore_index};        \
-        fs_narrow_cross_entropy_rows_##S((const T *)x, y, (const T *)t, (const T *)w,      \
-                                         &scalars, row_scale, rows, n, row_loss,           \
-                                         row_z_loss, (T *)grad);                           \
     }                                                                                      \
     static void rescale_##S(const void *e, double k, double f, const void *w, int64_t y,  \
                             double c, void *out, Py_ssize_t n) {                           \
@@ -126,10 +127,8 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
                                   (T *)out, n);                                            \
     }                                                                                      \
     const short_kernels TABLE = {                                                          \
-        shift_max_##S, dot_##S, prob_sums_##S, narrow_entropy_rows_##S,                    \
-        narrow_softmax_rows_##S, narrow_cross_entropy_rows_##S, rescale_##S, shift_##S,    \
-        prob_rescale_##S, softmax_bwd_##S, log_softmax_bwd_##S, entropy_dot_##S,           \
-        entropy_grad_##S};
+        shift_max_##S, dot_##S, prob_sums_##S, rescale_##S, shift_##S, prob_rescale_##S,   \
+        softmax_bwd_##S, log_softmax_bwd_##S, entropy_dot_##S, entropy_grad_##S};
 SHORT_KERNELS(f, float, SHORT_FLOAT)
 SHORT_KERNELS(d, double, SHORT_DOUBLE)
 #undef SHORT_KERNELS
@@ -157,6 +156,27 @@ void kernel_load_array_h(const int16_t *x, float *out, Py_ssize_t n) {
 void kernel_store_array_h(const float *x, int16_t *out, Py_ssize_t n) {
     fs_store_array_h(x, out, n);
 }
+
+/* The whole-vector conversions of the narrow rows (rows.h fs_half_vload + fs_vwiden_*,
+ * fs_vround_* + fs_half_vstore), over an array a vector at a time (the last one partial) */
+#define VECTOR_CONVERSIONS(S, T)                                                           \
+    void kernel_vload_array_##S(const T *x, float *out, Py_ssize_t n) {                    \
+        for (Py_ssize_t i = 0; i < n; i += FS_HALF_LANES) {                                \
+            fs_vec_f v = fs_vwiden_##S(fs_half_vload((const uint16_t *)x + i,              \
+                                                      FS_MIN(n - i, FS_HALF_LANES))); \
+            memcpy(out + i, &v, (size_t)FS_MIN(n - i, FS_HALF_LANES) * sizeof(float));     \
+        }                                                                                  \
+    }                                                                                      \
+    void kernel_vstore_array_##S(const float *x, T *out, Py_ssize_t n) {                   \
+        for (Py_ssize_t i = 0; i < n; i += FS_HALF_LANES) {                                \
+            fs_vec_f v = {0};                                                              \
+            memcpy(&v, x + i, (size_t)FS_MIN(n - i, FS_HALF_LANES) * sizeof(float));       \
+            fs_half_vstore((uint16_t *)out + i, n - i, fs_vround_##S(v));                  \
+        }                                                                                  \
+    }
+VECTOR_CONVERSIONS(b, uint16_t)
+VECTOR_CONVERSIONS(h, int16_t)
+#undef VECTOR_CONVERSIONS
 
 const int kernel_vec_bytes = FS_VEC_BYTES;
 const int kernel_narrow_bytes = FS_NARROW_BYTES;

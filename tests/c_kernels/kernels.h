@@ -37,15 +37,7 @@ typedef struct {
                           void *loss, void *grad, Py_ssize_t i, Py_ssize_t n);
     void (*sigmoid_segment)(const void *x, void *out, Py_ssize_t i, Py_ssize_t n,
                             int log_sigmoid);
-} row_kernels;
-
-/* The short-row helpers of the block kernels (float and double only); scalars passed as
- * double are cast to the row type, as the Cython caller's are. */
-typedef struct {
-    double (*shift_max)(const void *row, Py_ssize_t n, void *out);
-    double (*dot)(const void *a, const void *b, Py_ssize_t n);
-    void (*prob_sums)(const void *row, double m, const void *t, const void *w, Py_ssize_t n,
-                      double keep, double eps, double *total_wt, double *shifted_wt);
+    /* the narrow rows (narrow_typed.h fs_narrow_*_rows) */
     void (*narrow_entropy_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, double scale,
                                 const double *row_scale, double *row_loss, void *h,
                                 void *grad);
@@ -56,6 +48,15 @@ typedef struct {
                                       const void *w, const double o[5], int64_t ignore_index,
                                       const double *row_scale, Py_ssize_t rows, Py_ssize_t n,
                                       double *row_loss, double *row_z_loss, void *grad);
+} row_kernels;
+
+/* The short-row helpers of the block kernels (float and double only); scalars passed as
+ * double are cast to the row type, as the Cython caller's are. */
+typedef struct {
+    double (*shift_max)(const void *row, Py_ssize_t n, void *out);
+    double (*dot)(const void *a, const void *b, Py_ssize_t n);
+    void (*prob_sums)(const void *row, double m, const void *t, const void *w, Py_ssize_t n,
+                      double keep, double eps, double *total_wt, double *shifted_wt);
     void (*rescale)(const void *e, double k, double f, const void *w, int64_t y, double c,
                     void *out, Py_ssize_t n);
     void (*shift)(const void *row, double m, double c, void *out, Py_ssize_t n);
@@ -86,6 +87,10 @@ float kernel_load_h(int16_t bits);
 int16_t kernel_store_h(float x);
 void kernel_load_array_b(const uint16_t *x, float *out, Py_ssize_t n);
 void kernel_store_array_b(const float *x, uint16_t *out, Py_ssize_t n);
+void kernel_vload_array_b(const uint16_t *x, float *out, Py_ssize_t n);
+void kernel_vstore_array_b(const float *x, uint16_t *out, Py_ssize_t n);
+void kernel_vload_array_h(const int16_t *x, float *out, Py_ssize_t n);
+void kernel_vstore_array_h(const float *x, int16_t *out, Py_ssize_t n);
 void kernel_load_array_h(const int16_t *x, float *out, Py_ssize_t n);
 void kernel_store_array_h(const float *x, int16_t *out, Py_ssize_t n);
 

@@ -618,21 +618,26 @@ static void check_conversions(void) {
     current_check = "16-bit loads";
     static uint16_t all_b[65536];
     static int16_t all_h[65536];
-    static float loaded_b[65536], loaded_h[65536];
+    static float loaded_b[65536], loaded_h[65536], vloaded_b[65536], vloaded_h[65536];
     for (uint32_t bits = 0; bits < 65536; bits++) {
         all_b[bits] = (uint16_t)bits;
         all_h[bits] = (int16_t)(uint16_t)bits;
     }
     kernel_load_array_b(all_b, loaded_b, 65536);
     kernel_load_array_h(all_h, loaded_h, 65536);
+    kernel_vload_array_b(all_b, vloaded_b, 65535);  /* 65535: a partial last vector */
+    kernel_vload_array_h(all_h, vloaded_h, 65535);
+    vloaded_b[65535] = loaded_b[65535];
+    vloaded_h[65535] = loaded_h[65535];
     for (uint32_t bits = 0; bits < 65536; bits++) {
         /* exact, sign included: compared as bits, NaN as NaN */
         double rb = decode_bfloat16((uint16_t)bits), rh = decode_float16((uint16_t)bits);
-        float got[4] = {kernel_load_b(all_b[bits]), loaded_b[bits], kernel_load_h(all_h[bits]),
-                        loaded_h[bits]};
-        const char *names[4] = {"fs_load_b", "fs_load_array_b", "fs_load_h", "fs_load_array_h"};
-        for (int k = 0; k < 4; k++) {
-            double ref = k < 2 ? rb : rh;
+        float got[6] = {kernel_load_b(all_b[bits]), loaded_b[bits], vloaded_b[bits],
+                        kernel_load_h(all_h[bits]), loaded_h[bits], vloaded_h[bits]};
+        const char *names[6] = {"fs_load_b", "fs_load_array_b", "fs_vwiden_b", "fs_load_h",
+                                "fs_load_array_h", "fs_vwiden_h"};
+        for (int k = 0; k < 6; k++) {
+            double ref = k < 3 ? rb : rh;
             float ref_f = (float)ref;
             uint32_t got_bits, ref_bits;
             memcpy(&got_bits, &got[k], sizeof got_bits);
@@ -649,30 +654,33 @@ static void check_conversions(void) {
     current_check = "16-bit stores";
     Py_ssize_t n;
     float *v = store_inputs(&n);
-    uint16_t *stored_b = malloc(n * sizeof *stored_b);
-    int16_t *stored_h = malloc(n * sizeof *stored_h);
+    uint16_t *stored_b = malloc(n * sizeof *stored_b), *vstored_b = malloc(n * sizeof *vstored_b);
+    int16_t *stored_h = malloc(n * sizeof *stored_h), *vstored_h = malloc(n * sizeof *vstored_h);
     kernel_store_array_b(v, stored_b, n);
     kernel_store_array_h(v, stored_h, n);
+    kernel_vstore_array_b(v, vstored_b, n);
+    kernel_vstore_array_h(v, vstored_h, n);
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t input;
         memcpy(&input, &v[i], sizeof input);
-        unsigned got[4] = {kernel_store_b(v[i]), stored_b[i], (uint16_t)kernel_store_h(v[i]),
-                           (uint16_t)stored_h[i]};
-        const char *names[4] = {"fs_store_b", "fs_store_array_b", "fs_store_h",
-                                "fs_store_array_h"};
-        for (int k = 0; k < 4; k++) {
+        unsigned got[6] = {kernel_store_b(v[i]), stored_b[i], vstored_b[i],
+                           (uint16_t)kernel_store_h(v[i]), (uint16_t)stored_h[i],
+                           (uint16_t)vstored_h[i]};
+        const char *names[6] = {"fs_store_b", "fs_store_array_b", "fs_vround_b", "fs_store_h",
+                                "fs_store_array_h", "fs_vround_h"};
+        for (int k = 0; k < 6; k++) {
             if (isnan(v[i])) {  /* a NaN stays a NaN, with its sign */
-                double back = k < 2 ? decode_bfloat16((uint16_t)got[k])
+                double back = k < 3 ? decode_bfloat16((uint16_t)got[k])
                                     : decode_float16((uint16_t)got[k]);
                 expect_bits(names[k], "NaN stays NaN with its sign", input,
                             isnan(back) && !!(got[k] & 0x8000) == !!signbit(v[i]), 1);
             } else {
-                unsigned ref = k < 2 ? encode_bfloat16(v[i]) : encode_float16(v[i]);
+                unsigned ref = k < 3 ? encode_bfloat16(v[i]) : encode_float16(v[i]);
                 expect_bits(names[k], "round to nearest even", input, got[k], ref);
             }
         }
     }
-    free(v); free(stored_b); free(stored_h);
+    free(v); free(stored_b); free(stored_h); free(vstored_b); free(vstored_h);
 }
 
 /* ---- the short-row helpers of the block kernels (float and double only) ----
@@ -828,13 +836,14 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
     free(x); free(e); free(t); free(w); free(dy);
 }
 
-/* The narrow rows (rows.h fs_narrow_*): `rows` rows of n <= FS_NARROW_BYTES / size
- * classes, transposed in registers: fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax,
- * log_softmax, logsumexp) and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss,
- * per-row scales; index targets with every third row ignored, into out, loss only and in
- * place; probability targets) */
-static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_t rows,
-                              Py_ssize_t n) {
+/* The narrow rows (narrow_typed.h fs_narrow_*): `rows` rows of n <= FS_NARROW_BYTES /
+ * compute size classes, transposed in registers (16-bit rows widened and rounded on the
+ * way): fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax, log_softmax, logsumexp)
+ * and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss, per-row scales; index
+ * targets with every third row ignored, into out, loss only and in place; probability
+ * targets) */
+static void check_narrow_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
+    const row_kernels *h = dt->k;
     snprintf(detail, sizeof detail, "rows=%td n=%td (%d-byte vectors)", rows, n, kernel_vec_bytes);
     Py_ssize_t count = rows * n;
     double *x = malloc(count * sizeof *x), *w = malloc(n * sizeof *w);
@@ -844,7 +853,8 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
     guarded gx, gw, gh, gout, gl, gz, gt;
     void *x_rows = guarded_row(dt, count, -6, 6, x, &gx);
     void *t_rows = guarded_row(dt, count, 0, 1, t, &gt);  /* not normalised: sum(t) != 1 too */
-    void *w_row = guarded_row(dt, n, 0.5, 2, w, &gw);
+    void *w_row = guarded_alloc((size_t)n * dt->compute_size, &gw);  /* class weights */
+    for (Py_ssize_t j = 0; j < n; j++) w[j] = put_compute(dt, w_row, j, uniform(0.5, 2));
     void *h_rows = guarded_alloc(rows * dt->size, &gh);
     void *out = guarded_alloc((size_t)count * dt->size, &gout);
     double *loss = guarded_alloc(rows * sizeof(double), &gl);
@@ -887,7 +897,7 @@ static void check_narrow_rows(const dtype *dt, const short_kernels *h, Py_ssize_
         for (Py_ssize_t r = 0; r < rows; r++) {
             if (op == 2) {
                 expect("fs_narrow_softmax_rows (logsumexp)", dt->name, detail, r,
-                       get(dt, out, r), lse[r], compute_tol(dt, lse[r], fabs(lse[r]) + 1));
+                       get(dt, out, r), lse[r], stored_tol(dt, lse[r], fabs(lse[r]) + 1));
                 continue;
             }
             for (Py_ssize_t j = 0; j < n; j++) {
@@ -1096,14 +1106,15 @@ int main(void) {
         check_elementwise(dt, 2 * kernel_block + 37);  /* sums over several blocks */
     }
     const short_kernels *helpers[] = {&SHORT_FLOAT, &SHORT_DOUBLE};
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < 2; d++)
+        for (Py_ssize_t n = 1; n < 128; n++) check_short_rows(DTYPES[d], helpers[d], n);
+    for (size_t d = 0; d < sizeof DTYPES / sizeof DTYPES[0]; d++) {
         const dtype *dt = DTYPES[d];
-        Py_ssize_t lanes = kernel_vec_bytes / (Py_ssize_t)dt->size;
-        for (Py_ssize_t n = 1; n < 128; n++) check_short_rows(dt, helpers[d], n);
-        for (Py_ssize_t n = 1; n <= kernel_narrow_bytes / (Py_ssize_t)dt->size; n++) {
+        Py_ssize_t lanes = kernel_vec_bytes / (Py_ssize_t)dt->compute_size;
+        for (Py_ssize_t n = 1; n <= kernel_narrow_bytes / (Py_ssize_t)dt->compute_size; n++) {
             const Py_ssize_t row_counts[] = {1, lanes - 1, lanes, 2 * lanes + 3};
             for (size_t r = 0; r < sizeof row_counts / sizeof row_counts[0]; r++)
-                if (row_counts[r] > 0) check_narrow_rows(dt, helpers[d], row_counts[r], n);
+                if (row_counts[r] > 0) check_narrow_rows(dt, row_counts[r], n);
         }
     }
 
