@@ -119,6 +119,10 @@ cdef extern from "rows.h" nogil:
                                   uint16_t *out)
     void fs_narrow_softmax_rows_h(const int16_t *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   int16_t *out)
+    void fs_narrow_backward_rows_b(const uint16_t *y, const uint16_t *dy, Py_ssize_t rows,
+                                   Py_ssize_t n, int log, uint16_t *out)
+    void fs_narrow_backward_rows_h(const int16_t *y, const int16_t *dy, Py_ssize_t rows,
+                                   Py_ssize_t n, int log, int16_t *out)
     float fs_nonfinite_logsumexp_f(const float *row, Py_ssize_t n, float m)
     double fs_nonfinite_logsumexp_d(const double *row, Py_ssize_t n, double m)
     ctypedef struct fs_ce_scalars:
@@ -458,6 +462,16 @@ cdef void _narrow_softmax_rows(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, 
         fs_narrow_softmax_rows_b(x, rows, n, op, out)
     else:
         fs_narrow_softmax_rows_h(x, rows, n, op, out)
+
+
+cdef void _narrow_backward_rows(const anyreal *y, const anyreal *dy, Py_ssize_t rows,
+                                Py_ssize_t n, int log, anyreal *out) noexcept nogil:
+    """softmax (log 0) or log_softmax (log 1) backward of narrow 16-bit rows (float and
+    double rows: _short_backward)"""
+    if anyreal is uint16_t:
+        fs_narrow_backward_rows_b(y, dy, rows, n, log, out)
+    elif anyreal is int16_t:
+        fs_narrow_backward_rows_h(y, dy, rows, n, log, out)
 
 
 cdef void _narrow_cross_entropy_rows(const anyreal *x, const int64_t *y, const anyreal *t,
@@ -810,22 +824,42 @@ cdef void _short_log_softmax_bwd(const real *logp, const real *dy, real *out,
 
 # Below SMALL_C classes the backward kernels take short rows as masked vectors too; the
 # row helpers ran them in their scalar epilogues (C = 10, float32, 2 threads, kernel:
-# softmax_backward 3.21 -> 1.04 ns/elem, log_softmax_backward 4.79 -> 1.66).
+# softmax_backward 3.21 -> 1.04 ns/elem, log_softmax_backward 4.79 -> 1.66). Narrow 16-bit
+# rows run in columns (_narrow_backward_rows), where the float copy cost 2.8x the time
+# (bench.ab, bfloat16, 1677721 x 10, 2 threads: 0.35-0.36 new / old); float32 rows stay
+# masked vectors (in columns 1.21-1.25x the time at C = 10, 1.5x at C = 20: the
+# backward has one reduction per row, which the transposes cost more than).
+
+cdef void _short_backward(const anyreal[:, ::1] y, const anyreal[:, ::1] dy,
+                          anyreal[:, ::1] out, int log) except *:
+    """softmax (log 0) or log_softmax (log 1, y is logp) backward of rows of fewer than
+    SMALL_C classes"""
+    cdef Py_ssize_t i, b, lo, n = y.shape[1], rows = _block_rows(n)
+    cdef Py_ssize_t n_blocks = (y.shape[0] + rows - 1) // rows
+    if anyreal is float or anyreal is double:
+        for i in prange(y.shape[0], nogil=True, num_threads=_threads):
+            if log:
+                _short_log_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
+            else:
+                _short_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
+    elif _narrow(<const anyreal *>NULL, n):
+        for b in prange(n_blocks, nogil=True, num_threads=_threads):
+            lo = b * rows
+            _narrow_backward_rows(&y[lo, 0], &dy[lo, 0], min(rows, y.shape[0] - lo), n, log,
+                                  &out[lo, 0])
+    else:
+        for b in prange(n_blocks, nogil=True, num_threads=_threads):
+            lo = b * rows
+            _lowp_backward_block(&y[lo, 0], &dy[lo, 0], min(rows, y.shape[0] - lo), n, log,
+                                 &out[lo, 0])
+        _raise_if_scratch_failed()
+
 
 def softmax_backward(const anyreal[:, ::1] y, const anyreal[:, ::1] dy, anyreal[:, ::1] out):
     cdef Py_ssize_t i, n = y.shape[1]
     cdef int split = _split_threads(y.shape[0], n)
-    cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
-        if anyreal is float or anyreal is double:
-            for i in prange(y.shape[0], nogil=True, num_threads=_threads):
-                _short_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
-        else:
-            for b in prange((y.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
-                lo = b * rows
-                _lowp_backward_block(&y[lo, 0], &dy[lo, 0], min(rows, y.shape[0] - lo), n,
-                                     0, &out[lo, 0])
-            _raise_if_scratch_failed()
+        _short_backward(y, dy, out, 0)
         return
     for i in prange(y.shape[0], nogil=True, num_threads=_row_threads(split)):
         _softmax_backward_row(&y[i, 0], &dy[i, 0], &out[i, 0], n, split)
@@ -835,17 +869,8 @@ def log_softmax_backward(const anyreal[:, ::1] logp, const anyreal[:, ::1] dy,
                          anyreal[:, ::1] out):
     cdef Py_ssize_t i, n = logp.shape[1]
     cdef int split = _split_threads(logp.shape[0], n)
-    cdef Py_ssize_t b, lo, rows = _block_rows(n)
     if n < SMALL_C:
-        if anyreal is float or anyreal is double:
-            for i in prange(logp.shape[0], nogil=True, num_threads=_threads):
-                _short_log_softmax_bwd(&logp[i, 0], &dy[i, 0], &out[i, 0], n)
-        else:
-            for b in prange((logp.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
-                lo = b * rows
-                _lowp_backward_block(&logp[lo, 0], &dy[lo, 0], min(rows, logp.shape[0] - lo), n,
-                                     1, &out[lo, 0])
-            _raise_if_scratch_failed()
+        _short_backward(logp, dy, out, 1)
         return
     for i in prange(logp.shape[0], nogil=True, num_threads=_row_threads(split)):
         _log_softmax_backward_row(&logp[i, 0], &dy[i, 0], &out[i, 0], n, split)

@@ -133,6 +133,28 @@ static inline void FS_FN(fs_narrow_softmax_rows)(const FS_T *x, Py_ssize_t rows,
     }
 }
 
+/* softmax backward (log 0: out = y (dy - sum(y dy))) or log_softmax backward (log 1:
+ * y is logp, out = dy - exp(logp) sum(dy)) of the rows y[r n : (r + 1) n] and
+ * dy[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES / sizeof(FS_C), in columns
+ * (fs_narrow_load), as rows_typed.h's fs_short_softmax_bwd and fs_short_log_softmax_bwd;
+ * out may be y or dy. Called for 16-bit rows (float rows were faster as masked vectors:
+ * _kernels.pyx's _short_backward). */
+static inline void FS_FN(fs_narrow_backward_rows)(const FS_T *y, const FS_T *dy,
+                                                  Py_ssize_t rows, Py_ssize_t n, int log,
+                                                  FS_T *out) {
+    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
+        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
+        FS_VEC v[FS_NARROW_TILES * FS_LANES], d[FS_NARROW_TILES * FS_LANES];
+        FS_FN(fs_narrow_load)(y, first, count, n, v);
+        FS_FN(fs_narrow_load)(dy, first, count, n, d);
+        FS_VEC dot = {0};
+        for (Py_ssize_t j = 0; j < n; j++) dot += log ? d[j] : v[j] * d[j];
+        for (Py_ssize_t j = 0; j < n; j++)
+            v[j] = log ? d[j] - FS_CFN(fs_vexp)(v[j]) * dot : v[j] * (d[j] - dot);
+        FS_FN(fs_narrow_store)(v, first, count, n, out);
+    }
+}
+
 /* Cross-entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES /
  * sizeof(FS_C), against the index targets y or, with y NULL, the probability rows t, all
  * in columns (fs_narrow_load): the loss, z-loss and gradient of each row as _kernels.pyx's

@@ -43,6 +43,8 @@ typedef struct {
                                 void *grad);
     void (*narrow_softmax_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 void *out);
+    void (*narrow_backward_rows)(const void *y, const void *dy, Py_ssize_t rows,
+                                 Py_ssize_t n, int log, void *out);
     /* o: weight_sum, smoothing, z_loss, scale, z_scale (rows.h fs_ce_scalars) */
     void (*narrow_cross_entropy_rows)(const void *x, const int64_t *y, const void *t,
                                       const void *w, const double o[5], int64_t ignore_index,

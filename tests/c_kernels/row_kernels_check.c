@@ -838,8 +838,9 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
 
 /* The narrow rows (narrow_typed.h fs_narrow_*): `rows` rows of n <= FS_NARROW_BYTES /
  * compute size classes, transposed in registers (16-bit rows widened and rounded on the
- * way): fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax, log_softmax, logsumexp)
- * and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss, per-row scales; index
+ * way): fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax, log_softmax, logsumexp),
+ * fs_narrow_backward_rows (softmax and log_softmax backward, in place on y) and
+ * fs_narrow_cross_entropy_rows (weights, smoothing, z-loss, per-row scales; index
  * targets with every third row ignored, into out, loss only and in place; probability
  * targets) */
 static void check_narrow_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
@@ -909,6 +910,33 @@ static void check_narrow_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
             }
         }
     }
+    current_check = "fs_narrow_backward_rows";
+    double *y_back = malloc(count * sizeof *y_back);  /* y as stored */
+    for (int log = 0; log < 2; log++) {  /* y: the softmax (log 0) or log_softmax rows */
+        for (Py_ssize_t i = 0; i < count; i++) {
+            double v = x[i] - lse[i / n];
+            y_back[i] = put(dt, out, i, log ? v : exp(v));
+        }
+        h->narrow_backward_rows(out, t_rows, rows, n, log, out);  /* dy: t, into y */
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            double total = 0, mag = 0;  /* sum(y dy) or sum(dy) */
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double y_j = y_back[r * n + j], dy = t[r * n + j];
+                total += log ? dy : y_j * dy;
+                mag += log ? fabs(dy) : y_j * fabs(dy);
+            }
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double y_j = y_back[r * n + j], dy = t[r * n + j];
+                double p = log ? exp(y_j) : y_j;
+                double ref = log ? dy - p * total : p * (dy - total);
+                expect(log ? "fs_narrow_backward_rows (log_softmax)"
+                           : "fs_narrow_backward_rows (softmax)",
+                       dt->name, detail, r * n + j, get(dt, out, r * n + j), ref,
+                       stored_tol(dt, ref, fabs(dy) + p * mag + (log ? p * mag : 0)));
+            }
+        }
+    }
+    free(y_back);
     current_check = "fs_narrow_cross_entropy_rows";
     const double smoothing = 0.1, z_loss = 1e-2, scale = 0.75, z_scale = 0.5;
     const double o[5] = {weight_sum, smoothing, z_loss, scale, z_scale};
