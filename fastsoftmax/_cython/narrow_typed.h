@@ -155,6 +155,92 @@ static inline void FS_FN(fs_narrow_backward_rows)(const FS_T *y, const FS_T *dy,
     }
 }
 
+/* -1 in the lanes of v that are finite, 0 in the others (x - x is NaN for +-inf, NaN) */
+static inline FS_INDEX_VEC FS_FN(fs_vfinite)(FS_VEC v) {
+    return v - v == (FS_VEC){0};
+}
+
+/* The generalised JSD (mode FS_JSD_*, beta) of the rows s[r n : (r + 1) n] (student) and
+ * t[r n : (r + 1) n] (teacher), r < rows, n <= FS_NARROW_BYTES / sizeof(FS_C), in columns
+ * (fs_narrow_load): the passes of row_functions_typed.h's fs_jsd_row with every row's
+ * sums, loss and KL(Q || M) as lanes. row_loss[r] gets the loss; with grad (not NULL),
+ * scale (times row_scale[r], if not NULL) * d loss / d s. A row with a max of +-inf or
+ * NaN, in s or t, gets a NaN loss and gradient, as does the gradient of a row whose
+ * KL(Q || M) is infinite (Q > 0 = P somewhere, reverse KL). */
+static inline void FS_FN(fs_narrow_jsd_rows)(const FS_T *s, const FS_T *t, Py_ssize_t rows,
+                                             Py_ssize_t n, int mode, double beta, double inv_t,
+                                             double scale, const double *row_scale,
+                                             double *row_loss, FS_T *grad) {
+    const FS_C b = (FS_C)beta, keep = (FS_C)(1 - beta), tiny = FS_MIN_NORMAL;
+    const FS_VEC zero = {0}, nan = zero + (FS_C)NAN, inv = zero + (FS_C)inv_t;
+    const FS_C k_all = (FS_C)(scale * inv_t * (mode == FS_JSD_MIXTURE ? 1.0 - beta : 1.0));
+    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
+        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
+        /* v: s, then (s - m_s) / T, then Q; u: the same for t and P; e, e_t: the exps of
+         * (s - m_s) / T and (t - m_t) / T; r: log Q - log M (over e) */
+        FS_VEC v[FS_NARROW_TILES * FS_LANES], u[FS_NARROW_TILES * FS_LANES];
+        FS_VEC r[FS_NARROW_TILES * FS_LANES], e_t[FS_NARROW_TILES * FS_LANES];
+        FS_VEC *e = r;
+        FS_FN(fs_narrow_load)(s, first, count, n, v);
+        FS_FN(fs_narrow_load)(t, first, count, n, u);
+        FS_VEC max_s = v[0], max_t = u[0], sum_s = zero, sum_t = zero;
+        for (Py_ssize_t j = 1; j < n; j++) {
+            max_s = FS_CFN(fs_vmax)(max_s, v[j]);
+            max_t = FS_CFN(fs_vmax)(max_t, u[j]);
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            v[j] = (v[j] - max_s) * inv;
+            u[j] = (u[j] - max_t) * inv;
+            e[j] = FS_CFN(fs_vexp_core)(v[j]);
+            e_t[j] = FS_CFN(fs_vexp_core)(u[j]);
+            sum_s += e[j];
+            sum_t += e_t[j];
+        }
+        /* a NaN in a row may or may not be its max (fs_vmax); the sum is NaN either way */
+        const FS_INDEX_VEC live = FS_FN(fs_vfinite)(max_s) & FS_FN(fs_vfinite)(max_t)
+                                  & FS_FN(fs_vfinite)(sum_s + sum_t);
+        const FS_VEC log_sum_s = FS_CFN(fs_narrow_log)(sum_s);
+        const FS_VEC log_sum_t = FS_CFN(fs_narrow_log)(sum_t);
+        const FS_VEC inv_sum_s = 1 / sum_s, inv_sum_t = 1 / sum_t;
+        FS_VEC loss = zero, kl_q = zero;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            FS_VEC log_q = v[j] - log_sum_s, log_p = u[j] - log_sum_t;
+            FS_VEC q = e[j] * inv_sum_s, p = e_t[j] * inv_sum_t;
+            if (mode == FS_JSD_FORWARD) {
+                loss += FS_CFN(fs_vselect)(p > zero, p * (log_p - log_q), zero);
+            } else {
+                FS_VEC log_m = log_p;  /* the reverse KL: M = P */
+                if (mode == FS_JSD_MIXTURE) {
+                    FS_VEC mix = b * p + keep * q;
+                    log_m = FS_CFN(fs_narrow_log)(FS_CFN(fs_vmax)(mix, zero + tiny));
+                    loss += b * FS_CFN(fs_vselect)(p > zero, p * (log_p - log_m), zero);
+                }
+                FS_VEC term_q = FS_CFN(fs_vselect)(q > zero, q * (log_q - log_m), zero);
+                kl_q += term_q;
+                r[j] = log_q - log_m;
+            }
+            v[j] = q;
+            u[j] = p;
+        }
+        if (mode == FS_JSD_REVERSE) loss = kl_q;
+        else if (mode == FS_JSD_MIXTURE) loss += keep * kl_q;
+        FS_CFN(fs_store_lanes)(row_loss + first, count, FS_CFN(fs_vselect)(live, loss, nan));
+        if (!grad) continue;
+        FS_VEC k = zero + k_all;
+        if (row_scale)
+            for (Py_ssize_t i = 0; i < count; i++) k[i] = (FS_C)(k_all * row_scale[first + i]);
+        FS_INDEX_VEC has_grad = live;
+        if (mode != FS_JSD_FORWARD) has_grad &= FS_FN(fs_vfinite)(kl_q);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            FS_VEC g = mode == FS_JSD_FORWARD
+                ? k * (v[j] - u[j])
+                : FS_CFN(fs_vselect)(v[j] > zero, k * v[j] * (r[j] - kl_q), zero);
+            v[j] = FS_CFN(fs_vselect)(has_grad, g, nan);
+        }
+        FS_FN(fs_narrow_store)(v, first, count, n, grad);
+    }
+}
+
 /* Cross-entropy of the rows x[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES /
  * sizeof(FS_C), against the index targets y or, with y NULL, the probability rows t, all
  * in columns (fs_narrow_load): the loss, z-loss and gradient of each row as _kernels.pyx's

@@ -805,7 +805,7 @@ static inline FS_VEC FS_FN(fs_vselect)(FS_INDEX_VEC mask, FS_VEC a, FS_VEC b) {
     return (FS_VEC)(((FS_INDEX_VEC)a & mask) | ((FS_INDEX_VEC)b & ~mask));
 }
 
-/* log of each lane of a row sum (>= 1, +inf or NaN) */
+/* log of each lane (a positive normal value, +inf or NaN: a row sum, a JSD mixture) */
 static inline FS_VEC FS_FN(fs_narrow_log)(FS_VEC sum) {
     FS_VEC out = sum;  /* every lane is overwritten */
     #pragma omp simd

@@ -68,6 +68,15 @@
                                          Py_ssize_t n, int log, void *out) {               \
         fs_narrow_backward_rows_##S((const T *)y, (const T *)dy, rows, n, log, (T *)out);  \
     }                                                                                      \
+    static void narrow_jsd_rows_##S(const void *s, const void *t, Py_ssize_t rows,       \
+                                    Py_ssize_t n, double beta, double inv_t, double scale, \
+                                    const double *row_scale, double *row_loss,             \
+                                    void *grad) {                                          \
+        int mode = beta == 0 ? FS_JSD_FORWARD : beta == 1 ? FS_JSD_REVERSE                 \
+                                                          : FS_JSD_MIXTURE;                \
+        fs_narrow_jsd_rows_##S((const T *)s, (const T *)t, rows, n, mode, beta, inv_t,     \
+                               scale, row_scale, row_loss, (T *)grad);                     \
+    }                                                                                      \
     static void narrow_cross_entropy_rows_##S(                                             \
             const void *x, const int64_t *y, const void *t, const void *w,                 \
             const double o[5], int64_t ignore_index, const double *row_scale,              \
@@ -82,7 +91,8 @@
         softmax_##S, log_softmax_##S, logsumexp_##S, softmax_backward_##S,                 \
         log_softmax_backward_##S, cross_entropy_##S, entropy_##S, jsd_##S,                 \
         kl_div_segment_##S, bce_segment_##S, sigmoid_segment_##S, narrow_entropy_rows_##S,  \
-        narrow_softmax_rows_##S, narrow_backward_rows_##S, narrow_cross_entropy_rows_##S};
+        narrow_softmax_rows_##S, narrow_backward_rows_##S, narrow_jsd_rows_##S,            \
+        narrow_cross_entropy_rows_##S};
 ROW_KERNELS(f, float, float, FS_EW_FLOAT, ROWS_FLOAT)
 ROW_KERNELS(d, double, double, FS_EW_DOUBLE, ROWS_DOUBLE)
 ROW_KERNELS(b, uint16_t, float, FS_EW_BFLOAT16, ROWS_BFLOAT16)

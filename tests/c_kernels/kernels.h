@@ -45,6 +45,9 @@ typedef struct {
                                 void *out);
     void (*narrow_backward_rows)(const void *y, const void *dy, Py_ssize_t rows,
                                  Py_ssize_t n, int log, void *out);
+    void (*narrow_jsd_rows)(const void *s, const void *t, Py_ssize_t rows, Py_ssize_t n,
+                            double beta, double inv_t, double scale, const double *row_scale,
+                            double *row_loss, void *grad);
     /* o: weight_sum, smoothing, z_loss, scale, z_scale (rows.h fs_ce_scalars) */
     void (*narrow_cross_entropy_rows)(const void *x, const int64_t *y, const void *t,
                                       const void *w, const double o[5], int64_t ignore_index,

@@ -408,22 +408,22 @@ static void check_entropy(const dtype *dt, Py_ssize_t n, int threads) {
     free(x); free(row); free(grad);
 }
 
-static void check_jsd(const dtype *dt, Py_ssize_t n, int threads, double beta, double inv_t) {
-    snprintf(detail, sizeof detail, "n=%td threads=%d beta=%g inv_t=%g", n, threads, beta,
-             inv_t);
-    const double scale = 0.7;
-    double *s = malloc(n * sizeof *s), *t = malloc(n * sizeof *t);
+/* The generalised JSD of one pair of rows in double (beta 0: KL(P || Q), 1: KL(Q || P),
+ * else beta KL(P || M) + (1 - beta) KL(Q || M)): returns the loss and sets *loss_mag; per
+ * class, grad = scale * d loss / d s and grad_mag its magnitude (for the tolerance). */
+static double ref_jsd(const double *s, const double *t, Py_ssize_t n, double beta,
+                      double inv_t, double scale, double *loss_mag, double *grad,
+                      double *grad_mag) {
     double *log_q = malloc(n * sizeof *log_q), *log_p = malloc(n * sizeof *log_p);
     double *r = malloc(n * sizeof *r);
-    void *s_row = random_row(dt, n, -4, 4, s), *t_row = random_row(dt, n, -4, 4, t);
-    void *grad = malloc((size_t)n * dt->size);
     double m_s = ref_max(s, n), m_t = ref_max(t, n);
     for (Py_ssize_t j = 0; j < n; j++) {
         log_q[j] = (s[j] - m_s) * inv_t;
         log_p[j] = (t[j] - m_t) * inv_t;
     }
     double ls_q = ref_log_sum(log_q, n, 0), ls_p = ref_log_sum(log_p, n, 0);
-    double loss = 0, loss_mag = 0, kl_q = 0, kl_mag = 0;
+    double loss = 0, kl_q = 0, kl_mag = 0;
+    *loss_mag = 0;
     for (Py_ssize_t j = 0; j < n; j++) {
         log_q[j] -= ls_q;
         log_p[j] -= ls_p;
@@ -431,16 +431,32 @@ static void check_jsd(const dtype *dt, Py_ssize_t n, int threads, double beta, d
         double log_m = beta == 0 ? log_q[j] : beta == 1 ? log_p[j]
                        : log(beta * p + (1 - beta) * q);
         double term_q = q * (log_q[j] - log_m), term_p = p * (log_p[j] - log_m);
-        /* beta = 0: KL(P || Q); beta = 1: KL(Q || P);
-         * else beta KL(P || M) + (1 - beta) KL(Q || M) */
         double term = beta == 0 ? term_p : beta == 1 ? term_q : beta * term_p + (1 - beta) * term_q;
         loss += term;
-        loss_mag += fabs(term) + (p + q) * (fabs(log_q[j]) + fabs(log_p[j]));
+        *loss_mag += fabs(term) + (p + q) * (fabs(log_q[j]) + fabs(log_p[j]));
         r[j] = log_q[j] - log_m;
         kl_q += term_q;
         kl_mag += fabs(term_q);
     }
     double k = scale * inv_t * (beta == 0 || beta == 1 ? 1 : 1 - beta);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        double q = exp(log_q[j]), p = exp(log_p[j]);
+        grad[j] = beta == 0 ? k * (q - p) : k * q * (r[j] - kl_q);
+        grad_mag[j] = beta == 0 ? k * (q + p) : k * q * (fabs(r[j]) + kl_mag + fabs(log_q[j]));
+    }
+    free(log_q); free(log_p); free(r);
+    return loss;
+}
+
+static void check_jsd(const dtype *dt, Py_ssize_t n, int threads, double beta, double inv_t) {
+    snprintf(detail, sizeof detail, "n=%td threads=%d beta=%g inv_t=%g", n, threads, beta,
+             inv_t);
+    const double scale = 0.7;
+    double *s = malloc(n * sizeof *s), *t = malloc(n * sizeof *t);
+    double *ref_grad = malloc(n * sizeof *ref_grad), *grad_mag = malloc(n * sizeof *grad_mag);
+    void *s_row = random_row(dt, n, -4, 4, s), *t_row = random_row(dt, n, -4, 4, t);
+    void *grad = malloc((size_t)n * dt->size);
+    double loss_mag, loss = ref_jsd(s, t, n, beta, inv_t, scale, &loss_mag, ref_grad, grad_mag);
     current_check = "jsd_row";
     expect("jsd_row (loss)", dt->name, detail, 0,
            dt->k->jsd(s_row, t_row, beta, inv_t, scale, n, NULL, threads), loss,
@@ -448,14 +464,10 @@ static void check_jsd(const dtype *dt, Py_ssize_t n, int threads, double beta, d
     expect("jsd_row (loss+grad)", dt->name, detail, 0,
            dt->k->jsd(s_row, t_row, beta, inv_t, scale, n, grad, threads), loss,
            compute_tol(dt, loss, loss_mag));
-    for (Py_ssize_t j = 0; j < n; j++) {
-        double q = exp(log_q[j]), p = exp(log_p[j]);
-        double ref = beta == 0 ? k * (q - p) : k * q * (r[j] - kl_q);
-        double mag = beta == 0 ? k * (q + p) : k * q * (fabs(r[j]) + kl_mag + fabs(log_q[j]));
-        expect("jsd_row (grad)", dt->name, detail, j, get(dt, grad, j), ref,
-               stored_tol(dt, ref, mag));
-    }
-    free(s); free(t); free(log_q); free(log_p); free(r); free(s_row); free(t_row); free(grad);
+    for (Py_ssize_t j = 0; j < n; j++)
+        expect("jsd_row (grad)", dt->name, detail, j, get(dt, grad, j), ref_grad[j],
+               stored_tol(dt, ref_grad[j], grad_mag[j]));
+    free(s); free(t); free(ref_grad); free(grad_mag); free(s_row); free(t_row); free(grad);
 }
 
 /* Rows holding NaN or infinities: the results torch gives, which the kernels document. */
@@ -839,8 +851,9 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
 /* The narrow rows (narrow_typed.h fs_narrow_*): `rows` rows of n <= FS_NARROW_BYTES /
  * compute size classes, transposed in registers (16-bit rows widened and rounded on the
  * way): fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax, log_softmax, logsumexp),
- * fs_narrow_backward_rows (softmax and log_softmax backward, in place on y) and
- * fs_narrow_cross_entropy_rows (weights, smoothing, z-loss, per-row scales; index
+ * fs_narrow_backward_rows (softmax and log_softmax backward, in place on y),
+ * fs_narrow_jsd_rows (forward and reverse KL, JSD; temperatures, per-row scales, loss
+ * only) and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss, per-row scales; index
  * targets with every third row ignored, into out, loss only and in place; probability
  * targets) */
 static void check_narrow_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
@@ -910,6 +923,25 @@ static void check_narrow_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
             }
         }
     }
+    current_check = "fs_narrow_jsd_rows";  /* student x, teacher t (not normalised) */
+    double *ref_grad = malloc(n * sizeof *ref_grad), *grad_mag = malloc(n * sizeof *grad_mag);
+    const double betas[] = {0, 1, 0.5, 0.2}, inv_ts[] = {1, 0.5, 1, 2};
+    for (int c = 0; c < 4; c++) {
+        h->narrow_jsd_rows(x_rows, t_rows, rows, n, betas[c], inv_ts[c], 0.7,
+                           c % 2 ? scales : NULL, loss, c == 3 ? NULL : out);
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            double scale = c % 2 ? 0.7 * scales[r] : 0.7, loss_mag;
+            double ref = ref_jsd(x + r * n, t + r * n, n, betas[c], inv_ts[c], scale,
+                                 &loss_mag, ref_grad, grad_mag);
+            expect("fs_narrow_jsd_rows (loss)", dt->name, detail, r, loss[r], ref,
+                   compute_tol(dt, ref, loss_mag));
+            for (Py_ssize_t j = 0; c != 3 && j < n; j++)
+                expect("fs_narrow_jsd_rows (grad)", dt->name, detail, r * n + j,
+                       get(dt, out, r * n + j), ref_grad[j], stored_tol(dt, ref_grad[j],
+                                                                        grad_mag[j]));
+        }
+    }
+    free(ref_grad); free(grad_mag);
     current_check = "fs_narrow_backward_rows";
     double *y_back = malloc(count * sizeof *y_back);  /* y as stored */
     for (int log = 0; log < 2; log++) {  /* y: the softmax (log 0) or log_softmax rows */
