@@ -86,3 +86,17 @@ def test_side_by_side_comparison_runs():
     lines = [line for line in run.stdout.splitlines() if line.startswith("64x10 float32")]
     assert len(lines) == len(ops) and all("this/other" in line for line in lines), run.stdout
     assert {line.split("float32 ")[1].split("  this ")[0].strip() for line in lines} == set(ops)
+
+
+def test_dtype_comparison_runs():
+    """bench.dtypes: every op timed in float32 and both 16-bit dtypes, with the ratios."""
+    from bench import dtypes
+    run = subprocess.run([sys.executable, "-m", "bench.dtypes", "64x10", "--repeats", "1",
+                          "--backend", "numba"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    names = dtypes._ops({}, {}, {}, None)
+    assert len(lines) == len(names), run.stdout
+    for line, name in zip(lines, names):
+        assert line.startswith(f"64x10 {name} "), run.stdout
+        assert "bfloat16" in line and "float16" in line and line.count("x)") == 2, run.stdout
