@@ -131,10 +131,14 @@ cdef extern from "rows.h" nogil:
                                   uint16_t *out)
     void fs_narrow_softmax_rows_h(const int16_t *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   int16_t *out)
-    void fs_narrow_backward_rows_b(const uint16_t *y, const uint16_t *dy, Py_ssize_t rows,
-                                   Py_ssize_t n, int log, uint16_t *out)
-    void fs_narrow_backward_rows_h(const int16_t *y, const int16_t *dy, Py_ssize_t rows,
-                                   Py_ssize_t n, int log, int16_t *out)
+    void fs_short_backward_rows_f(const float *y, const float *dy, Py_ssize_t rows,
+                                  Py_ssize_t n, int log, float *out)
+    void fs_short_backward_rows_d(const double *y, const double *dy, Py_ssize_t rows,
+                                  Py_ssize_t n, int log, double *out)
+    void fs_short_backward_rows_b(const uint16_t *y, const uint16_t *dy, Py_ssize_t rows,
+                                  Py_ssize_t n, int log, uint16_t *out)
+    void fs_short_backward_rows_h(const int16_t *y, const int16_t *dy, Py_ssize_t rows,
+                                  Py_ssize_t n, int log, int16_t *out)
     float fs_nonfinite_logsumexp_f(const float *row, Py_ssize_t n, float m)
     double fs_nonfinite_logsumexp_d(const double *row, Py_ssize_t n, double m)
     enum:
@@ -172,11 +176,6 @@ cdef extern from "rows.h" nogil:
                                  float f, float keep, float eps, float *out, Py_ssize_t n)
     void fs_short_prob_rescale_d(const double *e, const double *t, const double *w, double k,
                                  double f, double keep, double eps, double *out, Py_ssize_t n)
-    void fs_short_softmax_bwd_f(const float *y, const float *dy, float *out, Py_ssize_t n)
-    void fs_short_softmax_bwd_d(const double *y, const double *dy, double *out, Py_ssize_t n)
-    void fs_short_log_softmax_bwd_f(const float *logp, const float *dy, float *out, Py_ssize_t n)
-    void fs_short_log_softmax_bwd_d(const double *logp, const double *dy, double *out,
-                                    Py_ssize_t n)
     void fs_short_pad_f(const float *x, Py_ssize_t n, float fill, float *out, Py_ssize_t width)
     void fs_short_pad_d(const double *x, Py_ssize_t n, double fill, double *out,
                         Py_ssize_t width)
@@ -235,7 +234,8 @@ ctypedef fused real:
 # The kernels of issue 18 also take 16-bit arrays, as the bits: bfloat16 as uint16,
 # float16 as int16 (fastsoftmax/_dtypes.py); they compute in float32. Their class weights
 # are float32. Short rows (n < SMALL_C) of a 16-bit array: narrow ones in columns
-# (_narrow), wider ones on a float copy (_lowp_scratch).
+# (_narrow), the backward passes' widened per vector (_short_backward), the others on a
+# float copy (_lowp_scratch).
 ctypedef fused anyreal:
     float
     double
@@ -478,16 +478,6 @@ cdef void _narrow_softmax_rows(const anyreal *x, Py_ssize_t rows, Py_ssize_t n, 
         fs_narrow_softmax_rows_h(x, rows, n, op, out)
 
 
-cdef void _narrow_backward_rows(const anyreal *y, const anyreal *dy, Py_ssize_t rows,
-                                Py_ssize_t n, int log, anyreal *out) noexcept nogil:
-    """softmax (log 0) or log_softmax (log 1) backward of narrow 16-bit rows (float and
-    double rows: _short_backward)"""
-    if anyreal is uint16_t:
-        fs_narrow_backward_rows_b(y, dy, rows, n, log, out)
-    elif anyreal is int16_t:
-        fs_narrow_backward_rows_h(y, dy, rows, n, log, out)
-
-
 cdef void _narrow_jsd_rows(const anyreal *s, const anyreal *t, Py_ssize_t rows, Py_ssize_t n,
                            double beta, double inv_t, double scale, const double *row_scale,
                            double *row_loss, anyreal *grad) noexcept nogil:
@@ -694,24 +684,6 @@ cdef void _lowp_softmax_family_block(const anyreal *x, Py_ssize_t rows, Py_ssize
     free(xf)
 
 
-cdef void _lowp_backward_block(const anyreal *y, const anyreal *dy, Py_ssize_t rows,
-                               Py_ssize_t n, int log, anyreal *out) noexcept nogil:
-    """softmax (log 0) or log_softmax (log 1) backward of 16-bit short rows"""
-    cdef float *yf = _lowp_scratch(2 * rows * n)
-    cdef Py_ssize_t r
-    if yf == NULL:
-        return
-    _load_rows(y, yf, rows * n)
-    _load_rows(dy, yf + rows * n, rows * n)
-    for r in range(rows):  # out into yf: each row is read before it is overwritten
-        if log:
-            fs_short_log_softmax_bwd_f(yf + r * n, yf + (rows + r) * n, yf + r * n, n)
-        else:
-            fs_short_softmax_bwd_f(yf + r * n, yf + (rows + r) * n, yf + r * n, n)
-    _store_rows(yf, out, rows * n)
-    free(yf)
-
-
 cdef void _softmax_family_small(const anyreal[:, ::1] x, anyreal *out, int op,
                                 Py_ssize_t out_row) noexcept nogil:
     cdef Py_ssize_t b, lo, n = x.shape[1], rows = _block_rows(n)
@@ -839,53 +811,32 @@ def logsumexp(const anyreal[:, ::1] x, anyreal[::1] out):
         _logsumexp_row(&x[i, 0], n, split, &out[i])
 
 
-cdef void _short_softmax_bwd(const real *y, const real *dy, real *out,
-                             Py_ssize_t n) noexcept nogil:
-    if real is float:
-        fs_short_softmax_bwd_f(y, dy, out, n)
+# Below SMALL_C classes the backward kernels take short rows as masked vectors too, a
+# block of rows per task (fs_short_backward_rows); the row helpers ran them in their
+# scalar epilogues (C = 10, float32, 2 threads, kernel: softmax_backward 3.21 -> 1.04
+# ns/elem, log_softmax_backward 4.79 -> 1.66).
+
+cdef void _short_backward_rows(const anyreal *y, const anyreal *dy, Py_ssize_t rows,
+                               Py_ssize_t n, int log, anyreal *out) noexcept nogil:
+    if anyreal is float:
+        fs_short_backward_rows_f(y, dy, rows, n, log, out)
+    elif anyreal is double:
+        fs_short_backward_rows_d(y, dy, rows, n, log, out)
+    elif anyreal is uint16_t:
+        fs_short_backward_rows_b(y, dy, rows, n, log, out)
     else:
-        fs_short_softmax_bwd_d(y, dy, out, n)
+        fs_short_backward_rows_h(y, dy, rows, n, log, out)
 
-
-cdef void _short_log_softmax_bwd(const real *logp, const real *dy, real *out,
-                                 Py_ssize_t n) noexcept nogil:
-    if real is float:
-        fs_short_log_softmax_bwd_f(logp, dy, out, n)
-    else:
-        fs_short_log_softmax_bwd_d(logp, dy, out, n)
-
-
-# Below SMALL_C classes the backward kernels take short rows as masked vectors too; the
-# row helpers ran them in their scalar epilogues (C = 10, float32, 2 threads, kernel:
-# softmax_backward 3.21 -> 1.04 ns/elem, log_softmax_backward 4.79 -> 1.66). Narrow 16-bit
-# rows run in columns (_narrow_backward_rows), where the float copy cost 2.8x the time
-# (bench.ab, bfloat16, 1677721 x 10, 2 threads: 0.35-0.36 new / old); float32 rows stay
-# masked vectors (in columns 1.21-1.25x the time at C = 10, 1.5x at C = 20: the
-# backward has one reduction per row, which the transposes cost more than).
 
 cdef void _short_backward(const anyreal[:, ::1] y, const anyreal[:, ::1] dy,
-                          anyreal[:, ::1] out, int log) except *:
+                          anyreal[:, ::1] out, int log) noexcept:
     """softmax (log 0) or log_softmax (log 1, y is logp) backward of rows of fewer than
     SMALL_C classes"""
-    cdef Py_ssize_t i, b, lo, n = y.shape[1], rows = _block_rows(n)
-    cdef Py_ssize_t n_blocks = (y.shape[0] + rows - 1) // rows
-    if anyreal is float or anyreal is double:
-        for i in prange(y.shape[0], nogil=True, num_threads=_threads):
-            if log:
-                _short_log_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
-            else:
-                _short_softmax_bwd(&y[i, 0], &dy[i, 0], &out[i, 0], n)
-    elif _narrow(<const anyreal *>NULL, n):
-        for b in prange(n_blocks, nogil=True, num_threads=_threads):
-            lo = b * rows
-            _narrow_backward_rows(&y[lo, 0], &dy[lo, 0], min(rows, y.shape[0] - lo), n, log,
-                                  &out[lo, 0])
-    else:
-        for b in prange(n_blocks, nogil=True, num_threads=_threads):
-            lo = b * rows
-            _lowp_backward_block(&y[lo, 0], &dy[lo, 0], min(rows, y.shape[0] - lo), n, log,
-                                 &out[lo, 0])
-        _raise_if_scratch_failed()
+    cdef Py_ssize_t b, lo, n = y.shape[1], rows = _block_rows(n)
+    for b in prange((y.shape[0] + rows - 1) // rows, nogil=True, num_threads=_threads):
+        lo = b * rows
+        _short_backward_rows(&y[lo, 0], &dy[lo, 0], min(rows, y.shape[0] - lo), n, log,
+                             &out[lo, 0])
 
 
 def softmax_backward(const anyreal[:, ::1] y, const anyreal[:, ::1] dy, anyreal[:, ::1] out):

@@ -43,7 +43,11 @@ static inline FS_VEC FS_FN(fs_narrow_vload)(const FS_T *p, Py_ssize_t count) {
 static inline void FS_FN(fs_narrow_vstore)(FS_T *p, Py_ssize_t count, FS_VEC v) {
 #if FS_LOWP
     fs_half_vstore((uint16_t *)p, count, FS_FN(fs_vround)(v));
-#else
+#elif FS_VEC_BYTES == 64
+    FS_FN(fs_vstore)(p, count, v);  /* (all lanes: a plain store; the test of count as in
+                                     * AVX2 cost 1.2x the time of the C = 64 and 100
+                                     * softmax backward, bench.ab) */
+#else  /* a whole vector without vmaskmov (AMD Zen microcodes it) */
     if (count >= FS_LANES)
         memcpy(p, &v, sizeof v);
     else
@@ -134,25 +138,43 @@ static inline void FS_FN(fs_narrow_softmax_rows)(const FS_T *x, Py_ssize_t rows,
 }
 
 /* softmax backward (log 0: out = y (dy - sum(y dy))) or log_softmax backward (log 1:
- * y is logp, out = dy - exp(logp) sum(dy)) of the rows y[r n : (r + 1) n] and
- * dy[r n : (r + 1) n], r < rows, n <= FS_NARROW_BYTES / sizeof(FS_C), in columns
- * (fs_narrow_load), as rows_typed.h's fs_short_softmax_bwd and fs_short_log_softmax_bwd;
- * out may be y or dy. Called for 16-bit rows (float rows were faster as masked vectors:
- * _kernels.pyx's _short_backward). */
-static inline void FS_FN(fs_narrow_backward_rows)(const FS_T *y, const FS_T *dy,
-                                                  Py_ssize_t rows, Py_ssize_t n, int log,
-                                                  FS_T *out) {
-    for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
-        Py_ssize_t count = FS_MIN(FS_LANES, rows - first);
-        FS_VEC v[FS_NARROW_TILES * FS_LANES], d[FS_NARROW_TILES * FS_LANES];
-        FS_FN(fs_narrow_load)(y, first, count, n, v);
-        FS_FN(fs_narrow_load)(dy, first, count, n, d);
-        FS_VEC dot = {0};
-        for (Py_ssize_t j = 0; j < n; j++) dot += log ? d[j] : v[j] * d[j];
-        for (Py_ssize_t j = 0; j < n; j++)
-            v[j] = log ? d[j] - FS_CFN(fs_vexp)(v[j]) * dot : v[j] * (d[j] - dot);
-        FS_FN(fs_narrow_store)(v, first, count, n, out);
+ * y is logp, out = dy - exp(logp) sum(dy)) of `rows` short rows y[r n : (r + 1) n],
+ * dy[...] (any n < 128), row by row as a few masked vectors, 16-bit ones widened and
+ * rounded per vector (fs_narrow_vload; in columns, as the narrow functions below, 16-bit
+ * rows took 1.2-1.3x this time and float32 rows 1.2-1.5x: the backward has one reduction
+ * per row, which the transposes cost more than; bench.ab against the float copy of a
+ * 16-bit block: bfloat16 C = 10 0.29-0.33 of the time, C = 100 0.50-0.62). out may be y
+ * or dy. A row of one vector runs without the vector loop (as rows_typed.h's
+ * FS_FOR_EACH_VECTOR). */
+static inline __attribute__((always_inline)) void FS_FN(fs_short_backward_row)(
+        const FS_T *y, const FS_T *dy, Py_ssize_t n, int log, int one_vector, FS_T *out) {
+    const Py_ssize_t step = one_vector ? n : FS_LANES;
+    FS_VEC acc = {0};
+    for (Py_ssize_t j = 0; j < n; j += step) {
+        FS_VEC d = FS_FN(fs_narrow_vload)(dy + j, n - j);
+        acc += log ? d : FS_FN(fs_narrow_vload)(y + j, n - j) * d;
     }
+    const FS_C total = FS_CFN(fs_vreduce_add)(acc);
+    for (Py_ssize_t j = 0; j < n; j += step) {
+        FS_VEC v = FS_FN(fs_narrow_vload)(y + j, n - j), d = FS_FN(fs_narrow_vload)(dy + j, n - j);
+        FS_FN(fs_narrow_vstore)(out + j, n - j,
+                                log ? d - FS_CFN(fs_vexp)(v) * total : v * (d - total));
+    }
+}
+
+static inline void FS_FN(fs_short_backward_rows)(const FS_T *y, const FS_T *dy,
+                                                 Py_ssize_t rows, Py_ssize_t n, int log,
+                                                 FS_T *out) {
+    /* log and one_vector as literals: a loop per case */
+#define FS_BACKWARD_ROWS(log, one_vector)                                                \
+    for (Py_ssize_t r = 0; r < rows; r++)                                                \
+        FS_FN(fs_short_backward_row)(y + r * n, dy + r * n, n, log, one_vector, out + r * n)
+    if (n <= FS_LANES) {
+        if (log) FS_BACKWARD_ROWS(1, 1); else FS_BACKWARD_ROWS(0, 1);
+    } else {
+        if (log) FS_BACKWARD_ROWS(1, 0); else FS_BACKWARD_ROWS(0, 0);
+    }
+#undef FS_BACKWARD_ROWS
 }
 
 /* -1 in the lanes of v that are finite, 0 in the others (x - x is NaN for +-inf, NaN) */

@@ -716,24 +716,6 @@ static inline void FS_FN(fs_short_prob_rescale)(const FS_T *e, const FS_T *t, co
                          * (FS_FN(fs_vload)(t + j, n - j, 0) * keep + eps)));
 }
 
-/* softmax backward of one short row: out = y * (dy - sum(y * dy)) */
-static inline void FS_FN(fs_short_softmax_bwd)(const FS_T *y, const FS_T *dy, FS_T *out,
-                                               Py_ssize_t n) {
-    FS_T dot = (FS_T)FS_FN(fs_short_dot)(y, dy, n);
-    FS_FOR_EACH_VECTOR(n,
-        FS_FN(fs_vstore)(out + j, n - j, FS_FN(fs_vload)(y + j, n - j, 0)
-                         * (FS_FN(fs_vload)(dy + j, n - j, 0) - dot)));
-}
-
-/* log_softmax backward of one short row: out = dy - exp(logp) * sum(dy) */
-static inline void FS_FN(fs_short_log_softmax_bwd)(const FS_T *logp, const FS_T *dy, FS_T *out,
-                                                   Py_ssize_t n) {
-    FS_T total = (FS_T)FS_FN(fs_short_dot)(dy, NULL, n);
-    FS_FOR_EACH_VECTOR(n,
-        FS_FN(fs_vstore)(out + j, n - j, FS_FN(fs_vload)(dy + j, n - j, 0)
-                         - FS_FN(fs_vexp)(FS_FN(fs_vload)(logp + j, n - j, 0)) * total));
-}
-
 /* x[0 : n] into out[0 : width], width a whole number of vectors (width - n < FS_LANES),
  * and fill after n: a short row padded for the long-row loops (_kernels.pyx's
  * _jsd_padded_rows). Masked vectors, where memcpy and a fill loop cost a libc call and a

@@ -64,9 +64,9 @@
                                         int op, void *out) {                               \
         fs_narrow_softmax_rows_##S((const T *)x, rows, n, op, (T *)out);                   \
     }                                                                                      \
-    static void narrow_backward_rows_##S(const void *y, const void *dy, Py_ssize_t rows,  \
-                                         Py_ssize_t n, int log, void *out) {               \
-        fs_narrow_backward_rows_##S((const T *)y, (const T *)dy, rows, n, log, (T *)out);  \
+    static void short_backward_rows_##S(const void *y, const void *dy, Py_ssize_t rows,   \
+                                        Py_ssize_t n, int log, void *out) {                \
+        fs_short_backward_rows_##S((const T *)y, (const T *)dy, rows, n, log, (T *)out);   \
     }                                                                                      \
     static void narrow_jsd_rows_##S(const void *s, const void *t, Py_ssize_t rows,       \
                                     Py_ssize_t n, double beta, double inv_t, double scale, \
@@ -90,8 +90,8 @@
     const row_kernels TABLE = {                                                            \
         softmax_##S, log_softmax_##S, logsumexp_##S, softmax_backward_##S,                 \
         log_softmax_backward_##S, cross_entropy_##S, entropy_##S, jsd_##S,                 \
-        kl_div_segment_##S, bce_segment_##S, sigmoid_segment_##S, narrow_entropy_rows_##S,  \
-        narrow_softmax_rows_##S, narrow_backward_rows_##S, narrow_jsd_rows_##S,            \
+        kl_div_segment_##S, bce_segment_##S, sigmoid_segment_##S, short_backward_rows_##S,  \
+        narrow_entropy_rows_##S, narrow_softmax_rows_##S, narrow_jsd_rows_##S,             \
         narrow_cross_entropy_rows_##S};
 ROW_KERNELS(f, float, float, FS_EW_FLOAT, ROWS_FLOAT)
 ROW_KERNELS(d, double, double, FS_EW_DOUBLE, ROWS_DOUBLE)
@@ -125,13 +125,6 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
         fs_short_prob_rescale_##S((const T *)e, (const T *)t, (const T *)w, (T)k, (T)f,    \
                                   (T)keep, (T)eps, (T *)out, n);                           \
     }                                                                                      \
-    static void softmax_bwd_##S(const void *y, const void *dy, void *out, Py_ssize_t n) { \
-        fs_short_softmax_bwd_##S((const T *)y, (const T *)dy, (T *)out, n);                \
-    }                                                                                      \
-    static void log_softmax_bwd_##S(const void *logp, const void *dy, void *out,          \
-                                    Py_ssize_t n) {                                        \
-        fs_short_log_softmax_bwd_##S((const T *)logp, (const T *)dy, (T *)out, n);         \
-    }                                                                                      \
     static double entropy_dot_##S(const void *e, const void *row, double m, Py_ssize_t n) { \
         return fs_short_entropy_dot_##S((const T *)e, (const T *)row, (T)m, n);            \
     }                                                                                      \
@@ -142,7 +135,7 @@ ROW_KERNELS(h, int16_t, float, FS_EW_FLOAT16, ROWS_FLOAT16)
     }                                                                                      \
     const short_kernels TABLE = {                                                          \
         shift_max_##S, dot_##S, prob_sums_##S, rescale_##S, shift_##S, prob_rescale_##S,   \
-        softmax_bwd_##S, log_softmax_bwd_##S, entropy_dot_##S, entropy_grad_##S};
+        entropy_dot_##S, entropy_grad_##S};
 SHORT_KERNELS(f, float, SHORT_FLOAT)
 SHORT_KERNELS(d, double, SHORT_DOUBLE)
 #undef SHORT_KERNELS

@@ -37,14 +37,14 @@ typedef struct {
                           void *loss, void *grad, Py_ssize_t i, Py_ssize_t n);
     void (*sigmoid_segment)(const void *x, void *out, Py_ssize_t i, Py_ssize_t n,
                             int log_sigmoid);
-    /* the narrow rows (narrow_typed.h fs_narrow_*_rows) */
+    /* narrow_typed.h: the short rows' backward and the narrow rows (fs_narrow_*_rows) */
+    void (*short_backward_rows)(const void *y, const void *dy, Py_ssize_t rows,
+                                Py_ssize_t n, int log, void *out);
     void (*narrow_entropy_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, double scale,
                                 const double *row_scale, double *row_loss, void *h,
                                 void *grad);
     void (*narrow_softmax_rows)(const void *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                 void *out);
-    void (*narrow_backward_rows)(const void *y, const void *dy, Py_ssize_t rows,
-                                 Py_ssize_t n, int log, void *out);
     void (*narrow_jsd_rows)(const void *s, const void *t, Py_ssize_t rows, Py_ssize_t n,
                             double beta, double inv_t, double scale, const double *row_scale,
                             double *row_loss, void *grad);
@@ -67,8 +67,6 @@ typedef struct {
     void (*shift)(const void *row, double m, double c, void *out, Py_ssize_t n);
     void (*prob_rescale)(const void *e, const void *t, const void *w, double k, double f,
                          double keep, double eps, void *out, Py_ssize_t n);
-    void (*softmax_bwd)(const void *y, const void *dy, void *out, Py_ssize_t n);
-    void (*log_softmax_bwd)(const void *logp, const void *dy, void *out, Py_ssize_t n);
     double (*entropy_dot)(const void *e, const void *row, double m, Py_ssize_t n);
     void (*entropy_grad)(const void *e, const void *row, double m, double k, double mean_d,
                          void *out, Py_ssize_t n);

@@ -735,11 +735,10 @@ static double as_row_type(const dtype *dt, double v) {
 static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t n) {
     snprintf(detail, sizeof detail, "n=%td (%d-byte vectors)", n, kernel_vec_bytes);
     double *x = malloc(n * sizeof *x), *e = malloc(n * sizeof *e), *t = malloc(n * sizeof *t);
-    double *w = malloc(n * sizeof *w), *dy = malloc(n * sizeof *dy);
-    guarded gx, ge, gt, gw, gdy, gout;
+    double *w = malloc(n * sizeof *w);
+    guarded gx, ge, gt, gw, gout;
     void *x_row = guarded_row(dt, n, -6, 6, x, &gx), *e_row = guarded_row(dt, n, 0, 1, e, &ge);
     void *t_row = guarded_row(dt, n, 0, 1, t, &gt), *w_row = guarded_row(dt, n, 0.5, 2, w, &gw);
-    void *dy_row = guarded_row(dt, n, -1, 1, dy, &gdy);
     void *out = guarded_alloc((size_t)n * dt->size, &gout);
     double m = ref_max(x, n);
 
@@ -802,30 +801,6 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
         expect("fs_short_shift", dt->name, detail, j, get(dt, out, j), (x[j] - m) - c,
                stored_tol(dt, (x[j] - m) - c, fabs(x[j] - m) + c));
 
-    current_check = "fs_short_softmax_bwd";  /* e as y: any row will do for the formula */
-    h->softmax_bwd(e_row, dy_row, out, n);
-    double dot = 0, dot_mag = 0, dy_sum = 0, dy_mag = 0;
-    for (Py_ssize_t j = 0; j < n; j++) {
-        dot += e[j] * dy[j];
-        dot_mag += fabs(e[j] * dy[j]);
-        dy_sum += dy[j];
-        dy_mag += fabs(dy[j]);
-    }
-    for (Py_ssize_t j = 0; j < n; j++) {
-        double ref = e[j] * (dy[j] - as_row_type(dt, dot));
-        expect("fs_short_softmax_bwd", dt->name, detail, j, get(dt, out, j), ref,
-               stored_tol(dt, ref, e[j] * (fabs(dy[j]) + dot_mag)));
-    }
-    current_check = "fs_short_log_softmax_bwd";  /* x - max as log probabilities */
-    h->shift(x_row, m, 0, x_row, n);
-    h->log_softmax_bwd(x_row, dy_row, out, n);
-    for (Py_ssize_t j = 0; j < n; j++) {
-        double p = exp(get(dt, x_row, j)), ref = dy[j] - p * dy_sum;
-        expect("fs_short_log_softmax_bwd", dt->name, detail, j, get(dt, out, j), ref,
-               stored_tol(dt, ref, fabs(dy[j]) + p * dy_mag));
-    }
-    for (Py_ssize_t j = 0; j < n; j++) put(dt, x_row, j, x[j]);  /* the logits back */
-
     current_check = "fs_short_entropy_dot / fs_short_entropy_grad";
     if (n > 1) x[0] = put(dt, x_row, 0, -INFINITY);  /* its d is the floor, -1e30 */
     double ed = 0, ed_mag = 0;
@@ -843,15 +818,61 @@ static void check_short_rows(const dtype *dt, const short_kernels *h, Py_ssize_t
         expect("fs_short_entropy_grad", dt->name, detail, j, get(dt, out, j), ref,
                stored_tol(dt, ref, k * e[j] * (fabs(mean_d) + fabs(d))));
     }
-    guarded *all[] = {&gx, &ge, &gt, &gw, &gdy, &gout};
+    guarded *all[] = {&gx, &ge, &gt, &gw, &gout};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) guarded_free(all[i]);
-    free(x); free(e); free(t); free(w); free(dy);
+    free(x); free(e); free(t); free(w);
+}
+
+/* fs_short_backward_rows (narrow_typed.h): softmax and log_softmax backward of `rows`
+ * rows of n classes, each a few masked vectors, in place on y */
+static void check_short_backward_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
+    snprintf(detail, sizeof detail, "rows=%td n=%td (%d-byte vectors)", rows, n, kernel_vec_bytes);
+    Py_ssize_t count = rows * n;
+    double *x = malloc(count * sizeof *x), *t = malloc(count * sizeof *t);
+    double *lse = malloc(rows * sizeof *lse);
+    guarded gx, gt, gout;
+    guarded_row(dt, count, -6, 6, x, &gx);
+    void *t_rows = guarded_row(dt, count, -1, 1, t, &gt);
+    void *out = guarded_alloc((size_t)count * dt->size, &gout);
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        double m = ref_max(x + r * n, n);
+        lse[r] = m + ref_log_sum(x + r * n, n, m);
+    }
+    current_check = "fs_short_backward_rows";
+    double *y_back = malloc(count * sizeof *y_back);  /* y as stored */
+    for (int log = 0; log < 2; log++) {  /* y: the softmax (log 0) or log_softmax rows */
+        for (Py_ssize_t i = 0; i < count; i++) {
+            double v = x[i] - lse[i / n];
+            y_back[i] = put(dt, out, i, log ? v : exp(v));
+        }
+        dt->k->short_backward_rows(out, t_rows, rows, n, log, out);  /* dy: t, into y */
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            double total = 0, mag = 0;  /* sum(y dy) or sum(dy) */
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double y_j = y_back[r * n + j], dy = t[r * n + j];
+                total += log ? dy : y_j * dy;
+                mag += log ? fabs(dy) : y_j * fabs(dy);
+            }
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double y_j = y_back[r * n + j], dy = t[r * n + j];
+                double p = log ? exp(y_j) : y_j;
+                double ref = log ? dy - p * total : p * (dy - total);
+                expect(log ? "fs_short_backward_rows (log_softmax)"
+                           : "fs_short_backward_rows (softmax)",
+                       dt->name, detail, r * n + j, get(dt, out, r * n + j), ref,
+                       stored_tol(dt, ref, fabs(dy) + p * mag + (log ? p * mag : 0)));
+            }
+        }
+    }
+    free(y_back);
+    guarded *all[] = {&gx, &gt, &gout};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) guarded_free(all[i]);
+    free(x); free(t); free(lse);
 }
 
 /* The narrow rows (narrow_typed.h fs_narrow_*): `rows` rows of n <= FS_NARROW_BYTES /
  * compute size classes, transposed in registers (16-bit rows widened and rounded on the
  * way): fs_narrow_entropy_rows, fs_narrow_softmax_rows (softmax, log_softmax, logsumexp),
- * fs_narrow_backward_rows (softmax and log_softmax backward, in place on y),
  * fs_narrow_jsd_rows (forward and reverse KL, JSD; temperatures, per-row scales, loss
  * only) and fs_narrow_cross_entropy_rows (weights, smoothing, z-loss, per-row scales; index
  * targets with every third row ignored, into out, loss only and in place; probability
@@ -942,33 +963,6 @@ static void check_narrow_rows(const dtype *dt, Py_ssize_t rows, Py_ssize_t n) {
         }
     }
     free(ref_grad); free(grad_mag);
-    current_check = "fs_narrow_backward_rows";
-    double *y_back = malloc(count * sizeof *y_back);  /* y as stored */
-    for (int log = 0; log < 2; log++) {  /* y: the softmax (log 0) or log_softmax rows */
-        for (Py_ssize_t i = 0; i < count; i++) {
-            double v = x[i] - lse[i / n];
-            y_back[i] = put(dt, out, i, log ? v : exp(v));
-        }
-        h->narrow_backward_rows(out, t_rows, rows, n, log, out);  /* dy: t, into y */
-        for (Py_ssize_t r = 0; r < rows; r++) {
-            double total = 0, mag = 0;  /* sum(y dy) or sum(dy) */
-            for (Py_ssize_t j = 0; j < n; j++) {
-                double y_j = y_back[r * n + j], dy = t[r * n + j];
-                total += log ? dy : y_j * dy;
-                mag += log ? fabs(dy) : y_j * fabs(dy);
-            }
-            for (Py_ssize_t j = 0; j < n; j++) {
-                double y_j = y_back[r * n + j], dy = t[r * n + j];
-                double p = log ? exp(y_j) : y_j;
-                double ref = log ? dy - p * total : p * (dy - total);
-                expect(log ? "fs_narrow_backward_rows (log_softmax)"
-                           : "fs_narrow_backward_rows (softmax)",
-                       dt->name, detail, r * n + j, get(dt, out, r * n + j), ref,
-                       stored_tol(dt, ref, fabs(dy) + p * mag + (log ? p * mag : 0)));
-            }
-        }
-    }
-    free(y_back);
     current_check = "fs_narrow_cross_entropy_rows";
     const double smoothing = 0.1, z_loss = 1e-2, scale = 0.75, z_scale = 0.5;
     const double o[5] = {weight_sum, smoothing, z_loss, scale, z_scale};
@@ -1171,6 +1165,10 @@ int main(void) {
     for (size_t d = 0; d < sizeof DTYPES / sizeof DTYPES[0]; d++) {
         const dtype *dt = DTYPES[d];
         Py_ssize_t lanes = kernel_vec_bytes / (Py_ssize_t)dt->compute_size;
+        for (Py_ssize_t n = 1; n < 128; n++) {
+            check_short_backward_rows(dt, 1, n);
+            check_short_backward_rows(dt, 5, n);
+        }
         for (Py_ssize_t n = 1; n <= kernel_narrow_bytes / (Py_ssize_t)dt->compute_size; n++) {
             const Py_ssize_t row_counts[] = {1, lanes - 1, lanes, 2 * lanes + 3};
             for (size_t r = 0; r < sizeof row_counts / sizeof row_counts[0]; r++)
