@@ -1,5 +1,7 @@
-/* The narrow rows (a row of at most FS_NARROW_BYTES in the compute type): L rows at a
- * time in columns, L the lanes of a compute vector. Written once and included by rows.h
+/* The short-row functions written once for every storage type: the narrow rows (a row
+ * of at most FS_NARROW_BYTES in the compute type: L rows at a time in columns, L the
+ * lanes of a compute vector) and the short rows' backward passes (row by row as masked
+ * vectors, fs_short_backward_rows). Written once and included by rows.h
  * once per storage type, after that type's compute instance of rows_typed.h, with the
  * macros of rows_typed.h. A 16-bit row (bfloat16, float16) is widened to float as it is
  * loaded and rounded as it is stored (rows.h fs_vwiden_*, fs_vround_*); everything
