@@ -132,15 +132,16 @@ def test_threads_under_the_workqueue_layer(tmp_path):
     run_script(code, tmp_path, NUMBA_THREADING_LAYER="workqueue")
 
 
-# float32 rows of 40: the block kernels' scratch (rows of at most 24 floats run in
-# columns, without scratch: rows.h FS_NARROW_BYTES); 16-bit rows of 10: the block's float
-# copy; float32 JSD rows of 10: the JSD's padded rows; 16-bit rows of 2000: the float32
+# Rows of 40: wider than narrow ones at every level (at most 24 floats run in columns,
+# without scratch: rows.h FS_NARROW_BYTES, narrow_typed.h): float32 rows take the block
+# kernels' scratch, 16-bit rows the block's float copy, float32 JSD rows the JSD's padded
+# rows; 16-bit rows of 2000: the float32
 # row that keeps a 16-bit row's exponentials (fs_kept_row; rows up to 1024 keep them on
 # the stack); float32 JSD rows of 2000: the row of the teacher's exponentials
 @pytest.mark.parametrize("op, dtype, shape", [
     ("softmax", "float32", (5000, 40)), ("cross_entropy_with_grad", "float32", (5000, 40)),
-    ("entropy", "float32", (5000, 40)), ("cross_entropy_with_grad", "bfloat16", (5000, 10)),
-    ("jsd_logits_with_grad", "float32", (5000, 10)),
+    ("entropy", "float32", (5000, 40)), ("cross_entropy_with_grad", "bfloat16", (5000, 40)),
+    ("jsd_logits_with_grad", "float32", (5000, 40)),
     ("softmax", "bfloat16", (40, 2000)), ("cross_entropy_with_grad", "float16", (40, 2000)),
     ("jsd_logits_with_grad", "float32", (40, 2000))])
 def test_failed_scratch_allocation_raises_memory_error(op, dtype, shape):

@@ -32,6 +32,7 @@
  * too was no faster: the scalar code per row stayed.) Tried and dropped: folding the
  * per-row lane reductions of 16 rows into one vector (a shuffle tree) in the
  * masked-vector path: no faster. */
+
 /* count elements of a stored row at p (count < L: the other lanes 0) as a compute
  * vector, and the inverse: the first min(count, L) lanes of v stored at p */
 static inline FS_VEC FS_FN(fs_narrow_vload)(const FS_T *p, Py_ssize_t count) {
