@@ -116,16 +116,16 @@ cdef extern from "rows.h" nogil:
     void fs_narrow_softmax_rows_d(const double *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   double *out)
     void fs_narrow_jsd_rows_f(const float *s, const float *t, Py_ssize_t rows, Py_ssize_t n,
-                              int mode, double beta, double inv_t, double scale,
+                              double beta, double inv_t, double scale,
                               const double *row_scale, double *row_loss, float *grad)
     void fs_narrow_jsd_rows_d(const double *s, const double *t, Py_ssize_t rows, Py_ssize_t n,
-                              int mode, double beta, double inv_t, double scale,
+                              double beta, double inv_t, double scale,
                               const double *row_scale, double *row_loss, double *grad)
     void fs_narrow_jsd_rows_b(const uint16_t *s, const uint16_t *t, Py_ssize_t rows, Py_ssize_t n,
-                              int mode, double beta, double inv_t, double scale,
+                              double beta, double inv_t, double scale,
                               const double *row_scale, double *row_loss, uint16_t *grad)
     void fs_narrow_jsd_rows_h(const int16_t *s, const int16_t *t, Py_ssize_t rows, Py_ssize_t n,
-                              int mode, double beta, double inv_t, double scale,
+                              double beta, double inv_t, double scale,
                               const double *row_scale, double *row_loss, int16_t *grad)
     void fs_narrow_softmax_rows_b(const uint16_t *x, Py_ssize_t rows, Py_ssize_t n, int op,
                                   uint16_t *out)
@@ -141,8 +141,6 @@ cdef extern from "rows.h" nogil:
                                   Py_ssize_t n, int log, int16_t *out)
     float fs_nonfinite_logsumexp_f(const float *row, Py_ssize_t n, float m)
     double fs_nonfinite_logsumexp_d(const double *row, Py_ssize_t n, double m)
-    enum:
-        FS_JSD_FORWARD, FS_JSD_REVERSE, FS_JSD_MIXTURE
     ctypedef struct fs_ce_scalars:
         double weight_sum, smoothing, z_loss, scale, z_scale
         int64_t ignore_index
@@ -485,16 +483,14 @@ cdef void _narrow_jsd_rows(const anyreal *s, const anyreal *t, Py_ssize_t rows, 
     padded rows (_jsd_padded_rows), bench.ab, 2 threads, avx512, time new / old: float32
     C = 10 0.14 (with grad 0.18, beta = 0 0.17), C = 20 0.25-0.29; bfloat16 C = 10
     0.11-0.13."""
-    cdef int mode = (FS_JSD_FORWARD if beta == 0 else FS_JSD_REVERSE if beta == 1
-                     else FS_JSD_MIXTURE)
     if anyreal is float:
-        fs_narrow_jsd_rows_f(s, t, rows, n, mode, beta, inv_t, scale, row_scale, row_loss, grad)
+        fs_narrow_jsd_rows_f(s, t, rows, n, beta, inv_t, scale, row_scale, row_loss, grad)
     elif anyreal is double:
-        fs_narrow_jsd_rows_d(s, t, rows, n, mode, beta, inv_t, scale, row_scale, row_loss, grad)
+        fs_narrow_jsd_rows_d(s, t, rows, n, beta, inv_t, scale, row_scale, row_loss, grad)
     elif anyreal is uint16_t:
-        fs_narrow_jsd_rows_b(s, t, rows, n, mode, beta, inv_t, scale, row_scale, row_loss, grad)
+        fs_narrow_jsd_rows_b(s, t, rows, n, beta, inv_t, scale, row_scale, row_loss, grad)
     else:
-        fs_narrow_jsd_rows_h(s, t, rows, n, mode, beta, inv_t, scale, row_scale, row_loss, grad)
+        fs_narrow_jsd_rows_h(s, t, rows, n, beta, inv_t, scale, row_scale, row_loss, grad)
 
 
 cdef void _narrow_cross_entropy_rows(const anyreal *x, const int64_t *y, const anyreal *t,

@@ -185,7 +185,7 @@ static inline FS_INDEX_VEC FS_FN(fs_vfinite)(FS_VEC v) {
     return v - v == (FS_VEC){0};
 }
 
-/* The generalised JSD (mode FS_JSD_*, beta) of the rows s[r n : (r + 1) n] (student) and
+/* The generalised JSD (beta) of the rows s[r n : (r + 1) n] (student) and
  * t[r n : (r + 1) n] (teacher), r < rows, n <= FS_NARROW_BYTES / sizeof(FS_C), in columns
  * (fs_narrow_load): the passes of row_functions_typed.h's fs_jsd_row with every row's
  * sums, loss and KL(Q || M) as lanes. row_loss[r] gets the loss; with grad (not NULL),
@@ -193,11 +193,12 @@ static inline FS_INDEX_VEC FS_FN(fs_vfinite)(FS_VEC v) {
  * NaN, in s or t, gets a NaN loss and gradient, as does the gradient of a row whose
  * KL(Q || M) is infinite (Q > 0 = P somewhere, reverse KL). */
 static inline void FS_FN(fs_narrow_jsd_rows)(const FS_T *s, const FS_T *t, Py_ssize_t rows,
-                                             Py_ssize_t n, int mode, double beta, double inv_t,
+                                             Py_ssize_t n, double beta, double inv_t,
                                              double scale, const double *row_scale,
                                              double *row_loss, FS_T *grad) {
     const FS_C b = (FS_C)beta, keep = (FS_C)(1 - beta), tiny = FS_MIN_NORMAL;
     const FS_VEC zero = {0}, nan = zero + (FS_C)NAN, inv = zero + (FS_C)inv_t;
+    const int mode = fs_jsd_mode(beta);
     const FS_C k_all = (FS_C)(scale * inv_t * (mode == FS_JSD_MIXTURE ? 1.0 - beta : 1.0));
     for (Py_ssize_t first = 0; first < rows; first += FS_LANES) {
         Py_ssize_t count = FS_MIN(FS_LANES, rows - first);

@@ -476,7 +476,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_jsd_row)(const FS_T
     a.m_t = (FS_C)FS_OVER(fs_max_t_chunk, FS_MERGE_MAX, NULL);
     if (!isfinite(a.m) || !isfinite(a.m_t))  /* NaN, +inf or all -inf in a row: NaN */
         return FS_FN(fs_nan_row)(grad, n);
-    int mode = beta == 0 ? FS_JSD_FORWARD : beta == 1 ? FS_JSD_REVERSE : FS_JSD_MIXTURE;
+    int mode = fs_jsd_mode(beta);
     /* With a gradient, the exp pass keeps t's exponentials (kept_t) for P, where the loss
      * pass then writes Q for the gradient pass: 2 exps and a log per element instead of 4
      * and a log (beta = 0.5, 2 threads, bench.ab: 0.75x the time at 16777 x 1000, 0.89x

@@ -281,6 +281,10 @@ enum { FS_READS_X = 1, FS_READS_T = 2, FS_WRITES_OUT = 4 };
  * beta = 1 (the reverse KL), 0 < beta < 1. */
 enum { FS_JSD_FORWARD = 0, FS_JSD_REVERSE = 1, FS_JSD_MIXTURE = 2 };
 
+static inline int fs_jsd_mode(double beta) {
+    return beta == 0 ? FS_JSD_FORWARD : beta == 1 ? FS_JSD_REVERSE : FS_JSD_MIXTURE;
+}
+
 static inline int fs_split_rows(Py_ssize_t rows, Py_ssize_t n) {
     return rows < FS_SPLIT_ROWS && n >= 4 * FS_SPLIT_MIN_CHUNK;
 }

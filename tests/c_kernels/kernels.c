@@ -72,9 +72,7 @@
                                     Py_ssize_t n, double beta, double inv_t, double scale, \
                                     const double *row_scale, double *row_loss,             \
                                     void *grad) {                                          \
-        int mode = beta == 0 ? FS_JSD_FORWARD : beta == 1 ? FS_JSD_REVERSE                 \
-                                                          : FS_JSD_MIXTURE;                \
-        fs_narrow_jsd_rows_##S((const T *)s, (const T *)t, rows, n, mode, beta, inv_t,     \
+        fs_narrow_jsd_rows_##S((const T *)s, (const T *)t, rows, n, beta, inv_t,           \
                                scale, row_scale, row_loss, (T *)grad);                     \
     }                                                                                      \
     static void narrow_cross_entropy_rows_##S(                                             \
