@@ -37,9 +37,12 @@ def _columns(x, cap=None):
     m[r] the max of row r of z."""
     n_rows, n_classes = x.shape
     e = empty_like_compute((n_classes, n_rows), x)
-    for r in range(n_rows):
-        for j in range(n_classes):
-            e[j, r] = softcap(load(x, (r, j)), cap)
+    # column by column (strided loads) rather than row by row (strided stores):
+    # 409 x 10 float32, one thread: 0.34 -> 0.28 ns/elem
+    for j in range(n_classes):
+        column = e[j]
+        for r in range(n_rows):
+            column[r] = softcap(load(x, (r, j)), cap)
     m = e[0].copy()
     for j in range(1, n_classes):
         column = e[j]
@@ -54,8 +57,10 @@ def _columns(x, cap=None):
 
 @njit(**JIT)
 def _exp_columns(e):
-    """e = exp(e) in place; returns the row sums (float64)."""
-    sums = np.zeros(e.shape[1])
+    """e = exp(e) in place; returns the row sums, in e's type: a float32 sum of at most
+    SMALL_C terms each <= 1 is within 4e-6 of the exact one, and float64 sums halved the
+    vector width (409 x 10 float32 softmax block, one thread: 1.49 -> 1.26 ns/elem)."""
+    sums = np.zeros(e.shape[1], e.dtype)
     for j in range(e.shape[0]):
         column = e[j]
         for r in range(e.shape[1]):
@@ -188,7 +193,7 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
                     if grad is not None:
                         grad[lo + r, :] = 0
                     continue
-        log_sum = math.log(sums[r])
+        log_sum = math.log(np.float64(sums[r]))  # the loss in float64
         lse = m[r] + log_sum
         row_loss[lo + r] = total_wt[r] * log_sum - shifted_wt[r]
         if row_z_loss.size:
