@@ -20,32 +20,15 @@ constant of an element function is of the element's type (``_like``): a float64 
 would turn float32 math into float64.
 """
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from ._math import (FASTMATH, JIT, JIT_PARALLEL, _bitcast_to_float, empty_like_compute, load,
-                    row_sum, same_buffer, store, vexp)
+from ._math import (FASTMATH, JIT, JIT_PARALLEL, _atanh_coefficients, empty_like_compute, load,
+                    row_sum, same_buffer, store, vexp, vlog)
 
 CHUNK = 16384  # elements per parallel task (FS_EW_CHUNK in elementwise.h)
 JIT_ELEMENT = dict(JIT, inline="always")
-
-
-@intrinsic
-def _float_bits(typingctx, x):
-    """The bits of a float32 as an int32 (float64: int64), one LLVM bitcast."""
-    if x == types.float32:
-        int_type, llvm_type = types.int32, ir.IntType(32)
-    elif x == types.float64:
-        int_type, llvm_type = types.int64, ir.IntType(64)
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_type)
-
-    return int_type(x), codegen
 
 
 def _like(x, value):
@@ -57,71 +40,6 @@ def _like(x, value):
 def _like_overload(x, value):
     convert = as_dtype(x).type
     return lambda x, value: convert(value)
-
-
-def _atanh_coefficients(f, n_terms):
-    """1 / (2 n_terms - 1), ..., 1/5, 1/3 in the type f: the atanh series of the logs below
-    after its first term, highest power first."""
-    return tuple(f(1.0 / (2 * i + 1)) for i in range(n_terms - 1, 0, -1))
-
-
-def _make_log(dtype, int_type, mantissa_bits, n_terms):
-    """log(x) for every x of one float type (0: -inf, < 0 or NaN: NaN, +inf: +inf),
-    vectorisable: x = 2^k f with f in [sqrt(1/2), sqrt(2)), log f = 2 atanh(t) with
-    t = (f - 1) / (f + 1), |t| <= 0.172, summed to t^(2 n_terms - 1) (rows.h's fs_log_d;
-    rows.h's fs_log_normal_f for float32); a subnormal x is scaled to a normal
-    one first."""
-    f = dtype.type
-    info = np.finfo(dtype)
-    bias = info.maxexp - 1
-    subnormal_bits = mantissa_bits + 2  # 2^24 (2^54) makes every subnormal normal
-    min_normal, subnormal_scale = f(info.tiny), f(2.0 ** subnormal_bits)
-    exponent_mask = int_type(2 * bias + 1)
-    mantissa_mask = int_type((1 << mantissa_bits) - 1)
-    one_bits = int_type(bias << mantissa_bits)  # the bits of 1.0
-    shifted_bias, shifted_tiny_bias = f(bias), f(bias + subnormal_bits)
-    sqrt2, zero, one, two, half = f(np.sqrt(2.0)), f(0), f(1), f(2), f(0.5)
-    coeffs = _atanh_coefficients(f, n_terms)
-    ln2_hi, ln2_lo = ((f(6.93147180369123816490e-01), f(1.90821492927058770002e-10))
-                      if dtype == np.float64 else (f(0.693359375), f(-2.12194440e-4)))
-    inf, nan = f(np.inf), f(np.nan)
-
-    def log(x):
-        tiny = x < min_normal
-        bits = _float_bits(x * subnormal_scale if tiny else x)
-        k = f((bits >> mantissa_bits) & exponent_mask) - (shifted_tiny_bias if tiny
-                                                           else shifted_bias)
-        m = _bitcast_to_float(int_type((bits & mantissa_mask) | one_bits))  # in [1, 2)
-        high = m > sqrt2
-        m = half * m if high else m
-        k = k + one if high else k
-        t = (m - one) / (m + one)
-        t2 = t * t
-        p = coeffs[0]
-        for c in coeffs[1:]:
-            p = p * t2 + c
-        y = k * ln2_hi + (two * t + (two * t * t2 * p + k * ln2_lo))
-        y = y if x > zero else (-inf if x == zero else nan)
-        return x if x == inf else y
-
-    return log
-
-
-# Terms of the atanh series: float32 to t^9 (truncation < 2e-9 relative, half an ulp is
-# 6e-8), float64 to t^23 (< 1e-18).
-_LOG = {types.float32: _make_log(np.dtype(np.float32), np.int32, 23, 5),
-        types.float64: _make_log(np.dtype(np.float64), np.int64, 52, 12)}
-
-
-def vlog(x):
-    """log(x) for any float32 or float64 scalar, computed in its type, vectorised by LLVM."""
-    raise NotImplementedError("vlog is only callable from Numba-compiled code")
-
-
-# No "reassoc" (see vexp): it would re-round the two-part k ln2.
-@overload(vlog, jit_options=dict(fastmath=FASTMATH))
-def _vlog_overload(x):
-    return _LOG.get(x)
 
 
 def _make_log1p(dtype, n_terms):

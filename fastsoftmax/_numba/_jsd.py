@@ -34,11 +34,10 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._elementwise import vlog
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
                     block_or_none, empty_like_compute, exps_source, fill_nan, keep_value,
                     kept_exps, kept_value, load, row_scale_at, scalar_like, smallest_normal,
-                    store, vexp_core)
+                    store, vexp_core, vlog)
 from ._split import over_chunks, splittable
 
 FORWARD, REVERSE, MIXTURE = 0, 1, 2  # beta = 0, beta = 1, 0 < beta < 1
