@@ -10,7 +10,9 @@ softmax 14.3 ns/elem with row-wise block loops -> 2.8 ns/elem transposed.
 
 Each kernel ``<name>_blocks`` has the signature and semantics of its row-kernel twin
 ``<name>``; the exp values are computed once and kept in the scratch, which is in the
-compute type (float32 for 16-bit arrays, so each output is rounded once).
+compute type (float32 for 16-bit arrays, so each output is rounded once). The
+log_softmax backward needs no row reduction before its exps, so its block is not
+transposed: the exps run over the block as one contiguous loop.
 """
 import math
 
@@ -257,3 +259,30 @@ def cross_entropy_prob_blocks(x, target, weight, smoothing, z_loss, softcap, sca
         lo, hi = b * rows, min(x.shape[0], (b + 1) * rows)
         _ce_block(x, None, target[lo:hi], weight, 0.0, None, smoothing, z_loss, softcap, scale,
                   z_scale, row_scale, row_loss, row_z_loss, grad, lo, hi)
+
+
+@njit(**JIT)
+def _log_softmax_backward_block(logp, dy, out):
+    """out = dy - exp(logp) * sum(dy) for a block of rows: the exps of the whole block in
+    one vectorised loop (a row of 10 is shorter than a vector, and its exps ran as scalar
+    code: 1677721 x 10 float32, 2 threads, 1.15 -> 0.65 ns/elem), the rest row by row;
+    sum(dy) in the compute type, as the forward blocks' sums (a float64 sum: 0.82)."""
+    n_rows, n_classes = logp.shape
+    flat = logp.reshape(logp.size)
+    e = empty_like_compute(flat.size, logp)
+    for i in range(flat.size):
+        e[i] = vexp(load(flat, i))
+    for r in range(n_rows):
+        total = scalar_like(logp, 0.0)
+        for j in range(n_classes):
+            total += load(dy, (r, j))
+        for j in range(n_classes):
+            store(out, (r, j), load(dy, (r, j)) - e[r * n_classes + j] * total)
+
+
+@njit(**JIT_PARALLEL)
+def log_softmax_backward_blocks(logp, dy, out):
+    rows, n_blocks = _blocks(logp.shape[0], logp.shape[1])
+    for b in prange(n_blocks):
+        block = slice(b * rows, (b + 1) * rows)
+        _log_softmax_backward_block(logp[block], dy[block], out[block])
