@@ -22,7 +22,7 @@ from numba import njit, prange
 from ._math import (BLOCK, JIT, JIT_PARALLEL, JIT_REDUCTION, JIT_ROW, JIT_ROW_WRITER,
                     exps_source, fill_nan, kept_exps, kept_value, load, row_scale_at, same_buffer,
                     scalar_like, store, vexp_core)
-from ._small import _blocks, _columns
+from ._small import _blocks, _columns, _logs
 from ._split import over_chunks, splittable
 
 D_FLOOR = -1e30  # below the exp's underflow threshold in both dtypes: e = 0 there
@@ -161,9 +161,10 @@ def _block_rows(x, scale, row_scale, row_loss, grad, lo, hi):
             e_j[r] = vexp_core(v)
             sum_e[r] += e_j[r]
             sum_ed[r] += e_j[r] * v
+    log_sum_e = _logs(sum_e)
     for r in range(n_rows):
         mean_d = sum_ed[r] / sum_e[r] if math.isfinite(m[r]) else np.nan
-        store(row_loss, lo + r, math.log(sum_e[r]) - mean_d)
+        store(row_loss, lo + r, log_sum_e[r] - mean_d)
         if grad is not None:
             k = scalar_like(x, row_scale_at(scale, row_scale, lo + r) / sum_e[r])
             mean = scalar_like(x, mean_d)
