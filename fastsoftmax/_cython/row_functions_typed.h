@@ -187,6 +187,7 @@ static inline __attribute__((always_inline)) double FS_FN(fs_over_chunks)(
 /* The rows each chunk function reads and writes (FS_READS_X, ..., rows.h) */
 #define FS_ROWS_fs_max_chunk FS_READS_X
 #define FS_ROWS_fs_sumexp_chunk FS_READS_X
+#define FS_ROWS_fs_sumexp_copy_chunk (FS_READS_X | FS_WRITES_OUT)
 #define FS_ROWS_fs_sum_chunk FS_READS_T
 #define FS_ROWS_fs_dot_chunk (FS_READS_X | FS_READS_T)
 #define FS_ROWS_fs_shifted_dot_chunk FS_READS_X
@@ -215,7 +216,14 @@ static inline void FS_FN(fs_max_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize
 /* sum(exp(x - m)); exp(x - m) into kept, if given */
 static inline void FS_FN(fs_sumexp_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
                                    double *r) {
-    r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, a->cap, FS_FN(fs_kept_from)(a->kept, lo));
+    r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, a->cap, FS_FN(fs_kept_from)(a->kept, lo),
+                                NULL);
+}
+
+/* sum(exp(x - m)); x copied into out */
+static inline void FS_FN(fs_sumexp_copy_chunk)(const FS_ARGS *a, Py_ssize_t lo, Py_ssize_t n,
+                                               double *r) {
+    r[0] = FS_FN(fs_row_sumexp)(a->x + lo, n, a->m, a->cap, NULL, a->out + lo);
 }
 
 /* sum(t) */
@@ -354,11 +362,18 @@ static inline __attribute__((always_inline)) void FS_FN(fs_softmax_row)(const FS
     FS_FN(fs_release_kept)(a.kept, local);
 }
 
+/* The exp pass copies the row into out, and the write pass reads it from there: out is
+ * then written first where the exps keep the core busy, and the write pass finds it in
+ * the cache. Written only by the write pass, out's cache lines were fetched there, with
+ * nothing to overlap (perf: 60% of the time on that pass's stores; softmax, whose exp
+ * pass keeps its exps in out, had no such stall). 512 x 32768 float32, one thread: 0.89
+ * -> 0.59 ns/elem; 2 threads, bench.ab: 0.79x the time (128 x 131072 0.81x, float64
+ * 0.83x, forced avx2 0.81x; 16-bit 0.97-1.02x). */
 static inline __attribute__((always_inline)) void FS_FN(fs_log_softmax_row)(const FS_T *x, FS_T *out, Py_ssize_t n, int threads) {
-    FS_ARGS a = {.x = x};
+    FS_ARGS a = {.x = x, .out = out};
     a.m = (FS_C)FS_OVER(fs_max_chunk, FS_MERGE_MAX, NULL);
-    a.k = (FS_C)log(FS_OVER(fs_sumexp_chunk, 1, NULL));
-    a.out = out;
+    a.k = (FS_C)log(FS_OVER(fs_sumexp_copy_chunk, 1, NULL));
+    a.x = out;
     FS_OVER(fs_shift_chunk, 0, NULL);
 }
 

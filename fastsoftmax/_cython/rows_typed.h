@@ -94,44 +94,44 @@ static inline FS_C FS_FN(fs_row_max)(const FS_T *row, Py_ssize_t n) {
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_sumexp_loop)(
-        const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap, FS_C *kept) {
+        const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap, FS_C *kept, FS_T *copy) {
     double total = 0.0;
     for (Py_ssize_t start = 0; start < n; start += FS_BLOCK) {
         Py_ssize_t stop = FS_MIN(n, start + FS_BLOCK);
         FS_C acc = 0;
-        if (kept) {
-            #pragma omp simd reduction(+:acc)
-            for (Py_ssize_t j = start; j < stop; j++) {
-                FS_C z = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap);
-                FS_C e = FS_CFN(fs_exp_core)(z - m);
-                kept[j] = cap != 0 ? z : e;
-                acc += e;
-            }
-        } else {
-            #pragma omp simd reduction(+:acc)
-            for (Py_ssize_t j = start; j < stop; j++)
-                acc += FS_CFN(fs_exp_core)(FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap) - m);
+        #pragma omp simd reduction(+:acc)
+        for (Py_ssize_t j = start; j < stop; j++) {
+            FS_C z = FS_CFN(fs_softcap)(FS_LOAD(row[j]), cap);
+            FS_C e = FS_CFN(fs_exp_core)(z - m);
+            if (kept) kept[j] = cap != 0 ? z : e;
+            if (copy) copy[j] = row[j];
+            acc += e;
         }
         total += acc;
     }
     return total;
 }
 
-/* kept (if not NULL) = NaN; returns NaN */
-static inline double FS_FN(fs_nan_kept)(FS_C *kept, Py_ssize_t n) {
-    if (kept) for (Py_ssize_t j = 0; j < n; j++) kept[j] = (FS_C)NAN;
+/* kept (if not NULL) = NaN, copy (if not NULL) = row; returns NaN */
+static inline double FS_FN(fs_nan_kept)(const FS_T *row, Py_ssize_t n, FS_C *kept, FS_T *copy) {
+    for (Py_ssize_t j = 0; kept && j < n; j++) kept[j] = (FS_C)NAN;
+    for (Py_ssize_t j = 0; copy && j < n; j++) copy[j] = row[j];
     return NAN;
 }
 
 /* sum(exp(z - m)), z = fs_softcap(row, cap), NaN when m is not finite; with kept (the
  * row function's FS_ARGS.kept), also kept = exp(z - m), or z when capped (kept may be
  * row). Keeping the exponentials lets the write pass rescale them instead of computing
- * exp again: CE + grad 0.96 -> 0.81 ns/elem at 512 x 32768 float32. */
+ * exp again: CE + grad 0.96 -> 0.81 ns/elem at 512 x 32768 float32. With copy (not
+ * with kept), also copy = row, as stored (see fs_log_softmax_row). Each case is a loop of
+ * its own (the helper inlined with literal NULLs). */
 static inline double FS_FN(fs_row_sumexp)(const FS_T *row, Py_ssize_t n, FS_C m, FS_C cap,
-                                          FS_C *kept) {
-    if (!isfinite(m)) return FS_FN(fs_nan_kept)(kept, n);
-    return cap != 0 ? FS_FN(fs_row_sumexp_loop)(row, n, m, cap, kept)
-                    : FS_FN(fs_row_sumexp_loop)(row, n, m, 0, kept);
+                                          FS_C *kept, FS_T *copy) {
+    if (!isfinite(m)) return FS_FN(fs_nan_kept)(row, n, kept, copy);
+    if (cap != 0) return FS_FN(fs_row_sumexp_loop)(row, n, m, cap, kept, NULL);
+    return kept ? FS_FN(fs_row_sumexp_loop)(row, n, m, 0, kept, NULL)
+           : copy ? FS_FN(fs_row_sumexp_loop)(row, n, m, 0, NULL, copy)
+                  : FS_FN(fs_row_sumexp_loop)(row, n, m, 0, NULL, NULL);
 }
 
 static inline __attribute__((always_inline)) double FS_FN(fs_row_dot_loop)(
@@ -209,7 +209,7 @@ static inline double FS_FN(fs_prob_sums)(const FS_T *row, const FS_T *t, const F
                                          FS_C *kept, double *total_wt, double *shifted_wt) {
     if (!isfinite(m)) {
         *total_wt = *shifted_wt = NAN;
-        return FS_FN(fs_nan_kept)(kept, n);
+        return FS_FN(fs_nan_kept)(row, n, kept, NULL);
     }
     if (cap != 0)
         return FS_FN(fs_prob_sums_loop)(row, t, w, n, m, keep, eps, cap, kept, total_wt,
