@@ -39,7 +39,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from ._math import (JIT, empty_like_compute, row_dot, row_max, row_rescale, row_shifted_dot,
-                    row_sum, row_sumexp)
+                    row_sum, row_sumexp, row_sumexp_copy)
 
 SPLIT_ROWS = 4           # split the rows of an array with fewer rows than this ...
 SPLIT_MIN_CHUNK = 16384  # ... and at least 4 chunks of this many classes
@@ -63,8 +63,8 @@ def splittable(merge):
     return register
 
 
-for _helper, _merge in [(row_max, "max"), (row_sumexp, 1), (row_dot, 1), (row_sum, 1),
-                       (row_shifted_dot, 1), (row_rescale, 0)]:
+for _helper, _merge in [(row_max, "max"), (row_sumexp, 1), (row_sumexp_copy, 1), (row_dot, 1),
+                       (row_sum, 1), (row_shifted_dot, 1), (row_rescale, 0)]:
     splittable(_merge)(_helper)
 
 
