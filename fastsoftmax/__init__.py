@@ -8,7 +8,8 @@ from ._backends import (available_backends, get_backend, get_num_threads, set_ba
                         set_num_threads, show_config, use_backend)
 from .api import cross_entropy, cross_entropy_with_grad, entropy_with_grad
 from .linear_ce import (get_linear_cross_entropy_chunk_bytes, linear_cross_entropy,
-                        linear_cross_entropy_with_grad, set_linear_cross_entropy_chunk_bytes)
+                        linear_cross_entropy_with_grad, release_linear_cross_entropy_buffers,
+                        set_linear_cross_entropy_chunk_bytes)
 
 __version__ = "0.1.0"  # the one version source (pyproject.toml reads it)
 
@@ -18,8 +19,8 @@ globals().update({_name: getattr(_api, _name) for _name in _api.ROW_FUNCTIONS})
 __all__ = [*_api.ROW_FUNCTIONS, "cross_entropy", "cross_entropy_with_grad", "entropy_with_grad",
            "linear_cross_entropy", "linear_cross_entropy_with_grad",
            "set_linear_cross_entropy_chunk_bytes", "get_linear_cross_entropy_chunk_bytes",
-           "set_backend",
-           "get_backend", "available_backends", "use_backend", "set_num_threads",
+           "release_linear_cross_entropy_buffers", "set_backend", "get_backend",
+           "available_backends", "use_backend", "set_num_threads",
            "get_num_threads", "show_config", "__version__"]
 
 # the elementwise ops (issue 17)

@@ -147,6 +147,57 @@ def test_global_chunk_budget(monkeypatch):
     assert seen == [3, h.shape[0]]
 
 
+def test_chunk_buffers_are_kept_and_released():
+    """A call's chunk buffers are kept for the next (within the default budget), reused
+    by a call of another shape and dtype without its stale contents leaking into the
+    results, never kept beyond the budget, and freed by
+    release_linear_cross_entropy_buffers."""
+    def call(problem, **options):
+        h, weight, bias, target = problem
+        return fs.linear_cross_entropy_with_grad(h, weight, target, bias=bias, **options)
+
+    fs.release_linear_cross_entropy_buffers()
+    wide = make_problem(n=29, d=6, v=13, ignored=0.3, seed=7)
+    narrow = make_problem(n=11, d=3, v=5, dtype=np.float32, ignored=0.3, seed=8)
+    call(wide)
+    kept = [buffer.size for _, buffer in linear_ce._kept_buffers]
+    # logits, gathered h rows and grad_h rows, the chunk being every valid row
+    n_valid = int(np.sum(wide[3] != -100))
+    assert sorted(kept) == sorted([n_valid * 13 * 8, n_valid * 6 * 8, n_valid * 6 * 8])
+    for problem in (narrow, wide):
+        h, weight, bias, target = problem
+        check_against_torch(call(problem), torch_reference(h, weight, target, bias), h.dtype.type,
+                            "a call on kept buffers")
+    try:  # a budget below one call's logits: those are not kept
+        fs.set_linear_cross_entropy_chunk_bytes(n_valid * 13 * 8 - 1)
+        assert linear_ce._kept_buffers == []
+        call(wide, chunk_bytes=10 ** 9)
+        assert [buffer.size for _, buffer in linear_ce._kept_buffers] == [n_valid * 6 * 8] * 2
+    finally:
+        fs.set_linear_cross_entropy_chunk_bytes(None)
+    call(wide)
+    assert linear_ce._kept_buffers
+    fs.release_linear_cross_entropy_buffers()
+    assert linear_ce._kept_buffers == []
+
+
+def test_concurrent_calls_use_their_own_buffers():
+    """Threads calling at once each compute their own problem right (no shared buffer)."""
+    from concurrent.futures import ThreadPoolExecutor
+    problems = [make_problem(n=200, d=8, v=300, ignored=0.2, seed=s) for s in range(8)]
+    expected = [torch_reference(h, weight, target, bias) for h, weight, bias, target in problems]
+
+    def call(problem):
+        h, weight, bias, target = problem
+        return fs.linear_cross_entropy_with_grad(h, weight, target, bias=bias,
+                                                 chunk_bytes=30 * 300 * 8)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, problems * 3))
+    for result, reference in zip(results, expected * 3):
+        check_against_torch(result, reference, np.float64, "concurrent calls")
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_every_target_ignored(backend, reduction):
     h, weight, bias, target = make_problem(n=5)
