@@ -3,8 +3,10 @@ process (Linux only), next to what the step must hold: its gradients and the chu
 
     python -m bench.linear_memory [--shapes 4096x512x32768,16384x512x32768] [--only NAMES]
 
-As ``bench.memory``: inputs built, one warm-up call, the peak resident set reset, one more
-call; reported is the peak above the resident set before it. The bound of the issue is
+As ``bench.memory``: inputs built, one warm-up call, the chunk buffers it kept freed
+(``fs.release_linear_cross_entropy_buffers``: else they would count as resident before the
+measured call), the peak resident set reset, one more call; reported is the peak above
+the resident set before it. The bound of the issue is
 ``1.1 x (gradients + chunk budget)``, gradients = grad_h (N x D) + grad_weight (V x D).
 """
 import argparse
@@ -17,9 +19,11 @@ from bench.memory import MB, _status_kb
 
 
 def _measure(name, shape, dtype):
+    import fastsoftmax as fs
     from bench.linear_implementations import implementations, problem
     call = implementations()[name](*problem(*shape, dtype=dtype))
     call()
+    fs.release_linear_cross_entropy_buffers()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current VmRSS
