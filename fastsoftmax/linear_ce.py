@@ -25,6 +25,7 @@ rounded by it), and the loss is float32.
 import contextlib
 import functools
 import operator
+import os
 import threading
 
 import numpy as np
@@ -103,6 +104,15 @@ def _checked_bytes(nbytes):
 # clear_page); calls back to back ran alike either way.
 _kept_buffers = []
 _kept_lock = threading.Lock()
+
+
+def _new_lock_after_fork():
+    """A fork while another thread held the lock would leave the child's copy held."""
+    global _kept_lock
+    _kept_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,40 @@ def test_os_fork_child_marks_itself(backend, tmp_path):
     run_script(code, tmp_path)
 
 
+def test_fork_while_another_thread_holds_the_chunk_buffers_lock(tmp_path):
+    """A child forked while a thread of the parent holds linear_cross_entropy's kept-buffer
+    lock gets a free lock of its own (else its first call would hang)."""
+    code = """
+    import os, threading
+    import numpy as np
+    import fastsoftmax as fs
+    from fastsoftmax import linear_ce
+    rng = np.random.default_rng(0)
+    h, weight = rng.standard_normal((40, 8)), rng.standard_normal((30, 8))
+    target = rng.integers(0, 30, 40)
+    want = fs.linear_cross_entropy(h, weight, target, backend="numpy")
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with linear_ce._kept_lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        loss = fs.linear_cross_entropy(h, weight, target, backend="numpy")
+        os._exit(0 if np.isclose(loss, want, rtol=1e-12) else 3)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    holder.join()
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    """
+    run_script(code, tmp_path)
+
+
 def test_threads_under_the_workqueue_layer(tmp_path):
     """Before: four threads calling the Numba backend at once aborted the process (exit
     134, "Concurrent access has been detected")."""
