@@ -78,6 +78,10 @@ def release_linear_cross_entropy_buffers():
     as much for torch tensors; see
     :func:`set_linear_cross_entropy_chunk_bytes`) for the next call to reuse; this returns
     that memory. Calls running in other threads keep the buffers they hold until they end.
+
+    Returns
+    -------
+    None
     """
     with _kept_lock:
         _kept_buffers.clear()
