@@ -45,7 +45,7 @@
 #define FS_EW_LOG_NORMAL fs_log_normal_f
 #define FS_EW_MIN_NORMAL 1.17549435e-38f
 #define FS_EW_SUBNORMAL_BITS 24
-#define FS_EW_SERIES_END 9
+#define FS_EW_SERIES_END 13
 #define FS_T float
 #define FS_S f
 #include "elementwise_typed.h"
@@ -63,7 +63,7 @@
 #define FS_EW_LOG_NORMAL fs_log_d
 #define FS_EW_MIN_NORMAL 2.2250738585072014e-308
 #define FS_EW_SUBNORMAL_BITS 54
-#define FS_EW_SERIES_END 23
+#define FS_EW_SERIES_END 31
 #define FS_T double
 #define FS_S d
 #include "elementwise_typed.h"

@@ -13,7 +13,8 @@
  *   FS_EW_LOG_NORMAL      log of a normal number of type FS_C
  *   FS_EW_MIN_NORMAL      the smallest normal FS_C
  *   FS_EW_SUBNORMAL_BITS  log2 of the scale that makes a subnormal FS_C normal (24, 54)
- *   FS_EW_SERIES_END      the last odd power of log1p's atanh series (9, 23: as the logs)
+ *   FS_EW_SERIES_END      the last odd power of log1p's atanh series (13, 31: the terms
+ *                         left out sum to < 2^-25 (2^-54) of the first at t = 1/3)
  * rows.h's FS_FN, FS_CFN and FS_BLOCK, and its exp (fs_exp_f / fs_exp_d, fs_exp_core_*).
  * No include guard: each inclusion is one instance. Not to be included elsewhere. */
 #ifndef FASTSOFTMAX_ELEMENTWISE_H
@@ -37,18 +38,32 @@ FS_EW_INLINE FS_C FS_CFN(fs_ew_log)(FS_C x) {
     return tiny ? y - (FS_C)(FS_EW_SUBNORMAL_BITS * 0.6931471805599453) : y;
 }
 
-/* log(1 + z) for z in [0, 1] or NaN, without forming 1 + z: 2 atanh(z / (2 + z)), or
- * above sqrt(2) - 1, ln2 + 2 atanh((z - 1) / (z + 3)), |t| <= 0.172 either way (the
- * logs' series). One division and no exponent bits or special cases, where log(1 + z)
- * z / ((1 + z) - 1) took three divisions (BCE + grad float32 1.23 -> 0.87 ns/elem, one
- * thread, in cache). The loop over the constant powers unrolls at compile time. */
-FS_EW_INLINE FS_C FS_CFN(fs_ew_log1p)(FS_C z) {
-    int high = z > (FS_C)0.41421356237309503;
-    FS_C t = (high ? z - (FS_C)1 : z) / (z + (high ? (FS_C)3 : (FS_C)2)), t2 = t * t;
-    FS_C p = (FS_C)1 / FS_EW_SERIES_END;
+/* log(1 + z) for z in [0, 1] or NaN, without forming 1 + z: 2 atanh(t), t = z / (2 + z)
+ * <= 1/3, the series to t^FS_EW_SERIES_END. One division and no exponent bits or special
+ * cases, where log(1 + z) z / ((1 + z) - 1) took three divisions (BCE + grad float32
+ * 1.23 -> 0.87 ns/elem, one thread, in cache). One range, not two halves around
+ * sqrt(2) - 1 with a shorter series: GCC 12 computed both halves' quotients and series
+ * and selected (3 divisions in BCE + grad). With `reciprocal`, 1 / (1 + z) comes from the
+ * same division: 1 / ((1 + z)(2 + z)) times 2 + z, and times z (1 + z) for t (BCE + grad
+ * float32, bench.ab 2 threads AVX-512: see the commit). The loop over the constant powers
+ * unrolls at compile time. */
+FS_EW_INLINE FS_C FS_CFN(fs_ew_log1p_reciprocal)(FS_C z, FS_C *reciprocal) {
+    FS_C two_plus_z = (FS_C)2 + z, t;
+    if (reciprocal) {
+        FS_C one_plus_z = (FS_C)1 + z;
+        FS_C inverse = (FS_C)1 / (one_plus_z * two_plus_z);
+        *reciprocal = two_plus_z * inverse;
+        t = z * one_plus_z * inverse;
+    } else {
+        t = z / two_plus_z;
+    }
+    FS_C t2 = t * t, p = (FS_C)1 / FS_EW_SERIES_END;
     for (int c = FS_EW_SERIES_END - 2; c >= 3; c -= 2) p = p * t2 + (FS_C)1 / c;
-    FS_C y = (FS_C)2 * t + (FS_C)2 * t * t2 * p;
-    return high ? y + (FS_C)0.6931471805599453 : y;
+    return (FS_C)2 * t + (FS_C)2 * t * t2 * p;
+}
+
+FS_EW_INLINE FS_C FS_CFN(fs_ew_log1p)(FS_C z) {
+    return FS_CFN(fs_ew_log1p_reciprocal)(z, NULL);
 }
 
 /* a * v with a = 0 giving 0 even for an infinite v (the limit of the loss terms below) */
@@ -114,7 +129,8 @@ FS_EW_INLINE double FS_FN(fs_bce_body)(const FS_T *x, const FS_T *t, const FS_C 
         for (Py_ssize_t i = start; i < stop; i++) {
             FS_C xi = FS_LOAD(x[i]), yi = FS_LOAD(t[i]), wi = w[i];
             FS_C z = FS_CFN(fs_exp_core)(xi < zero ? xi : -xi);  /* exp(-|x|), NaN for NaN */
-            FS_C soft = FS_CFN(fs_ew_log1p)(z);               /* softplus(-|x|) */
+            FS_C r;                                           /* 1 / (1 + z) */
+            FS_C soft = FS_CFN(fs_ew_log1p_reciprocal)(z, grad ? &r : NULL);  /* softplus(-|x|) */
             FS_C sp_pos = (xi > zero ? xi : zero) + soft;     /* softplus(x) */
             FS_C sp_neg = (xi < zero ? -xi : zero) + soft;    /* softplus(-x) */
             FS_C neg = one - yi, pos = pw[i] * yi;
@@ -122,7 +138,6 @@ FS_EW_INLINE double FS_FN(fs_bce_body)(const FS_T *x, const FS_T *t, const FS_C 
             acc += l;
             if (loss) loss[i] = l;
             if (grad) {
-                FS_C r = one / (one + z);
                 FS_C sig = xi >= zero ? r : z * r;        /* sigmoid(x) */
                 FS_C sig_neg = xi >= zero ? z * r : r;    /* sigmoid(-x) */
                 grad[i] = FS_STORE(wi * (neg * sig - pos * sig_neg)

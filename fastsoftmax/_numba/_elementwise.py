@@ -44,28 +44,36 @@ def _like_overload(x, value):
 
 def _make_log1p(dtype, n_terms):
     """log(1 + z) for z in [0, 1] or NaN of one float type, without forming 1 + z:
-    2 atanh(z / (2 + z)), or above sqrt(2) - 1, ln2 + 2 atanh((z - 1) / (z + 3)), |t| <=
-    0.172 either way (elementwise.h's fs_ew_log1p: one division where log(1 + z) z /
-    ((1 + z) - 1) took three; BCE + grad float32 1.24 -> 0.85 ns/elem, one thread)."""
+    2 atanh(t), t = z / (2 + z) <= 1/3, and log1p_reciprocal(z) -> (log(1 + z), 1 / (1 + z))
+    from one division (elementwise.h's fs_ew_log1p_reciprocal, which says why: one range,
+    no select between two halves; the reciprocal as 2 + z over (1 + z)(2 + z))."""
     f = dtype.type
     coeffs = _atanh_coefficients(f, n_terms)
-    threshold, one, two, three, ln2 = f(np.sqrt(2.0) - 1.0), f(1), f(2), f(3), f(np.log(2.0))
+    one, two = f(1), f(2)
 
-    def log1p(z):
-        high = z > threshold
-        t = (z - one if high else z) / (z + (three if high else two))
+    @njit(**JIT_ELEMENT)
+    def series(t):
         t2 = t * t
         p = coeffs[0]
         for c in coeffs[1:]:
             p = p * t2 + c
-        y = two * t + two * t * t2 * p
-        return y + ln2 if high else y
+        return two * t + two * t * t2 * p
 
-    return log1p
+    def log1p(z):
+        return series(z / (two + z))
+
+    def log1p_reciprocal(z):
+        one_plus_z, two_plus_z = one + z, two + z
+        inverse = one / (one_plus_z * two_plus_z)
+        return series(z * one_plus_z * inverse), two_plus_z * inverse
+
+    return log1p, log1p_reciprocal
 
 
-_LOG1P = {types.float32: _make_log1p(np.dtype(np.float32), 5),
-          types.float64: _make_log1p(np.dtype(np.float64), 12)}
+# terms: those left out sum to < 2^-25 (2^-54) of the first at t = 1/3 (elementwise.h's
+# FS_EW_SERIES_END 13 and 31)
+_LOG1P = {types.float32: _make_log1p(np.dtype(np.float32), 7),
+          types.float64: _make_log1p(np.dtype(np.float64), 16)}
 
 
 def _log1p(z):
@@ -73,9 +81,19 @@ def _log1p(z):
     raise NotImplementedError("_log1p is only callable from Numba-compiled code")
 
 
+def _log1p_reciprocal(z):
+    """(log(1 + z), 1 / (1 + z)) for z in [0, 1] or NaN, computed in z's type."""
+    raise NotImplementedError("_log1p_reciprocal is only callable from Numba-compiled code")
+
+
 @overload(_log1p, jit_options=dict(fastmath=FASTMATH))
 def _log1p_overload(z):
-    return _LOG1P.get(z)
+    return _LOG1P[z][0] if z in _LOG1P else None
+
+
+@overload(_log1p_reciprocal, jit_options=dict(fastmath=FASTMATH))
+def _log1p_reciprocal_overload(z):
+    return _LOG1P[z][1] if z in _LOG1P else None
 
 
 @njit(**JIT_ELEMENT)
@@ -104,11 +122,10 @@ def _bce(x, y, w, pw):
     is 0 at x = +-inf (torch: inf - inf = NaN)."""
     zero, one = _like(x, 0.0), _like(x, 1.0)
     z = vexp(-abs(x))
-    soft = _log1p(z)
+    soft, r = _log1p_reciprocal(z)
     sp_pos = (x if x > zero else zero) + soft
     sp_neg = (-x if x < zero else zero) + soft
     neg, pos = one - y, pw * y
-    r = one / (one + z)
     sig = r if x >= zero else z * r
     sig_neg = z * r if x >= zero else r
     return w * (_times(neg, sp_pos) + _times(pos, sp_neg)), w * (neg * sig - pos * sig_neg)
