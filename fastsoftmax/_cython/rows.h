@@ -373,60 +373,6 @@ FS_MATH int16_t fs_store_h(float x) {
     return (int16_t)(uint16_t)(h | (sign >> 16));
 }
 
-/* Blocks of 16-bit elements to float and back: the float16 row functions run the float
- * helpers on blocks widened this way (fs_call_chunk, row_functions_typed.h), and short
- * rows of a 16-bit array the float block kernels on a float copy (_kernels.pyx).
- * float16 at the x86-64-v3 and v4 levels converts whole vectors with F16C / AVX-512
- * (vcvtph2ps, vcvtps2ph: round to nearest even, NaN kept quiet with its top payload bits,
- * the same bits as fs_load_h / fs_store_h), where the integer conversion cost about 10
- * operations per element each way (and stayed inline in every loop): float16 CE + grad
- * in place, Cython, 2 threads, time ratio new / old side by side (bench.ab, one run):
- * 0.51 at 128 x 131072, 0.53 at 512 x 32768, 0.55 at 16777 x 1000, level with bfloat16. */
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
-
-static inline void fs_load_array_b(const uint16_t *x, float *out, Py_ssize_t n) {
-    #pragma omp simd
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = fs_load_b(x[i]);
-}
-
-static inline void fs_store_array_b(const float *x, uint16_t *out, Py_ssize_t n) {
-    #pragma omp simd
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = fs_store_b(x[i]);
-}
-
-static inline void fs_load_array_h(const int16_t *x, float *out, Py_ssize_t n) {
-    Py_ssize_t done = 0;
-#if defined(__AVX512F__)
-    for (; done + 16 <= n; done += 16)
-        _mm512_storeu_ps(out + done,
-                         _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + done))));
-#elif defined(__F16C__)
-    for (; done + 8 <= n; done += 8)
-        _mm256_storeu_ps(out + done, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + done))));
-#endif
-    #pragma omp simd
-    for (Py_ssize_t i = done; i < n; i++) out[i] = fs_load_h(x[i]);
-}
-
-static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) {
-    Py_ssize_t done = 0;
-#if defined(__AVX512F__)
-    for (; done + 16 <= n; done += 16)
-        _mm256_storeu_si256((__m256i *)(out + done),
-                            _mm512_cvtps_ph(_mm512_loadu_ps(x + done),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#elif defined(__F16C__)
-    for (; done + 8 <= n; done += 8)
-        _mm_storeu_si128((__m128i *)(out + done),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(x + done),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#endif
-    #pragma omp simd
-    for (Py_ssize_t i = done; i < n; i++) out[i] = fs_store_h(x[i]);
-}
-
 /* ---- 16-bit rows as float vectors: the narrow rows of a 16-bit array ----
  * (narrow_typed.h). L 16-bit elements, L the lanes of a float vector, are a half-width
  * vector: loaded (count < L: the other lanes 0) and widened to float, or rounded as
@@ -530,6 +476,68 @@ static inline fs_half_vec fs_vround_h(fs_vec_f v) {
     for (Py_ssize_t l = 0; l < FS_HALF_LANES; l++) h[l] = (uint16_t)fs_store_h(v[l]);
     return h;
 #endif
+}
+
+/* Blocks of 16-bit elements to float and back, whole vectors at a time (fs_vwiden_*,
+ * fs_vround_*; the tail element by element): the float16 row functions run the float
+ * helpers on blocks widened this way (fs_call_chunk, row_functions_typed.h), and short
+ * rows of a 16-bit array the float block kernels on a float copy (_kernels.pyx).
+ * float16 at the x86-64-v3 and v4 levels is one F16C / AVX-512 conversion a vector,
+ * where the integer conversion cost about 10 operations per element each way (and stayed
+ * inline in every loop): float16 CE + grad in place, Cython, 2 threads, time ratio
+ * new / old side by side (bench.ab, one run): 0.51 at 128 x 131072, 0.53 at 512 x 32768,
+ * 0.55 at 16777 x 1000. bfloat16 as a loop of fs_load_b / fs_store_b vectorised by GCC
+ * took 1.03-1.05x this time (bench.ab, 167772 x 100, 2 threads, CE + grad in place,
+ * softmax; avx512 and avx2). float16: is_float16 (a literal at each call). Where float16
+ * has no vector conversion (the baseline level), its whole array is one loop of the
+ * integer conversion, which GCC vectorises (per vector, lane by lane: 1.8-2.1x the time). */
+#if FS_VEC_BYTES == 64 || (FS_VEC_BYTES == 32 && defined(__F16C__))
+#define FS_F16C_VECTORS 1
+#else
+#define FS_F16C_VECTORS 0
+#endif
+static inline __attribute__((always_inline)) void fs_widen_array(
+        const uint16_t *x, float *out, Py_ssize_t n, int is_float16) {
+    Py_ssize_t done = 0;
+    for (; (!is_float16 || FS_F16C_VECTORS) && done + FS_HALF_LANES <= n; done += FS_HALF_LANES) {
+        fs_half_vec h;
+        memcpy(&h, x + done, sizeof h);
+        fs_vec_f v = is_float16 ? fs_vwiden_h(h) : fs_vwiden_b(h);
+        memcpy(out + done, &v, sizeof v);
+    }
+    #pragma omp simd
+    for (Py_ssize_t i = done; i < n; i++)
+        out[i] = is_float16 ? fs_load_h((int16_t)x[i]) : fs_load_b(x[i]);
+}
+
+static inline __attribute__((always_inline)) void fs_round_array(
+        const float *x, uint16_t *out, Py_ssize_t n, int is_float16) {
+    Py_ssize_t done = 0;
+    for (; (!is_float16 || FS_F16C_VECTORS) && done + FS_HALF_LANES <= n; done += FS_HALF_LANES) {
+        fs_vec_f v;
+        memcpy(&v, x + done, sizeof v);
+        fs_half_vec h = is_float16 ? fs_vround_h(v) : fs_vround_b(v);
+        memcpy(out + done, &h, sizeof h);
+    }
+    #pragma omp simd
+    for (Py_ssize_t i = done; i < n; i++)
+        out[i] = is_float16 ? (uint16_t)fs_store_h(x[i]) : fs_store_b(x[i]);
+}
+
+static inline void fs_load_array_b(const uint16_t *x, float *out, Py_ssize_t n) {
+    fs_widen_array(x, out, n, 0);
+}
+
+static inline void fs_store_array_b(const float *x, uint16_t *out, Py_ssize_t n) {
+    fs_round_array(x, out, n, 0);
+}
+
+static inline void fs_load_array_h(const int16_t *x, float *out, Py_ssize_t n) {
+    fs_widen_array((const uint16_t *)x, out, n, 1);
+}
+
+static inline void fs_store_array_h(const float *x, int16_t *out, Py_ssize_t n) {
+    fs_round_array(x, (uint16_t *)out, n, 1);
 }
 
 /* The instances: FS_T the storage type, FS_C the compute type, FS_S and FS_CS their
