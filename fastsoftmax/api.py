@@ -375,7 +375,9 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         C-contiguous NumPy array in native byte order) and return it: no extra
         (rows, classes) memory. The logits are lost.
     out : ndarray, optional
-        Where to write the gradient: the logits' shape and dtype.
+        Where to write the gradient: the logits' shape and dtype. It may be ``logits``
+        itself but not share memory with a probability ``target`` (the kernel reads a
+        target row after it starts writing the gradient row): ValueError.
     {backend}
 
     Returns
@@ -401,8 +403,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
                                         label_smoothing, z_loss, softcap)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
-    result, grad = _gradient_buffer(args, logits, out, inplace,
-                                    {"logits": args.logits, "target": args.target})
+    _validate.separate_out(out, {"target": args.target})
+    result, grad = _gradient_buffer(args, logits, out, inplace, {"logits": args.logits})
     loss, z_term = _run_cross_entropy(kernels, args, grad, g)
     _copy_back(result, grad)
     return (loss, result, z_term) if return_z_loss else (loss, result)

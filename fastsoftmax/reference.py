@@ -202,11 +202,12 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     args = _validate.cross_entropy_args(logits, target, weight, ignore_index, reduction,
                                         label_smoothing, z_loss, softcap)
     g = _validate.grad_output_array(grad_output, reduction, args.loss_shape)
+    _validate.separate_out(out, {"target": args.target})  # as the kernels need
     if inplace:
         _validate.inplace_buffer(args, out, logits)
         out = args.logits
     loss, grad, z_term = _cross_entropy64(args, g)
-    inputs = {} if inplace else {"logits": args.logits, "target": args.target}
+    inputs = {} if inplace else {"logits": args.logits}
     dtype = args.logits.dtype
     result = _loss_in_dtype(loss, dtype), _finish(grad, args.logits, out, inputs)
     return (*result, _loss_in_dtype(z_term, dtype)) if return_z_loss else result

@@ -91,7 +91,7 @@ def vocab_parallel_cross_entropy(input, target, *, vocab_start, group=None, weig
     loss of ``F.cross_entropy`` on the logits gathered along the class dim (the same bits
     on every rank), and its backward pass gives the gradient of its own slice. Two
     ``all_reduce`` calls per forward pass (at most 5 float64 values per row in all, plus
-    3), none in the backward pass.
+    4), none in the backward pass.
 
     Parameters
     ----------

@@ -12,7 +12,8 @@ the same on every rank. The loss and each rank's gradient shard equal
    kept; phase 3 computes it again, see fastsoftmax/_numba/_vocab_parallel.py).
 2. :func:`combine`: two all-reduces through a communicator: MAX of the row maxima, then
    one SUM of the statistics shifted to the global max (at most 5 values per row in
-   all, plus 3 scalars: the shard sizes, their ends and the class-weight sums).
+   all, plus 4 scalars: the shard sizes, their ends, their ``end**2 - start**2`` (a
+   check of the tiling) and the class-weight sums).
 3. :func:`finish` (a compiled kernel, one sweep of the gradient buffer): the loss, from
    the combined statistics alone (so every rank gets the same value bit for bit), and
    the gradient shard ``exp(x - max) * exp(max - M) / S * T - target terms``.
@@ -112,7 +113,8 @@ def local_stats(logits, target, *, vocab_start, weight=None, ignore_index=-100,
         Use ``logits`` (writeable, C-contiguous) as the gradient buffer: no extra
         (rows, V_local) memory; the logits are lost.
     out : ndarray, optional
-        The gradient buffer: the logits' shape and dtype.
+        The gradient buffer: the logits' shape and dtype; not sharing memory with a
+        probability ``target`` (ValueError).
 
     Returns
     -------
@@ -121,12 +123,13 @@ def local_stats(logits, target, *, vocab_start, weight=None, ignore_index=-100,
     """
     args, vocab_start = _validate.vocab_shard_args(logits, target, weight, ignore_index,
                                                    reduction, label_smoothing, vocab_start)
-    inputs = {"logits": args.logits, "target": args.target}
+    _validate.separate_out(out, {"target": args.target})
     if inplace:
         _validate.inplace_buffer(args, out, logits)
         result = args.logits
     elif out is not None:
-        result = _validate.out_array(out, args.logits.shape, args.logits.dtype, inputs)
+        result = _validate.out_array(out, args.logits.shape, args.logits.dtype,
+                                     {"logits": args.logits})
     else:
         result = np.empty(args.logits.shape, args.logits.dtype)
     n_classes = args.logits.shape[-1]
@@ -161,10 +164,10 @@ def combine(stats, comm):
     """Phase 2: combine every rank's statistics with two all-reduces through ``comm``.
 
     MAX of ``rows + 1`` values (the row maxima and the shard's end), then SUM of
-    ``k * rows + 2`` values: per row the softmax sum and the target term shifted to the
+    ``k * rows + 3`` values: per row the softmax sum and the target term shifted to the
     global max, plus the target's class weight (with weights) and the smoothing term
-    (with smoothing), then the shard's size and class-weight sum. Every rank must call
-    it, in the same order as its other collectives.
+    (with smoothing), then the shard's size, ``end**2 - vocab_start**2`` and class-weight
+    sum. Every rank must call it, in the same order as its other collectives.
 
     Parameters
     ----------
@@ -182,7 +185,11 @@ def combine(stats, comm):
     Raises
     ------
     ValueError
-        When the shards do not tile ``[0, C)`` (sizes summing to C, the last ending at C).
+        When the shards do not tile ``[0, C)``: their sizes add up to C, the last ends
+        at C, and the sum of ``end**2 - vocab_start**2`` over the shards is C**2 exactly
+        when they tile (it telescopes), so a shard placed wrong, whose overlap with
+        another leaves a gap of the same size, is found too. (Exact in float64 below
+        2**26 classes; misplacements that balance each other's sums can still pass.)
     IndexError
         For a target class id >= C (other than ignore_index). Every rank raises together.
     """
@@ -197,12 +204,15 @@ def combine(stats, comm):
     global_max = maxima[:n_rows]
     local_weight_sum = float(np.sum(args.weight, dtype=np.float64)) if weighted \
         else float(stats.n_classes)
+    end = stats.vocab_start + stats.n_classes
+    shard_values = np.array([stats.n_classes, end ** 2 - stats.vocab_start ** 2,
+                             local_weight_sum], dtype=np.float64)
     factor, sums, terms = _kernels().vocab_parallel_shard_terms(
-        stats.stats, global_max, stats.local_target, args.weight, smoothing, stats.n_classes,
-        local_weight_sum)
+        stats.stats, global_max, stats.local_target, args.weight, smoothing, local_weight_sum,
+        shard_values)
     comm.allreduce_sum(sums)
-    n_classes, weight_sum = int(sums[-2]), float(sums[-1])
-    _check_tiling(n_classes, int(maxima[n_rows]), stats)
+    n_classes, square_sum, weight_sum = int(sums[-3]), float(sums[-2]), float(sums[-1])
+    _check_tiling(n_classes, int(maxima[n_rows]), square_sum, stats)
     target_weight = terms[2] if args.probabilities or weighted else \
         stats.valid.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -211,12 +221,20 @@ def combine(stats, comm):
                        terms[-1] if smoothing else None, factor, n_classes, weight_sum)
 
 
-def _check_tiling(n_classes, end, stats):
+def _check_tiling(n_classes, end, square_sum, stats):
+    """Raise unless the shards tile [0, n_classes) (combine's Raises), and for an index
+    target out of range."""
+    this_rank = (f"this rank's vocab_start is {stats.vocab_start} with {stats.n_classes} "
+                 f"classes (each rank must pass the global id of its first class, shards in "
+                 f"rank order)")
     if end != n_classes:
         raise ValueError(f"the shards do not tile the classes: their sizes add up to "
-                         f"{n_classes} but the last ends at {end}; this rank's vocab_start is "
-                         f"{stats.vocab_start} with {stats.n_classes} classes (each rank must "
-                         f"pass the global id of its first class, shards in rank order)")
+                         f"{n_classes} but the last ends at {end}; {this_rank}")
+    if square_sum != float(n_classes) ** 2:
+        raise ValueError(f"the shards do not tile the classes: their sizes add up to "
+                         f"{n_classes} and the last ends there, but some overlap and leave a "
+                         f"gap (the sum of end**2 - vocab_start**2 is {square_sum:.0f}, not "
+                         f"{n_classes}**2); {this_rank}")
     args = stats.args
     if not args.probabilities:
         y = args.target.reshape(-1)

@@ -138,6 +138,26 @@ def test_out_receives_gradient(backend):
     assert_close(strided, reference.cross_entropy_with_grad(x, t)[1])
 
 
+@pytest.mark.parametrize("n_classes", [10, 64, 128, 300])  # narrow, block and row kernels
+def test_out_sharing_a_probability_target_is_refused(backend, n_classes):
+    """A probability target has the logits' shape and dtype, so ``out=target`` passed the
+    shape check and gave a wrong gradient (from C = 64 on Numba, 128 on Cython: the
+    kernels read a target row after they start writing the gradient row). out=logits
+    stays allowed."""
+    x, t = problem((4, n_classes), np.float64, probabilities=True)
+    kept_x, kept_t = x.copy(), t.copy()
+    for out in (t, t[::-1]):  # the target, and a view of it in another order
+        with pytest.raises(ValueError, match="out shares memory with target"):
+            fs.cross_entropy_with_grad(x, t, out=out, backend=backend)
+    np.testing.assert_array_equal(t, kept_t)
+    np.testing.assert_array_equal(x, kept_x)
+    want_loss, want_grad = reference.cross_entropy_with_grad(x, t)
+    loss, grad = fs.cross_entropy_with_grad(x, t, out=x, backend=backend)
+    assert grad is x
+    assert_close(loss, want_loss)
+    assert_close(grad, want_grad)
+
+
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "prob"])
 @pytest.mark.parametrize("n_classes", [10, 300])  # block and row kernels
 def test_strided_class_weights(backend, probabilities, n_classes):

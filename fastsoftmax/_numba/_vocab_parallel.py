@@ -145,11 +145,11 @@ def vocab_parallel_stats_prob(x, target, weight, smoothing, stats, grad, chunks)
 
 @njit(**JIT)
 def vocab_parallel_shard_terms(stats, global_max, local_target, weight, smoothing,
-                               n_classes, local_weight_sum):
+                               local_weight_sum, shard_values):
     """Phase 2's terms of this shard, moved from its shift to the global max M:
     (factor, sums, terms), factor[i] = exp(max - M) and sums the array for the SUM
-    all-reduce, k * rows + 2 values: terms (a (k, rows) view), then the shard's size
-    ``n_classes`` and class-weight sum.
+    all-reduce: terms (a (k, rows) view), then ``shard_values`` (the shard's own sums:
+    its size, class-weight sum ``local_weight_sum``, ...; vocab_parallel.combine).
     terms[:, i] = [sum exp(x - M), target term (index: x_y - M where owned, else 0;
     probabilities: sum w t (x - M)), with class weights or probabilities the target
     weight (w_y where owned, else 0; sum w t), with smoothing sum w (x - M)].
@@ -157,8 +157,8 @@ def vocab_parallel_shard_terms(stats, global_max, local_target, weight, smoothin
     class anywhere and takes M = 0 (kept finite)."""
     n = stats.shape[1]
     k = (3 if local_target is None or weight is not None else 2) + smoothing
-    factor, sums = np.empty(n), np.empty(k * n + 2)
-    terms = sums[:-2].reshape(k, n)
+    factor, sums = np.empty(n), np.empty(k * n + shard_values.size)
+    terms = sums[:k * n].reshape(k, n)
     for i in range(n):
         m = stats[0, i]
         ignored = local_target is not None and local_target[i] == IGNORED
@@ -176,7 +176,7 @@ def vocab_parallel_shard_terms(stats, global_max, local_target, weight, smoothin
                 terms[2, i] = weight[local_target[i]] if owned else 0.0
         if smoothing:
             terms[-1, i] = stats[-1, i] + local_weight_sum * delta
-    sums[-2], sums[-1] = n_classes, local_weight_sum
+    sums[k * n:] = shard_values
     return factor, sums, terms
 
 
