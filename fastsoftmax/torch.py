@@ -79,12 +79,38 @@ def _is_plain_eager(t):
             and _get_current_dispatch_mode() is None)
 
 
+# Autograd nodes that hand on their incoming gradient as a view of it, and nodes whose
+# backward only reads it (products: new tensors); see _gradient_is_consumed.
+_VIEW_NODES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
+                         "AliasBackward0", "TransposeBackward0", "TBackward0",
+                         "PermuteBackward0", "SqueezeBackward0", "SqueezeBackward1",
+                         "UnsqueezeBackward0"})
+_CONSUMING_NODES = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0",
+                              "BaddbmmBackward0", "MulBackward0", "DivBackward0",
+                              "TanhBackward0"})
+
+
+def _gradient_is_consumed(input):
+    """True when ``input`` comes, through views only, from a product (a linear layer's
+    matmul, a scaling, a tanh cap): its backward reads the gradient it gets and keeps
+    nothing of it, so the vjps may hand it the saved gradient (_scaled). Anything else may
+    pass the gradient on to a leaf's ``.grad`` (a leaf itself, ``w.view(...)``,
+    ``w + 0``, an unknown or user-written node), which the next backward would then
+    accumulate into in place: the saved gradient changed, and a backward with
+    retain_graph=True after it failed PyTorch's version check."""
+    node = input.grad_fn
+    while node is not None and node.name() in _VIEW_NODES:
+        sources = [source for source, _ in node.next_functions if source is not None]
+        if len(sources) != 1:
+            return False
+        node = sources[0]
+    return node is not None and node.name() in _CONSUMING_NODES
+
+
 def _scaled(grad, scale, may_return_grad):
     """``grad * scale``; in eager mode ``grad`` itself when the scale is the number 1 (a
     sweep over the (rows, classes) gradient saved, e.g. 0.1 s at 4096 x 32768) and
-    ``may_return_grad``. Not for a leaf input: its ``.grad`` would then be the saved
-    tensor, which the next backward accumulates into in place (a third backward with
-    retain_graph=True then failed PyTorch's version check)."""
+    ``may_return_grad`` (the input's _gradient_is_consumed)."""
     if may_return_grad and scale.dim() == 0 and _is_plain_eager(scale) and scale.item() == 1.0:
         return grad
     return (grad * scale).to(grad.dtype)  # a float32 scale of a 16-bit gradient
@@ -343,8 +369,8 @@ def _probability_target_grad(log_probs, weight, label_smoothing, reduction, scal
     "mean", times grad_output."""
     class_dim = _class_dim(log_probs)
     factor = -(1.0 - label_smoothing)
-    if reduction == "mean":
-        factor = factor / (log_probs.numel() // log_probs.shape[class_dim])
+    if reduction == "mean":  # (no rows: an empty gradient, whatever the factor)
+        factor = factor / max(log_probs.numel() // log_probs.shape[class_dim], 1)
     grad = log_probs * factor
     if weight is not None:
         grad = grad * weight.to(grad.dtype).reshape(-1, *[1] * (grad.dim() - class_dim - 1))
@@ -364,7 +390,7 @@ def _cross_entropy_setup(ctx, inputs, output):
     ctx.reduction, ctx.label_smoothing, ctx.backend = reduction, label_smoothing, backend
     ctx.softcap = softcap
     ctx.class_dim = _class_dim(input)
-    ctx.input_is_leaf = input.is_leaf
+    ctx.gradient_is_consumed = _gradient_is_consumed(input)
     # the target's gradient needs the input (a learnt probability target)
     learnt_target = ctx.needs_input_grad[1]
     ctx.save_for_backward(output[1], input if learnt_target else None,
@@ -379,7 +405,7 @@ def _cross_entropy_vjp(ctx, grad_loss, _grad_of_grad, _grad_of_z_term):
         return tuple(grads)
     scale = _grad_output_scale(grad_loss, ctx.reduction, ctx.class_dim)
     if ctx.needs_input_grad[0]:
-        grads[0] = _scaled(grad, scale, may_return_grad=not ctx.input_is_leaf)
+        grads[0] = _scaled(grad, scale, may_return_grad=ctx.gradient_is_consumed)
     if ctx.needs_input_grad[1]:
         log_probs = _target_log_probs(input, ctx.class_dim, ctx.softcap, ctx.backend)
         grads[1] = _probability_target_grad(log_probs, weight, ctx.label_smoothing,
@@ -706,7 +732,7 @@ def _elementwise_setup(name, n_inputs):
                                       "target or weights; pass them detached")
         ctx.set_materialize_grads(False)
         ctx.n_inputs = n_inputs
-        ctx.input_is_leaf = input.is_leaf
+        ctx.gradient_is_consumed = _gradient_is_consumed(input)
         ctx.save_for_backward(output[1])
     return setup_context
 
@@ -717,7 +743,7 @@ def _elementwise_vjp(name):
         (grad,) = ctx.saved_tensors
         grads = [None] * ctx.n_inputs
         if grad_loss is not None and ctx.needs_input_grad[0]:
-            grads[0] = _scaled(grad, grad_loss, may_return_grad=not ctx.input_is_leaf)
+            grads[0] = _scaled(grad, grad_loss, may_return_grad=ctx.gradient_is_consumed)
         return tuple(grads)
     return vjp
 
@@ -1009,7 +1035,7 @@ def _jsd_setup(ctx, inputs, output):
         raise NotImplementedError(_TEACHER_GRAD_MESSAGE)
     ctx.set_materialize_grads(False)
     ctx.reduction = reduction
-    ctx.input_is_leaf = student.is_leaf
+    ctx.gradient_is_consumed = _gradient_is_consumed(student)
     ctx.save_for_backward(output[1])
 
 
@@ -1019,7 +1045,7 @@ def _jsd_vjp(ctx, grad_loss, _grad_of_grad):
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) * 7
     scale = grad_loss.unsqueeze(-1) if ctx.reduction == "none" else grad_loss
-    return (_scaled(grad, scale, may_return_grad=not ctx.input_is_leaf), *(None,) * 6)
+    return (_scaled(grad, scale, may_return_grad=ctx.gradient_is_consumed), *(None,) * 6)
 
 
 _jsd = _register_autograd("jsd_logits", _jsd_op, _jsd_vjp, _jsd_setup)

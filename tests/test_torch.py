@@ -1,4 +1,5 @@
 """fastsoftmax.torch against torch.nn.functional, values and gradients."""
+import functools
 import itertools
 
 import pytest
@@ -147,6 +148,25 @@ def test_probability_target_that_requires_grad_gets_torchs_gradient(
     torch.testing.assert_close(got_t, want_t)
     if logits_grad:
         torch.testing.assert_close(got_x, want_x)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_empty_batch_with_a_learnt_probability_target(backend, reduction, inplace):
+    """No rows: torch's loss (NaN for "mean") and empty gradients for both inputs (the
+    target's gradient raised ZeroDivisionError for "mean")."""
+    results = []
+    for loss_fn in (F.cross_entropy, functools.partial(fst.cross_entropy, inplace=inplace)):
+        x = torch.randn(0, 5).requires_grad_()
+        t = torch.softmax(torch.randn(0, 5), 1).requires_grad_()
+        with fs.use_backend(backend):
+            loss = loss_fn(x * 1 if inplace else x, t, reduction=reduction)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad, t.grad))
+    (want_loss, want_x, want_t), (loss, got_x, got_t) = results
+    torch.testing.assert_close(loss, want_loss, equal_nan=True)
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_t, want_t)
 
 
 def test_probability_target_gradcheck():

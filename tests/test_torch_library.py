@@ -341,6 +341,45 @@ def test_leaf_input_backward_three_times_with_retain_graph():
     torch.testing.assert_close(x.grad, 3 * x_ref.grad)
 
 
+_LOSSES_OF_A_TABLE = {  # a loss of (4, 6) logits per op that returns a saved gradient
+    "cross_entropy": lambda x: fst.cross_entropy(x, torch.tensor([0, 1, 2, 3])),
+    "kl_div": lambda x: fst.kl_div(x, _prob_target((4, 6)), reduction="batchmean"),
+    "bce": lambda x: fst.binary_cross_entropy_with_logits(x, _prob_target((4, 6))),
+    "jsd_logits": lambda x: fst.jsd_logits(x, _logits((4, 6), seed=5)),
+}
+
+
+@pytest.mark.parametrize("loss_name", _LOSSES_OF_A_TABLE)
+@pytest.mark.parametrize("source", ["view", "add"])
+def test_learnt_table_backward_three_times_with_retain_graph(loss_name, source):
+    """Logits that are a view of a leaf (a learnt logit table) or a sum with it: their
+    backward hands the gradient on to the leaf's .grad, which must not be the saved
+    gradient (before: the third backward failed the saved tensor's version check)."""
+    loss_of = _LOSSES_OF_A_TABLE[loss_name]
+    table = torch.randn(24, generator=_gen(4), dtype=F64, requires_grad=True)
+    loss = loss_of(table.view(4, 6) if source == "view" else table.view(4, 6) + 0)
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+    once = table.detach().clone().requires_grad_()
+    loss_of(once.view(4, 6)).backward()
+    torch.testing.assert_close(table.grad, 3 * once.grad)
+
+
+def test_gradient_is_handed_on_without_a_copy_only_to_products():
+    """The saved gradient is returned as is (no sweep to copy it) when the logits come
+    from a linear layer, through views; a leaf or a pass-through node gets a copy."""
+    lin, h, _ = _linear_logits()
+    consumed = fst._gradient_is_consumed
+    assert consumed(lin(h))
+    assert consumed(lin(h.view(2, 4, 4)).view(-1, 5))
+    assert consumed(torch.nn.Linear(4, 5, bias=False).double()(h))
+    leaf = torch.randn(4, 5, requires_grad=True)
+    assert not consumed(leaf)
+    assert not consumed(leaf.view(5, 4))
+    assert not consumed(leaf + 0)
+    assert not consumed(leaf.detach())
+
+
 @pytest.mark.parametrize("function", ["cross_entropy", "cross_entropy-inplace", "entropy"])
 def test_create_graph_raises(function):
     """The gradient is a first-order result: create_graph=True (a gradient penalty) raises
