@@ -140,9 +140,18 @@ def target_array(target, logits):
         if target.shape != logits.shape[:-1]:
             raise ValueError(f"class-index target has shape {target.shape} but logits have shape "
                              f"{logits.shape}; the target must have shape {logits.shape[:-1]}")
-        return target.astype(np.int64, copy=False), False
+        return int64_ids(target, "target"), False
     raise TypeError(f"target must hold integer class indices or float probabilities, "
                     f"got dtype {target.dtype}")
+
+
+def int64_ids(ids, name):
+    """Integer class ids as int64. A uint64 id above the int64 range is an IndexError
+    naming it: the cast would wrap it to a negative number, even to ignore_index."""
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"{name} value {ids.max()} is out of range: class ids must fit in "
+                         f"int64 (pass ids below the class count)")
+    return ids.astype(np.int64, copy=False)
 
 
 def class_weights(weight, logits):
@@ -390,7 +399,7 @@ def class_ids(ids, name, num_classes, shape=None, hint=""):
     if shape is not None and ids.shape != tuple(shape):
         raise ValueError(f"{name} has shape {ids.shape} but must have shape {tuple(shape)}"
                          f"{hint}")
-    ids = ids.astype(np.int64, copy=False)
+    ids = int64_ids(ids, name)
     outside = ids.view(np.uint64) >= num_classes  # one compare: negatives wrap around
     if outside.any():
         raise IndexError(f"{name} holds class id {ids[outside].flat[0]}, out of range for "

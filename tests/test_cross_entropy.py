@@ -205,6 +205,9 @@ def _bad_cases():
         ("negative target", (x, np.array([0, -1, 1])), {}, IndexError, "-1"),
         ("bad target beside ignored", (x, np.array([-100, 7, 1])), {}, IndexError, "7"),
         ("uint64 target too large", (x, np.array([0, 4, 1], np.uint64)), {}, IndexError, "4"),
+        # 2**64 - 100 wrapped to -100 (ignore_index) in the int64 cast: silently ignored
+        ("uint64 target past int64", (x, np.array([0, 2 ** 64 - 100, 1], np.uint64)), {},
+         IndexError, "18446744073709551516 is out of range"),
         ("target shape", (x, np.array([0, 1])), {}, ValueError, r"\(2,\).*\(3, 4\)"),
         ("prob target shape", (x, np.ones((3, 5), np.float32)), {}, ValueError, r"\(3, 5\)"),
         ("int logits", (np.zeros((3, 4), np.int32), t), {}, TypeError, "int32"),
