@@ -1,5 +1,6 @@
 """Tensors <-> NumPy arrays for the torch modules (``fastsoftmax.torch`` and its
-``torch_*`` submodules): the checks of a tensor argument and the no-copy views.
+``torch_*`` submodules): the checks of a tensor argument, the no-copy views, and
+whether a backward may hand on a gradient it keeps (gradient_is_consumed).
 
 Kept apart from ``fastsoftmax.torch`` so that the submodules it imports can use them
 too without a circular import.
@@ -45,3 +46,42 @@ def to_tensor(a):
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+# Autograd nodes that hand on their incoming gradient as a view of it; nodes whose
+# backward only reads it (products: new tensors); and products that also add an input
+# (addmm, baddbmm), with the dims of their product: an added input of fewer dims was
+# broadcast, so its gradient is a sum (a new tensor), while a full-size one gets the
+# incoming gradient itself.
+_VIEW_NODES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
+                         "AliasBackward0", "TransposeBackward0", "TBackward0",
+                         "PermuteBackward0", "SqueezeBackward0", "SqueezeBackward1",
+                         "UnsqueezeBackward0"})
+_PRODUCT_NODES = frozenset({"MmBackward0", "BmmBackward0", "MulBackward0", "DivBackward0",
+                            "TanhBackward0"})
+_ADDING_PRODUCT_NODES = {"AddmmBackward0": 2, "BaddbmmBackward0": 3}
+
+
+def gradient_is_consumed(tensor):
+    """True when ``tensor`` comes, through views only, from a product (a linear layer's
+    matmul with a bias vector or none, a scaling, a tanh cap): its backward reads the
+    gradient it gets and keeps nothing of it, so a backward may hand it a gradient it
+    keeps for later (the vjps of fastsoftmax.torch, torch_linear). Anything else may pass
+    the gradient, or a view of it, on to a leaf's ``.grad`` (a leaf itself,
+    ``w.view(...)``, ``w + 0``, ``addmm(c, a, b)`` with a full-size ``c``, an unknown or
+    user-written node), which the next backward then accumulates into in place: the kept
+    gradient changed (a backward with retain_graph=True after it was wrong or failed
+    PyTorch's version check)."""
+    node = tensor.grad_fn
+    while node is not None and node.name() in _VIEW_NODES:
+        sources = [source for source, _ in node.next_functions if source is not None]
+        if len(sources) != 1:
+            return False
+        node = sources[0]
+    if node is None:
+        return False
+    if node.name() in _ADDING_PRODUCT_NODES:
+        added = node.next_functions[0][0]
+        return added is None or (added.name() == "torch::autograd::AccumulateGrad"
+                                 and added.variable.dim() < _ADDING_PRODUCT_NODES[node.name()])
+    return node.name() in _PRODUCT_NODES

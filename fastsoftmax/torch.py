@@ -28,6 +28,7 @@ from . import _backends, _validate, api
 # the tensor checks and views shared with the torch_* submodules
 from ._torch_tensors import HALF_DTYPES as _HALF_DTYPES
 from ._torch_tensors import check_tensor as _check_tensor
+from ._torch_tensors import gradient_is_consumed as _gradient_is_consumed
 from ._torch_tensors import to_numpy as _numpy
 from ._torch_tensors import to_tensor as _tensor
 
@@ -79,38 +80,10 @@ def _is_plain_eager(t):
             and _get_current_dispatch_mode() is None)
 
 
-# Autograd nodes that hand on their incoming gradient as a view of it, and nodes whose
-# backward only reads it (products: new tensors); see _gradient_is_consumed.
-_VIEW_NODES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
-                         "AliasBackward0", "TransposeBackward0", "TBackward0",
-                         "PermuteBackward0", "SqueezeBackward0", "SqueezeBackward1",
-                         "UnsqueezeBackward0"})
-_CONSUMING_NODES = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0",
-                              "BaddbmmBackward0", "MulBackward0", "DivBackward0",
-                              "TanhBackward0"})
-
-
-def _gradient_is_consumed(input):
-    """True when ``input`` comes, through views only, from a product (a linear layer's
-    matmul, a scaling, a tanh cap): its backward reads the gradient it gets and keeps
-    nothing of it, so the vjps may hand it the saved gradient (_scaled). Anything else may
-    pass the gradient on to a leaf's ``.grad`` (a leaf itself, ``w.view(...)``,
-    ``w + 0``, an unknown or user-written node), which the next backward would then
-    accumulate into in place: the saved gradient changed, and a backward with
-    retain_graph=True after it failed PyTorch's version check."""
-    node = input.grad_fn
-    while node is not None and node.name() in _VIEW_NODES:
-        sources = [source for source, _ in node.next_functions if source is not None]
-        if len(sources) != 1:
-            return False
-        node = sources[0]
-    return node is not None and node.name() in _CONSUMING_NODES
-
-
 def _scaled(grad, scale, may_return_grad):
     """``grad * scale``; in eager mode ``grad`` itself when the scale is the number 1 (a
     sweep over the (rows, classes) gradient saved, e.g. 0.1 s at 4096 x 32768) and
-    ``may_return_grad`` (the input's _gradient_is_consumed)."""
+    ``may_return_grad`` (the input's gradient_is_consumed)."""
     if may_return_grad and scale.dim() == 0 and _is_plain_eager(scale) and scale.item() == 1.0:
         return grad
     return (grad * scale).to(grad.dtype)  # a float32 scale of a 16-bit gradient

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import linear_ce
-from ._torch_tensors import check_tensor, to_numpy, to_tensor
+from ._torch_tensors import check_tensor, gradient_is_consumed, to_numpy, to_tensor
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -112,6 +112,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             return to_tensor(_run(saved, 1.0, None)[0])
         loss, *grads = _run(saved, 1.0, ctx.need)
         ctx.grads = [to_tensor(g) for g in grads]
+        # Which kept gradients backward may return as they are (grad_output 1): a leaf's
+        # (AccumulateGrad copies a gradient that ctx still holds) and a product's
+        # (gradient_is_consumed); through a view of a leaf, the leaf's .grad would be a
+        # view of the kept gradient, and a backward with retain_graph=True after it wrong.
+        ctx.hand_on = [t is None or t.grad_fn is None or gradient_is_consumed(t)
+                       for t in (h, linear_weight, linear_bias)]
         return to_tensor(loss)
 
     @staticmethod
@@ -121,7 +127,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             saved = (*ctx.saved_tensors, ctx.options)
             grads = [to_tensor(g) for g in _run(saved, grad_output.numpy(), ctx.need)[1:]]
         elif float(grad_output) == 1.0:
-            grads = ctx.grads
+            grads = [g if g is None or hand_on else g.clone()
+                     for g, hand_on in zip(ctx.grads, ctx.hand_on)]
         else:  # new tensors: the saved ones stay valid for another backward (retain_graph)
             grads = [None if g is None else g * grad_output for g in ctx.grads]
         return (*grads, None, None, None)

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 F = torch.nn.functional
 import fastsoftmax as fs  # noqa: E402
 import fastsoftmax.torch as fst  # noqa: E402
+from fastsoftmax._torch_tensors import gradient_is_consumed  # noqa: E402
 
 OPS = torch.ops.fastsoftmax
 F64 = torch.float64
@@ -369,15 +370,30 @@ def test_gradient_is_handed_on_without_a_copy_only_to_products():
     """The saved gradient is returned as is (no sweep to copy it) when the logits come
     from a linear layer, through views; a leaf or a pass-through node gets a copy."""
     lin, h, _ = _linear_logits()
-    consumed = fst._gradient_is_consumed
+    consumed = gradient_is_consumed
     assert consumed(lin(h))
     assert consumed(lin(h.view(2, 4, 4)).view(-1, 5))
     assert consumed(torch.nn.Linear(4, 5, bias=False).double()(h))
-    leaf = torch.randn(4, 5, requires_grad=True)
+    leaf = torch.randn(8, 5, dtype=F64, requires_grad=True)
     assert not consumed(leaf)
-    assert not consumed(leaf.view(5, 4))
+    assert not consumed(leaf.view(5, 8))
     assert not consumed(leaf + 0)
     assert not consumed(leaf.detach())
+    assert not consumed(torch.addmm(leaf, h, lin.weight.T))  # hands its gradient to leaf
+
+
+def test_addmm_of_a_full_size_leaf_backward_three_times_with_retain_graph():
+    """addmm(c, a, b) hands its gradient on to a full-size c as it is (a bias vector gets
+    a sum): before, c.grad was the saved gradient and the third backward failed."""
+    c = _logits((4, 6), seed=6, requires_grad=True)
+    a, b = _logits((4, 3), seed=7), _logits((3, 6), seed=8)
+    t = torch.tensor([0, 1, 2, 3])
+    loss = fst.cross_entropy(torch.addmm(c, a, b), t)
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+    once = c.detach().clone().requires_grad_()
+    F.cross_entropy(torch.addmm(once, a, b), t).backward()
+    torch.testing.assert_close(c.grad, 3 * once.grad)
 
 
 @pytest.mark.parametrize("function", ["cross_entropy", "cross_entropy-inplace", "entropy"])

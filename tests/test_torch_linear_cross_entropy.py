@@ -129,6 +129,28 @@ def test_retained_graph_backward_twice(reduction):
     torch.testing.assert_close(h.grad, 3 * first)
 
 
+@pytest.mark.parametrize("source", ["view", "reshape", "leaf+0"])
+def test_retained_graph_through_views_of_leaves(source):
+    """h and W as views of leaves: their backward hands the gradient on as a view, which a
+    leaf's .grad took over, so the next backward added into the kept gradient (before:
+    the third backward gave 4x the gradient, silently; and .grad.zero_() zeroed it)."""
+    h, w, b, target = make()
+    shaped = {"view": lambda t: t.view(t.shape), "reshape": lambda t: t.reshape(t.shape),
+              "leaf+0": lambda t: t + 0}[source]
+    loss = fst.linear_cross_entropy(shaped(h), shaped(w), target, linear_bias=shaped(b))
+    for _ in range(3):
+        loss.backward(retain_graph=True)
+    grads = [t.grad.clone() for t in (h, w, b)]
+    for t in (h, w, b):
+        t.grad.zero_()
+    loss.backward()
+    once = [t.detach().clone().requires_grad_() for t in (h, w, b)]
+    F.cross_entropy(F.linear(once[0], once[1], once[2]), target).backward()
+    for got, after_zero, want in zip(grads, (h.grad, w.grad, b.grad), once):
+        torch.testing.assert_close(got, 3 * want.grad)
+        torch.testing.assert_close(after_zero, want.grad)
+
+
 def test_module_matches_linear_plus_cross_entropy():
     torch.manual_seed(0)
     head = fst.LinearCrossEntropyLoss(6, 20, bias=True, dtype=torch.float64,
