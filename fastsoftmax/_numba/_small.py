@@ -19,8 +19,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._math import (JIT, JIT_PARALLEL, class_weight, empty_like_compute, load, maximum,
-                    row_scale_at, scalar_like, softcap, softcap_slope, store, vexp, vlog, weighted)
+from ._math import (JIT, JIT_PARALLEL, class_weight, compute_rows, empty_like_compute, load,
+                    maximum, round_into, row_scale_at, scalar_like, softcap, softcap_slope, store,
+                    vexp, vlog, weighted)
 
 SMALL_C = 64           # below this many classes the block kernels are used
 BLOCK_ELEMENTS = 4096  # elements per task: the block and its scratch stay in L1
@@ -87,21 +88,25 @@ def _logs(sums):
 def _softmax_block(x, out):
     e, _ = _columns(x)
     sums = _exp_columns(e)
+    rows = compute_rows(out)
     for r in range(x.shape[0]):
         inv = scalar_like(x, 1.0 / sums[r])
         for j in range(x.shape[1]):
-            store(out, (r, j), e[j, r] * inv)
+            store(rows, (r, j), e[j, r] * inv)
+    round_into(out, rows)
 
 
 @njit(**JIT)
 def _log_softmax_block(x, out):
     e, m = _columns(x)
     log_sums = _logs(_exp_columns(e))
+    rows = compute_rows(out)  # in place: x is read before round_into writes it
     for r in range(x.shape[0]):
         log_sum = log_sums[r]
         mr = m[r]
         for j in range(x.shape[1]):
-            store(out, (r, j), (load(x, (r, j)) - mr) - log_sum)
+            store(rows, (r, j), (load(x, (r, j)) - mr) - log_sum)
+    round_into(out, rows)
 
 
 @njit(**JIT)
@@ -197,6 +202,8 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
         total_wt, shifted_wt = _prob_block_sums(e, t, weight, keep, eps_c)
     sums = _exp_columns(e)
     log_sums = _logs(sums)
+    # the gradient rows (x is read before round_into writes it, in place too)
+    rows = compute_rows(grad[lo:hi]) if grad is not None else None
     for r in range(n_rows):
         if t is None:
             if y is not None:
@@ -205,7 +212,7 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
                     if row_z_loss.size:
                         row_z_loss[lo + r] = 0.0
                     if grad is not None:
-                        grad[lo + r, :] = 0
+                        rows[r, :] = 0
                     continue
         log_sum = np.float64(log_sums[r])  # the loss in float64
         lse = m[r] + log_sum
@@ -214,7 +221,7 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
             row_z_loss[lo + r] = z_loss * lse * lse
         if grad is None:
             continue
-        out = grad[lo + r]
+        out = rows[r]
         s = row_scale_at(scale, row_scale, lo + r)
         exp_scale = s * total_wt[r]
         if z_loss != 0.0:  # d(lse**2)/dx = 2 lse p
@@ -228,8 +235,7 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
                 for j in range(n_classes):
                     store(out, j, (e[j, r] * k - weighted(f, weight, j))
                           * softcap_slope(softcap(load(x, (r, j)), cap), cap))
-                # the target's element written again, minus the target term: one rounding
-                # for a 16-bit gradient
+                # the target's element written again, minus the target term
                 store(out, y[r], (e[y[r], r] * k - weighted(f, weight, y[r])) * slope_y
                       - target_term)
         else:
@@ -239,6 +245,8 @@ def _ce_block(x, y, t, weight, weight_sum, ignore_index, smoothing, z_loss, cap,
             for j in range(n_classes):
                 store(out, j, (e[j, r] * k - f * weighted(load(t, (r, j)) * kt + c, weight, j))
                       * softcap_slope(softcap(load(x, (r, j)), cap), cap))
+    if grad is not None:
+        round_into(grad[lo:hi], rows)
 
 
 @njit(**JIT_PARALLEL)
@@ -272,12 +280,14 @@ def _log_softmax_backward_block(logp, dy, out):
     e = empty_like_compute(flat.size, logp)
     for i in range(flat.size):
         e[i] = vexp(load(flat, i))
+    rows = compute_rows(out)  # out may be logp or dy: both are read before round_into
     for r in range(n_rows):
         total = scalar_like(logp, 0.0)
         for j in range(n_classes):
             total += load(dy, (r, j))
         for j in range(n_classes):
-            store(out, (r, j), load(dy, (r, j)) - e[r * n_classes + j] * total)
+            store(rows, (r, j), load(dy, (r, j)) - e[r * n_classes + j] * total)
+    round_into(out, rows)
 
 
 @njit(**JIT_PARALLEL)
