@@ -59,7 +59,7 @@ def main(argv=None):
              if args.op in ops and n not in (MEMORY_FLOOR, REFERENCE)]
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
-    logits_bytes = shape[0] * shape[1] * (4 if args.dtype == "float32" else 8)
+    logits_bytes = shape[0] * shape[1] * cases.numpy_dtype(args.dtype).itemsize
     print(f"**peak memory of one {args.op} call**, {args.shape} {args.dtype} "
           f"(logits: {logits_bytes / MB:.0f} MB)\n")
     print("| implementation | peak above inputs (MB) | x logits |")
